@@ -1,0 +1,5 @@
+"""``python -m focusfuse``: the same command line as ``focusfuse``."""
+
+from focusfuse.cli import main
+
+main()

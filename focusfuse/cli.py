@@ -1,0 +1,174 @@
+"""The ``focusfuse`` command line: parses options, shows progress, calls the library.
+
+Output policy (a microscopist at a terminal, a shell script, cron):
+- stderr is a terminal: a progress bar, then one summary line;
+- a controlling terminal but stderr redirected (a script's log): one summary line;
+- no terminal at all (cron, CI) or ``--quiet``: nothing but errors.
+Errors are one line on stderr, ``focusfuse: error: FILE: problem``, exit status 1.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from focusfuse import __version__
+from focusfuse.errors import FocusFuseError
+from focusfuse.pipeline import DEFAULT_BATCH_SIZE, default_index_map_path, default_timing_path, fuse_stack
+from focusfuse.reader import natural_key
+from focusfuse.strategies import STRATEGIES
+
+EXIT_ERROR = 1
+
+
+def has_controlling_terminal() -> bool:
+    """True when the process has a terminal (an interactive shell, a script run from one); false under cron."""
+    try:
+        with open("/dev/tty"):
+            return True
+    except OSError:
+        return False
+
+
+def output_mode(quiet: bool) -> str:
+    """``progress``, ``summary`` or ``silent`` (see the module docstring)."""
+    if quiet:
+        return "silent"
+    if sys.stderr.isatty():
+        return "progress"
+    return "summary" if has_controlling_terminal() else "silent"
+
+
+def expand_inputs(inputs: tuple[str, ...]) -> list[str]:
+    """Expand quoted glob patterns (naturally sorted); plain paths stay in the order given."""
+    expanded: list[str] = []
+    for item in inputs:
+        if not os.path.exists(item) and glob.has_magic(item):
+            matches = sorted(glob.glob(item), key=natural_key)
+            if not matches:
+                raise FocusFuseError(f"{item}: the pattern matches no file")
+            expanded.extend(matches)
+        else:
+            expanded.append(item)
+    return expanded
+
+
+@contextmanager
+def progress_reporter(mode: str, description: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback: a rich bar on stderr in ``progress`` mode, else a no-op."""
+    if mode != "progress":
+        yield lambda done, total: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("slices"), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task(description, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def fail(error: Exception) -> None:
+    click.echo(f"focusfuse: error: {error}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="focusfuse")
+def main() -> None:
+    """Focus stacking for microscopy z-stacks (GACN with decision calibration)."""
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Fused image (.png, .tif or .jpg).")
+@click.option("--index-map", type=click.Path(dir_okay=False), help="Index map (0-based slice per pixel). [default: NAME.index.png]")
+@click.option("--timing", type=click.Path(dir_okay=False), help="Timing report, JSON. [default: NAME.timing.json]")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (auto = CUDA when present).")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Decision paths run per batch.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True, help="N-slice strategy.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]")
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def stack(inputs, output, index_map, timing, device, batch_size, strategy, weights, quiet) -> None:
+    """Fuse a z-stack into one all-in-focus image and an index map.
+
+    INPUTS is a directory (images in natural order), image files (order kept), or
+    one multipage TIFF (also ImageJ hyperstacks and OME-TIFF with a Z axis).
+    """
+    mode = output_mode(quiet)
+    try:
+        paths = expand_inputs(inputs)
+        with progress_reporter(mode, "fusing") as progress:
+            result = fuse_stack(
+                paths,
+                output=output,
+                index_map_path=index_map,
+                timing_path=timing,
+                strategy=strategy,
+                device=device,
+                batch_size=batch_size,
+                weights=weights,
+                progress=progress,
+            )
+    except FocusFuseError as error:
+        fail(error)
+    except KeyboardInterrupt:
+        click.echo("focusfuse: interrupted; no output written", err=True)
+        sys.exit(130)
+    if mode != "silent":
+        record = result.timing
+        output_path = Path(output)
+        click.echo(
+            f"fused {record['n_slices']} slices {record['width']}x{record['height']} ({record['strategy']}, {record['device']}) "
+            f"in {record['total_s']:.2f} s -> {output_path}, {index_map or default_index_map_path(output_path)}, "
+            f"{timing or default_timing_path(output_path)}",
+            err=True,
+        )
+
+
+@main.command()
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False), help="BSDS500 folder (train/ val/ test/).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint, log, weights.")
+@click.option("--epochs", default=10, show_default=True, type=int)
+@click.option("--steps-per-epoch", default=125, show_default=True, type=int)
+@click.option("--batch-size", default=16, show_default=True, type=int)
+@click.option("--crop", default=96, show_default=True, type=int, help="Training crop side, pixels.")
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True, type=float)
+@click.option("--lr-decay", default=0.8, show_default=True, type=float, help="LR factor every --decay-every epochs.")
+@click.option("--decay-every", default=2, show_default=True, type=int)
+@click.option("--qg-weight", default=1.0, show_default=True, type=float, help="lambda of the Qg loss (0 = Dice only).")
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--validation-pairs", default=48, show_default=True, type=int)
+@click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
+def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning_rate, lr_decay, decay_every, qg_weight, seed, device, validation_pairs, resume) -> None:
+    """Train GACN on synthetic multi-focus pairs made from BSDS500 (Dice + Qg loss)."""
+    from focusfuse.pipeline import resolve_device
+    from focusfuse.training import TrainConfig
+    from focusfuse.training import train as run_training
+
+    try:
+        config = TrainConfig(
+            data_dir=data_dir,
+            out_dir=out_dir,
+            epochs=epochs,
+            steps_per_epoch=steps_per_epoch,
+            batch_size=batch_size,
+            crop=crop,
+            learning_rate=learning_rate,
+            lr_decay=lr_decay,
+            decay_every=decay_every,
+            qg_weight=qg_weight,
+            seed=seed,
+            device=str(resolve_device(device)),
+            validation_pairs=validation_pairs,
+        )
+        run_training(config, log=lambda line: click.echo(line, err=True), resume=resume)
+    except FocusFuseError as error:
+        fail(error)

@@ -1,0 +1,109 @@
+"""Pure tensor filters used by the network and the refinement of decision maps.
+
+Every function takes and returns ``(N, C, H, W)`` float tensors, so the same code
+serves training (with autograd) and inference, on CPU or CUDA.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def box_mean(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window; the window is clipped at the borders.
+
+    Dividing by the count of pixels inside the image (not the full window) keeps
+    border means unbiased, as He et al.'s guided filter does.
+    """
+    size = 2 * radius + 1
+    # Separable: the clipped window count is a product of row and column counts.
+    rows = F.avg_pool2d(image, (size, 1), stride=1, padding=(radius, 0), count_include_pad=False)
+    return F.avg_pool2d(rows, (1, size), stride=1, padding=(0, radius), count_include_pad=False)
+
+
+def box_sum(image: torch.Tensor, radius: int) -> torch.Tensor:
+    """Sum over a (2r+1)^2 window with zero padding: two depthwise passes of ones."""
+    channels = image.shape[1]
+    size = 2 * radius + 1
+    ones = torch.ones(size, device=image.device, dtype=image.dtype)
+    rows = F.conv2d(image, ones.view(1, 1, size, 1).expand(channels, 1, size, 1), padding=(radius, 0), groups=channels)
+    return F.conv2d(rows, ones.view(1, 1, 1, size).expand(channels, 1, 1, size), padding=(0, radius), groups=channels)
+
+
+def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
+    """Gray-guide guided filter (He, Sun, Tang 2013).
+
+    Args:
+        guide: ``(N, 1, H, W)`` guidance image.
+        source: ``(N, C, H, W)`` image to filter.
+        radius: window radius r (window 2r+1).
+        eps: regularisation; larger smooths more.
+    """
+    mean_guide = box_mean(guide, radius)
+    mean_source = box_mean(source, radius)
+    cov = box_mean(guide * source, radius) - mean_guide * mean_source
+    var = box_mean(guide * guide, radius) - mean_guide * mean_guide
+    slope = cov / (var + eps)
+    offset = mean_source - slope * mean_guide
+    return box_mean(slope, radius) * guide + box_mean(offset, radius)
+
+
+def gaussian_kernel1d(sigma: float, radius: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian of length 2r+1."""
+    offsets = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    kernel = torch.exp(-(offsets**2) / (2.0 * sigma * sigma))
+    return kernel / kernel.sum()
+
+
+def gaussian_blur(image: torch.Tensor, sigma: float, radius: int) -> torch.Tensor:
+    """Separable Gaussian blur with replicated borders (no darkening at the edge)."""
+    channels = image.shape[1]
+    kernel = gaussian_kernel1d(sigma, radius, device=image.device, dtype=image.dtype)
+    padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+    horizontal = kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1)
+    vertical = kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1)
+    blurred = F.conv2d(padded, horizontal, groups=channels)
+    return F.conv2d(blurred, vertical, groups=channels)
+
+
+def gradient_energy(features: torch.Tensor) -> torch.Tensor:
+    """Squared difference with the left neighbour plus with the upper neighbour, per channel.
+
+    Outside the image counts as zero, as the authors' code shifts with zero padding.
+    Summed over a window (``box_sum``) this is the pixel-wise spatial frequency.
+
+    Args:
+        features: ``(N, C, H, W)``.
+    """
+    horizontal = features.clone()
+    horizontal[..., :, 1:] -= features[..., :, :-1]
+    vertical = features.clone()
+    vertical[..., 1:, :] -= features[..., :-1, :]
+    return horizontal.square_().add_(vertical.square_())
+
+
+SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))
+SOBEL_Y = ((-1.0, -2.0, -1.0), (0.0, 0.0, 0.0), (1.0, 2.0, 1.0))
+
+
+def sobel(image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sobel derivatives (correlation, zero padding) of a ``(N, 1, H, W)`` image."""
+    kernel = torch.tensor((SOBEL_X, SOBEL_Y), device=image.device, dtype=image.dtype).unsqueeze(1)
+    gradients = F.conv2d(image, kernel, padding=1)
+    return gradients[:, 0:1], gradients[:, 1:2]
+
+
+def fold_orientation(gx: torch.Tensor, gy: torch.Tensor, min_abs_gx: float) -> torch.Tensor:
+    """Edge orientation atan(gy/gx) in (-pi/2, pi/2), with |gx| kept >= min_abs_gx.
+
+    The floor keeps the derivative bounded where both gradients vanish.
+    """
+    sign = torch.where(gx < 0, -1.0, 1.0).to(gx.dtype)
+    safe_gx = torch.where(gx.abs() < min_abs_gx, sign * min_abs_gx, gx)
+    return torch.atan(gy / safe_gx)
+
+
+HALF_PI = math.pi / 2

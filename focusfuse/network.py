@@ -1,0 +1,167 @@
+"""The GACN network: siamese feature path, spatial-frequency comparison, decision path.
+
+The feature path and the decision path are separate modules so that a z-stack can
+compute every slice's features once and run only decision paths per comparison
+(decision calibration). Shapes follow gacn.md exactly; ``GACN.parameter_count``
+is pinned by a test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from focusfuse.filters import box_sum, gradient_energy
+from focusfuse.refinement import refine_decision_map
+
+FEATURE_WIDTH = 16
+FEATURE_CHANNELS = 4 * FEATURE_WIDTH  # cat(f0, f1, f2, f3)
+SF_RADIUS = 5
+SHARPNESS = 1000.0  # k in sigmoid(k x): makes the maps nearly binary
+
+
+def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    """Conv 3x3 (padding 1, bias) -> ReLU -> BatchNorm, BN after the ReLU as in GACN."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=True),
+        nn.ReLU(inplace=True),
+        nn.BatchNorm2d(out_channels),
+    )
+
+
+class ChannelSE(nn.Module):
+    """Channel squeeze-excitation: rescale channels by a gate from their global means."""
+
+    def __init__(self, channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        self.gate = nn.Sequential(
+            nn.Linear(channels, channels // reduction, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(channels // reduction, channels, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weights = self.gate(x.mean(dim=(2, 3)))
+        return x * weights[:, :, None, None]
+
+
+class SpatialSE(nn.Module):
+    """Spatial squeeze-excitation: one 7x7 conv to a per-pixel gate shared by all channels."""
+
+    def __init__(self, channels: int, kernel_size: int = 7) -> None:
+        super().__init__()
+        self.squeeze = nn.Conv2d(channels, 1, kernel_size, padding=kernel_size // 2, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(self.squeeze(x))
+
+
+class FeatureExtractor(nn.Module):
+    """Siamese feature path: four densely connected conv blocks of 16, each with channel SE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        width = FEATURE_WIDTH
+        self.blocks = nn.ModuleList(
+            [conv_block(1, width), conv_block(width, width), conv_block(2 * width, width), conv_block(3 * width, width)]
+        )
+        self.excitations = nn.ModuleList([ChannelSE(width) for _ in range(4)])
+
+    def forward(self, gray: torch.Tensor) -> torch.Tensor:
+        """``(N, 1, H, W)`` gray in [0, 1] -> ``(N, 64, H, W)`` features."""
+        f0 = self.excitations[0](self.blocks[0](gray))
+        f1 = self.excitations[1](self.blocks[1](f0))
+        f2 = self.excitations[2](self.blocks[2](torch.cat((f0, f1), 1)))
+        f3 = self.excitations[3](self.blocks[3](torch.cat((f0, f1, f2), 1)))
+        return torch.cat((f0, f1, f2, f3), 1)
+
+
+class DecisionPath(nn.Module):
+    """Spatial SE on the comparison map, then conv blocks 64->48->32->16->1 with spatial SE."""
+
+    WIDTHS = (FEATURE_CHANNELS, 48, 32, 16, 1)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_excitation = SpatialSE(FEATURE_CHANNELS)
+        self.blocks = nn.ModuleList([conv_block(a, b) for a, b in zip(self.WIDTHS[:-1], self.WIDTHS[1:])])
+        self.excitations = nn.ModuleList([SpatialSE(width) for width in self.WIDTHS[1:]])
+
+    def forward(self, comparison: torch.Tensor) -> torch.Tensor:
+        """``(N, 64, H, W)`` comparison map -> ``(N, 1, H, W)`` pre-sigmoid score z."""
+        x = self.input_excitation(comparison)
+        for block, excitation in zip(self.blocks, self.excitations):
+            x = excitation(block(x))
+        return x
+
+
+def compare_activity(energy_a: torch.Tensor, energy_b: torch.Tensor) -> torch.Tensor:
+    """Nearly binary per-channel map: 1 where A's features have the higher spatial frequency.
+
+    Spatial frequency is a box sum of gradient energy, and the box sum is linear, so
+    SF_A - SF_B = box_sum(E_A - E_B): one window sum per comparison instead of two.
+
+    Args:
+        energy_a, energy_b: ``(N, 64, H, W)`` gradient energies (``gradient_energy``);
+            a batch of 1 broadcasts.
+    """
+    return torch.sigmoid(SHARPNESS * box_sum(energy_a - energy_b, SF_RADIUS))
+
+
+@dataclass
+class PairDecision:
+    """What the decision path says about a pair (A, B); all ``(N, 1, H, W)``.
+
+    Attributes:
+        score: pre-sigmoid output z (log-odds-like, positive where A is sharper).
+        initial_map: p0 = sigmoid(1000 z).
+        final_map: p after the boundary band and guided filter.
+    """
+
+    score: torch.Tensor
+    initial_map: torch.Tensor
+    final_map: torch.Tensor
+
+
+class GACN(nn.Module):
+    """The whole network; ``forward(a, b)`` is the two-source fusion used in training."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = FeatureExtractor()
+        self.decision = DecisionPath()
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def activity(self, gray: torch.Tensor) -> torch.Tensor:
+        """Gradient energy of the features: all a slice contributes to any comparison.
+
+        ``(N, 1, H, W)`` gray -> ``(N, 64, H, W)``; cached for the baseline of a stack.
+        """
+        return gradient_energy(self.features(gray))
+
+    def decide(
+        self, activity_a: torch.Tensor, activity_b: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tensor
+    ) -> PairDecision:
+        """Run the decision path and refinement for precomputed activities.
+
+        ``activity_a`` may have batch 1 and be broadcast against a batch of B's.
+        """
+        comparison = compare_activity(activity_a, activity_b)
+        score = self.decision(comparison)
+        initial_map = torch.sigmoid(SHARPNESS * score)
+        final_map = refine_decision_map(initial_map, gray_a, gray_b)
+        return PairDecision(score=score, initial_map=initial_map, final_map=final_map)
+
+    def forward(self, gray_a: torch.Tensor, gray_b: torch.Tensor) -> tuple[PairDecision, torch.Tensor]:
+        """Fuse two gray sources ``(N, 1, H, W)``: returns the decision and F = p A + (1 - p) B."""
+        activities = self.activity(torch.cat((gray_a, gray_b), 0))
+        activity_a, activity_b = activities.chunk(2, 0)
+        decision = self.decide(activity_a, activity_b, gray_a, gray_b)
+        fused = decision.final_map * gray_a + (1.0 - decision.final_map) * gray_b
+        return decision, fused

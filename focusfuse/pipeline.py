@@ -1,0 +1,176 @@
+"""``fuse_stack``: the library call behind ``focusfuse stack``.
+
+Open the stack, check the outputs can be written, load the weights on the chosen
+device, run a strategy, and (when asked) write the fused image, the index map and
+the timing report.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from focusfuse import __version__
+from focusfuse.errors import FocusFuseError
+from focusfuse.reader import open_stack
+from focusfuse.strategies import STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated, fuse_serial
+from focusfuse.timing import StageClock
+from focusfuse.weights import find_weights, load_model
+from focusfuse.writer import check_format_holds, check_output_path, write_image, write_json
+
+DEFAULT_BATCH_SIZE = 2
+
+
+@dataclass
+class FusionResult:
+    """The fused image (source dtype), the 0-based index map and the timing record."""
+
+    fused: np.ndarray
+    index_map: np.ndarray
+    timing: dict
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when torch sees a GPU, else CPU; ``cuda`` without one is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise FocusFuseError(f"--device {device}: no CUDA device is available to torch {torch.__version__}")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise FocusFuseError(f"--device {device}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def intensity_mapping(first_slice: np.ndarray) -> tuple[float, float]:
+    """(offset, scale) taking the stack to [0, 1] for the network.
+
+    Integers use their full range. Float32 already in [0, 1] is used as is; other
+    float data is mapped by the first slice's range, the same for every slice, so
+    sharpness stays comparable between slices.
+    """
+    if first_slice.dtype.kind == "u":
+        return 0.0, float(np.iinfo(first_slice.dtype).max)
+    low, high = float(first_slice.min()), float(first_slice.max())
+    if low >= 0.0 and high <= 1.0:
+        return 0.0, 1.0
+    return low, max(high - low, 1e-12)
+
+
+def default_index_map_path(output: Path) -> Path:
+    """NAME.index.png beside NAME.EXT."""
+    return output.with_name(output.stem + ".index.png")
+
+
+def default_timing_path(output: Path) -> Path:
+    """NAME.timing.json beside NAME.EXT."""
+    return output.with_name(output.stem + ".timing.json")
+
+
+def fuse_stack(
+    inputs: Sequence[str | os.PathLike],
+    *,
+    output: str | os.PathLike | None = None,
+    index_map_path: str | os.PathLike | None = None,
+    timing_path: str | os.PathLike | None = None,
+    strategy: Strategy = "calibrated",
+    device: str = "auto",
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    weights: str | os.PathLike | None = None,
+    progress: Progress | None = None,
+) -> FusionResult:
+    """Fuse a z-stack into one all-in-focus image and an index map.
+
+    Args:
+        inputs: a directory, image files (order kept) or one multipage TIFF.
+        output: where to write the fused image (.png, .tif, .jpg); nothing is written when None.
+        index_map_path, timing_path: default to NAME.index.png and NAME.timing.json beside ``output``.
+        strategy: ``calibrated`` (N feature extractions) or ``serial`` (one by one).
+        device: ``auto``, ``cpu`` or ``cuda``.
+        batch_size: decision paths run together (calibrated strategy).
+        weights: weights file; else $FOCUSFUSE_WEIGHTS, else the shipped weights.
+        progress: called with (slices done, slices in all).
+    Returns:
+        FusionResult with the fused array in the input dtype.
+    """
+    if strategy not in STRATEGIES:
+        raise FocusFuseError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
+    if batch_size < 1:
+        raise FocusFuseError(f"--batch-size {batch_size}: must be at least 1")
+    torch_device = resolve_device(device)
+    clock = StageClock(torch_device)
+    source = open_stack(inputs)
+    if len(source) < 2:
+        raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
+
+    targets: list[Path] = []
+    if output is not None:
+        output = Path(output)
+        index_map_path = Path(index_map_path) if index_map_path else default_index_map_path(output)
+        timing_path = Path(timing_path) if timing_path else default_timing_path(output)
+        targets = [output, index_map_path, timing_path]
+        if len(set(p.resolve() for p in targets)) < 3:
+            raise FocusFuseError(f"{output}: the fused image, index map and timing report need three different paths")
+        for path in targets:
+            check_output_path(path, inputs=source.paths)
+
+    with clock.stage("load_weights"):
+        weights_path = find_weights(weights)
+        model = load_model(weights_path, torch_device)
+    with clock.stage("read"):
+        first_slice = source.read(0)
+    if output is not None:
+        check_format_holds(output, first_slice.dtype)
+    offset, scale = intensity_mapping(first_slice)
+    context = StackContext(
+        model=model,
+        source=source,
+        first_slice=first_slice,
+        device=torch_device,
+        clock=clock,
+        intensity_offset=offset,
+        intensity_scale=scale,
+        progress=progress or (lambda done, total: None),
+    )
+    used_strategy = "pair" if len(source) == 2 else strategy
+    with torch.inference_mode():
+        if used_strategy == "calibrated":
+            fused, index_map = fuse_calibrated(context, batch_size)
+        else:
+            fused, index_map = fuse_serial(context)
+
+    height, width = first_slice.shape[:2]
+    timing = {
+        "n_slices": len(source),
+        "height": height,
+        "width": width,
+        "channels": 1 if first_slice.ndim == 2 else first_slice.shape[2],
+        "dtype": str(first_slice.dtype),
+        "device": str(torch_device),
+        "strategy": used_strategy,
+        "batch_size": batch_size if used_strategy == "calibrated" else 1,
+        "weights": str(weights_path),
+        "focusfuse_version": __version__,
+        "torch_version": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "stages_s": {},
+        "per_slice_s": [round(s, 6) for s in clock.per_slice],
+        "total_s": 0.0,
+    }
+    result = FusionResult(fused=fused, index_map=index_map, timing=timing)
+    if output is not None:
+        with clock.stage("write"):
+            write_image(output, fused)
+            write_image(index_map_path, index_map)
+        timing["outputs"] = {"fused": str(output), "index_map": str(index_map_path), "timing": str(timing_path)}
+    timing["stages_s"] = {name: round(seconds, 6) for name, seconds in clock.stages.items()}
+    timing["total_s"] = round(clock.total(), 6)
+    if output is not None:
+        write_json(timing_path, timing)
+    return result

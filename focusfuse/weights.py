@@ -1,0 +1,95 @@
+"""Finding, checking and loading the network weights.
+
+Search order: an explicit path, then $FOCUSFUSE_WEIGHTS, then the copy installed with
+the package (``<prefix>/share/focusfuse/weights``), then the ``weights/`` folder of a
+source checkout beside the package. Never the working directory: cron runs from /.
+Every weights file has a ``.sha256`` sidecar that loading checks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from focusfuse.errors import FocusFuseError
+from focusfuse.network import GACN
+
+WEIGHTS_NAME = "gacn.pt"
+ENV_VARIABLE = "FOCUSFUSE_WEIGHTS"
+
+
+def shipped_weights_candidates() -> list[Path]:
+    """Where an installed or checked-out focusfuse keeps its own weights, in order."""
+    return [
+        Path(sys.prefix) / "share" / "focusfuse" / "weights" / WEIGHTS_NAME,
+        Path(__file__).resolve().parent.parent / "weights" / WEIGHTS_NAME,
+    ]
+
+
+def find_weights(explicit: str | os.PathLike | None = None) -> Path:
+    """The weights file to use; raises FocusFuseError naming what was tried."""
+    if explicit is not None:
+        path = Path(explicit)
+        if not path.is_file():
+            raise FocusFuseError(f"{path}: weights file not found")
+        return path
+    from_env = os.environ.get(ENV_VARIABLE)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise FocusFuseError(f"{path}: weights file not found (from ${ENV_VARIABLE})")
+        return path
+    for path in shipped_weights_candidates():
+        if path.is_file():
+            return path
+    tried = ", ".join(str(p) for p in shipped_weights_candidates())
+    raise FocusFuseError(f"no weights found: pass --weights or set ${ENV_VARIABLE} (looked in {tried})")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def verify_checksum(path: Path) -> None:
+    """Compare the file with its ``.sha256`` sidecar (``sha256sum`` format)."""
+    sidecar = checksum_path(path)
+    if not sidecar.is_file():
+        raise FocusFuseError(f"{path}: no checksum file {sidecar.name} beside the weights")
+    expected = sidecar.read_text().split()[0].strip().lower()
+    actual = sha256_of(path)
+    if actual != expected:
+        raise FocusFuseError(f"{path}: sha256 {actual[:12]}... does not match {sidecar.name} ({expected[:12]}...); the file is corrupt or was replaced")
+
+
+def save_weights(model: GACN, path: Path, metadata: dict) -> None:
+    """Write the state dict with its training record, then the sha256 sidecar."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
+    temporary = path.with_name(path.name + ".tmp")
+    torch.save({"state_dict": state, "metadata": metadata}, temporary)
+    os.replace(temporary, path)
+    checksum_path(path).write_text(f"{sha256_of(path)}  {path.name}\n")
+
+
+def load_model(path: Path, device: torch.device | str = "cpu") -> GACN:
+    """Checked weights -> GACN in eval mode on ``device``."""
+    verify_checksum(path)
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        model = GACN()
+        model.load_state_dict(payload["state_dict"])
+    except Exception as error:  # torch.load raises many types for foreign or damaged files
+        raise FocusFuseError(f"{path}: not a focusfuse weights file ({error.__class__.__name__})") from error
+    return model.to(device).eval()

@@ -1,0 +1,94 @@
+"""Writing results: images by extension, atomically, never over an input.
+
+Each file is written to a temporary name in the target directory and renamed into
+place, so a failed or interrupted run leaves no partial or corrupt output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import tifffile
+
+from focusfuse.errors import FocusFuseError
+
+FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+
+
+def check_output_path(path: Path, image: np.ndarray | None = None, *, inputs: Iterable[Path] = ()) -> None:
+    """Refuse, before any work, outputs that cannot be written or would replace an input."""
+    suffix = path.suffix.lower()
+    if suffix not in FORMATS and suffix != ".json":
+        raise FocusFuseError(f"{path}: unsupported output format {suffix or '(none)'} (use .png, .tif or .jpg)")
+    if not path.parent.is_dir():
+        raise FocusFuseError(f"{path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise FocusFuseError(f"{path}: is a directory")
+    resolved = path.resolve()
+    for source in inputs:
+        if source.resolve() == resolved:
+            raise FocusFuseError(f"{path}: is one of the inputs; refusing to overwrite it")
+    if image is not None:
+        check_format_holds(path, image.dtype)
+
+
+def check_format_holds(path: Path, dtype: np.dtype) -> None:
+    kind = FORMATS.get(path.suffix.lower())
+    dtype = np.dtype(dtype)
+    if kind == "PNG" and dtype not in (np.uint8, np.uint16):
+        raise FocusFuseError(f"{path}: PNG cannot hold {dtype} pixels; write a .tif instead")
+    if kind == "JPEG" and dtype != np.uint8:
+        raise FocusFuseError(f"{path}: JPEG holds only 8-bit pixels, not {dtype}; write a .tif or .png instead")
+
+
+def _atomic(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        write(Path(temporary))
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_image(path: Path, image: np.ndarray) -> None:
+    """Write ``(H, W)`` or ``(H, W, C)`` (RGB(A) order) by the file's extension."""
+    check_format_holds(path, image.dtype)
+    kind = FORMATS.get(path.suffix.lower())
+    if kind is None:
+        raise FocusFuseError(f"{path}: unsupported output format {path.suffix or '(none)'} (use .png, .tif or .jpg)")
+
+    def write(temporary: Path) -> None:
+        if kind == "TIFF":
+            photometric = "rgb" if image.ndim == 3 and image.shape[2] in (3, 4) else "minisblack"
+            tifffile.imwrite(temporary, image, photometric=photometric)
+            return
+        pixels = image
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            pixels = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+        elif image.ndim == 3:
+            raise FocusFuseError(f"{path}: {kind} cannot hold {image.shape[2]} channels; write a .tif instead")
+        if not cv2.imwrite(str(temporary), pixels):
+            raise FocusFuseError(f"{path}: could not write the {kind} file")
+
+    try:
+        _atomic(path, write)
+    except OSError as error:
+        raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error
+
+
+def write_json(path: Path, record: dict) -> None:
+    def write(temporary: Path) -> None:
+        temporary.write_text(json.dumps(record, indent=2) + "\n")
+
+    try:
+        _atomic(path, write)
+    except OSError as error:
+        raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error

@@ -1,0 +1,37 @@
+"""Filters against direct definitions."""
+
+from __future__ import annotations
+
+import torch
+
+from focusfuse.filters import box_mean, gaussian_blur, guided_filter
+
+
+def test_box_mean_clips_the_window_at_borders():
+    image = torch.arange(30, dtype=torch.float32).reshape(1, 1, 5, 6)
+    mean = box_mean(image, 1)
+    assert torch.isclose(mean[0, 0, 0, 0], image[0, 0, :2, :2].mean())
+    assert torch.isclose(mean[0, 0, 2, 3], image[0, 0, 1:4, 2:5].mean())
+
+
+def test_guided_filter_with_flat_guide_is_a_double_box_mean():
+    # Slope a = 0 for a flat guide, so q = mean(b) = mean(mean(p)).
+    torch.manual_seed(0)
+    source = torch.rand(1, 1, 12, 12)
+    flat = torch.full_like(source, 0.5)
+    assert torch.allclose(guided_filter(flat, source, 3, 0.1), box_mean(box_mean(source, 3), 3), atol=1e-6)
+
+
+def test_guided_filter_keeps_edges_of_its_guide():
+    step = torch.zeros(1, 1, 16, 16)
+    step[..., 8:] = 1.0
+    filtered = guided_filter(step, step, 3, 1e-4)
+    assert torch.allclose(filtered, step, atol=1e-2)
+
+
+def test_gaussian_blur_preserves_constants_and_mass():
+    constant = torch.full((1, 1, 10, 10), 0.7)
+    assert torch.allclose(gaussian_blur(constant, 8.0, 4), constant, atol=1e-6)
+    impulse = torch.zeros(1, 1, 21, 21)
+    impulse[..., 10, 10] = 1.0
+    assert torch.isclose(gaussian_blur(impulse, 8.0, 4).sum(), torch.tensor(1.0), atol=1e-6)

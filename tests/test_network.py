@@ -1,0 +1,65 @@
+"""The GACN architecture as gacn.md states it: parameter count, shapes, the comparison."""
+
+from __future__ import annotations
+
+import torch
+
+from focusfuse.filters import box_sum, gradient_energy
+from focusfuse.network import GACN, SF_RADIUS, compare_activity
+
+# 4 feature blocks (conv+BN) + 4 channel SE + 1 input spatial SE + 4 decision blocks + 4 spatial SE.
+EXPECTED_PARAMETERS = (
+    (1 * 9 * 16 + 16 + 32) + (16 * 9 * 16 + 16 + 32) + (32 * 9 * 16 + 16 + 32) + (48 * 9 * 16 + 16 + 32)
+    + 4 * (16 * 2 + 2 * 16)
+    + 64 * 49
+    + (64 * 9 * 48 + 48 + 96) + (48 * 9 * 32 + 32 + 64) + (32 * 9 * 16 + 16 + 32) + (16 * 9 * 1 + 1 + 2)
+    + (48 + 32 + 16 + 1) * 49
+)
+
+
+def test_parameter_count_is_pinned():
+    assert EXPECTED_PARAMETERS == 68820
+    assert GACN().parameter_count == EXPECTED_PARAMETERS
+
+
+def test_output_shapes_follow_the_input():
+    model = GACN().eval()
+    a, b = torch.rand(2, 1, 40, 56), torch.rand(2, 1, 40, 56)
+    with torch.no_grad():
+        decision, fused = model(a, b)
+        features = model.features(a)
+    assert features.shape == (2, 64, 40, 56)
+    for tensor in (decision.score, decision.initial_map, decision.final_map, fused):
+        assert tensor.shape == (2, 1, 40, 56)
+    assert float(decision.final_map.min()) >= 0.0 and float(decision.final_map.max()) <= 1.0
+
+
+def test_comparison_is_sigmoid_of_spatial_frequency_difference():
+    torch.manual_seed(0)
+    features_a, features_b = torch.rand(1, 3, 20, 24), torch.rand(1, 3, 20, 24)
+    # Naive pixel-wise spatial frequency: zero outside the image, 11x11 window.
+    def naive_sf(f):
+        padded = torch.nn.functional.pad(f, (1, 0, 1, 0))
+        energy = (f - padded[..., 1:, :-1]) ** 2 + (f - padded[..., :-1, 1:]) ** 2
+        window = torch.nn.functional.pad(energy, (SF_RADIUS,) * 4)
+        out = torch.zeros_like(f)
+        for dy in range(2 * SF_RADIUS + 1):
+            for dx in range(2 * SF_RADIUS + 1):
+                out += window[..., dy : dy + 20, dx : dx + 24]
+        return out
+
+    expected = torch.sigmoid(1000.0 * (naive_sf(features_a) - naive_sf(features_b)))
+    actual = compare_activity(gradient_energy(features_a), gradient_energy(features_b))
+    assert torch.allclose(actual, expected, atol=1e-4)
+    assert torch.allclose(box_sum(gradient_energy(features_a), SF_RADIUS), naive_sf(features_a), atol=1e-4)
+
+
+def test_baseline_activity_broadcasts_against_a_batch():
+    model = GACN().eval()
+    gray = torch.rand(3, 1, 32, 32)
+    with torch.no_grad():
+        energies = model.activity(gray)
+        batched = model.decide(energies[0:1], energies[1:], gray[0:1], gray[1:]).final_map
+        single = model.decide(energies[0:1], energies[2:3], gray[0:1], gray[2:3]).final_map
+    assert batched.shape == (2, 1, 32, 32)
+    assert torch.allclose(batched[1:2], single, atol=1e-6)
