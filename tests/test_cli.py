@@ -1,0 +1,132 @@
+"""The command line in-process (CliRunner) and as real subprocesses."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import focusfuse.cli as cli
+
+from conftest import EXAMPLES, REPO
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_stack_directory_writes_three_outputs(runner, tmp_path, demo_stack_dir, demo_truth, monkeypatch):
+    monkeypatch.setattr(cli, "has_controlling_terminal", lambda: True)
+    output = tmp_path / "fused.tif"
+    result = runner.invoke(cli.main, ["stack", str(demo_stack_dir), "-o", str(output), "--device", "cpu", "--batch-size", "4"])
+    assert result.exit_code == 0, result.output
+    index = cv2.imread(str(tmp_path / "fused.index.png"), cv2.IMREAD_UNCHANGED)
+    assert output.is_file() and index.dtype == np.uint8 and index.shape == demo_truth.shape
+    assert (np.abs(index.astype(int) - demo_truth) <= 1).mean() >= 0.85
+    record = json.loads((tmp_path / "fused.timing.json").read_text())
+    assert record["batch_size"] == 4 and record["n_slices"] == 8
+    # Controlling terminal, stderr not a terminal (a script's log): one summary line.
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fused 8 slices 481x321 (calibrated, cpu)") and "fused.index.png" in lines[0]
+
+
+def test_explicit_paths_and_options(runner, tmp_path):
+    pair = [str(EXAMPLES / "pair" / "lytro_01_1.png"), str(EXAMPLES / "pair" / "lytro_01_2.png")]
+    index, timing = tmp_path / "depth.png", tmp_path / "t.json"
+    result = runner.invoke(
+        cli.main,
+        ["stack", *pair, "-o", str(tmp_path / "f.png"), "--index-map", str(index), "--timing", str(timing), "--strategy", "serial", "--quiet"],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output == "" and index.is_file() and json.loads(timing.read_text())["strategy"] == "pair"
+
+
+def test_quoted_glob_is_expanded_in_natural_order(runner, tmp_path, demo_stack_dir, monkeypatch):
+    monkeypatch.setattr(cli, "has_controlling_terminal", lambda: False)
+    result = runner.invoke(cli.main, ["stack", str(demo_stack_dir / "z*.png"), "-o", str(tmp_path / "f.png")])
+    assert result.exit_code == 0, result.output
+    assert result.output == ""  # no terminal at all (cron): silent
+    assert json.loads((tmp_path / "f.timing.json").read_text())["n_slices"] == 8
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["missing_dir/", "-o", "{tmp}/f.png"], "missing_dir: no such file or directory"),
+        (["{demo}", "-o", "{tmp}/nowhere/f.png"], "f.png: directory {tmp}/nowhere does not exist"),
+        (["{demo}/z1.png", "{demo}/z2.png", "-o", "{demo}/z1.png"], "z1.png: is one of the inputs; refusing to overwrite it"),
+        (["{demo}/z1.png", "-o", "{tmp}/f.png"], "z1.png: a stack needs at least 2 slices, got 1"),
+        (["{demo}", "-o", "{tmp}/f.png", "--weights", "{tmp}/none.pt"], "none.pt: weights file not found"),
+        (["{demo}", "-o", "{tmp}/f.bmp"], "f.bmp: unsupported output format .bmp"),
+        (["{tmp}/z*.png", "-o", "{tmp}/f.png"], "z*.png: the pattern matches no file"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_1(runner, tmp_path, demo_stack_dir, arguments, message):
+    fill = lambda text: text.format(tmp=tmp_path, demo=demo_stack_dir)  # noqa: E731
+    before = sorted(p.name for p in demo_stack_dir.iterdir())
+    result = runner.invoke(cli.main, ["stack", *map(fill, arguments)])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("focusfuse: error: ")
+    assert fill(message) in result.stderr
+    assert not list(tmp_path.glob("f.*"))
+    assert sorted(p.name for p in demo_stack_dir.iterdir()) == before
+
+
+def test_corrupt_weights_are_refused(runner, tmp_path, demo_stack_dir):
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"garbage")
+    (tmp_path / "w.pt.sha256").write_text("0" * 64 + "  w.pt\n")
+    result = runner.invoke(cli.main, ["stack", str(demo_stack_dir), "-o", str(tmp_path / "f.png"), "--weights", str(weights)])
+    assert result.exit_code == 1 and "w.pt: sha256" in result.stderr and "does not match" in result.stderr
+
+
+def test_output_modes():
+    assert cli.output_mode(quiet=True) == "silent"
+
+
+def installed_entry_point() -> str:
+    path = shutil.which("focusfuse", path=str(Path(sys.executable).parent))
+    if path is None:
+        pytest.skip("the focusfuse entry point is not installed in this environment (run `make test`)")
+    return path
+
+
+def test_installed_entry_point_runs_detached_like_cron(tmp_path):
+    output = tmp_path / "pair.png"
+    pair = [str(EXAMPLES / "pair" / "lytro_01_1.png"), str(EXAMPLES / "pair" / "lytro_01_2.png")]
+    env = {key: value for key, value in os.environ.items() if key != "FOCUSFUSE_WEIGHTS"}
+    completed = subprocess.run(
+        [installed_entry_point(), "stack", *pair, "-o", str(output)],
+        cwd="/",  # cron runs from /: the weights must not be looked up relative to it
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        start_new_session=True,  # no controlling terminal, as under cron
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == "" and completed.stderr == ""
+    fused = cv2.imread(str(output), cv2.IMREAD_UNCHANGED)
+    assert fused.shape == (520, 520, 3) and fused.dtype == np.uint8
+
+
+def test_python_dash_m_reports_errors_with_status_1(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "-m", "focusfuse", "stack", str(tmp_path / "nothing"), "-o", str(tmp_path / "f.png")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.strip() == f"focusfuse: error: {tmp_path / 'nothing'}: no such file or directory"

@@ -1,0 +1,165 @@
+"""fuse_stack end to end with the shipped weights, judged against known ground truth."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+
+import focusfuse
+import focusfuse.pipeline as pipeline
+from focusfuse import FocusFuseError, fuse_stack
+from focusfuse.synthetic import procedural_texture
+from focusfuse.writer import write_image
+
+from conftest import interior, step_depth_stack
+
+
+def write_stack(folder, slices, suffix=".tif"):
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for k, image in enumerate(slices, start=1):
+        path = folder / f"z{k}{suffix}"
+        write_image(path, image)
+        paths.append(path)
+    return paths
+
+
+def test_serial_step_stack_index_matches_truth(tmp_path):
+    stack = step_depth_stack(n_slices=4)
+    result = fuse_stack(write_stack(tmp_path / "s", stack.slices, ".png"), strategy="serial", device="cpu")
+    keep = interior(stack.truth_index.shape, 4)
+    accuracy = (result.index_map == stack.truth_index)[keep].mean()
+    assert accuracy >= 0.95, f"serial: index accuracy {accuracy:.3f} on band interiors"
+
+
+def baseline_mid_focus_stack(size: int = 96):
+    """Slice 0 mildly blurred everywhere; slice k (1..3) sharp in band k-1, strongly blurred elsewhere.
+
+    Exactly one slice beats the baseline at each pixel: the case Eq. 19 ranks correctly.
+    """
+    texture = procedural_texture(size, size, np.random.default_rng(3))
+    mild, strong = cv2.GaussianBlur(texture, (0, 0), 1.2), cv2.GaussianBlur(texture, (0, 0), 4.0)
+    band = size // 3
+    slices, truth = [mild], np.zeros((size, size), np.uint8)
+    for k in range(1, 4):
+        image = strong.copy()
+        image[:, (k - 1) * band : k * band] = texture[:, (k - 1) * band : k * band]
+        truth[:, (k - 1) * band : k * band] = k
+        slices.append(np.rint(image * 255).astype(np.uint8))
+    slices[0] = np.rint(mild * 255).astype(np.uint8)
+    return slices, truth
+
+
+def test_calibrated_picks_the_one_slice_sharper_than_the_baseline(tmp_path):
+    slices, truth = baseline_mid_focus_stack()
+    result = fuse_stack(write_stack(tmp_path / "s", slices, ".png"), strategy="calibrated", device="cpu")
+    keep = interior(truth.shape, 3)
+    accuracy = (result.index_map == truth)[keep].mean()
+    assert accuracy >= 0.95, f"calibrated: index accuracy {accuracy:.3f} on band interiors"
+
+
+def test_calibrated_eq19_ties_go_to_the_first_slice(tmp_path):
+    """Published Eq. 19: saturated DMs tie, so the first slice sharper than the baseline wins.
+
+    In band 2 of the step stack slices 1, 2 and 3 are all sharper than slice 0; slice 2 is
+    the truth, but the saturated odds tie and slice 1 is taken (the blotches of issue 6).
+    """
+    stack = step_depth_stack(n_slices=4)
+    result = fuse_stack(write_stack(tmp_path / "s", stack.slices, ".png"), strategy="calibrated", device="cpu")
+    band2 = interior(stack.truth_index.shape, 4) & (stack.truth_index == 2)
+    assert (result.index_map[band2] == 1).mean() >= 0.8
+
+
+def test_demo_stack_index_matches_truth(demo_stack_dir, demo_truth):
+    serial = fuse_stack([demo_stack_dir], strategy="serial", device="cpu")
+    calibrated = fuse_stack([demo_stack_dir], strategy="calibrated", device="cpu")
+    serial_exact = (serial.index_map == demo_truth).mean()
+    calibrated_near = (np.abs(calibrated.index_map.astype(int) - demo_truth) <= 1).mean()
+    assert serial_exact >= 0.85, f"serial exact accuracy {serial_exact:.3f}"
+    assert calibrated_near >= 0.85, f"calibrated accuracy within one slice {calibrated_near:.3f}"
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("colour", [False, True])
+def test_calibrated_output_keeps_dtype_and_takes_source_pixels(tmp_path, dtype, colour):
+    stack = step_depth_stack(dtype=dtype, n_slices=3, size=64, colour=colour)
+    result = fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy="calibrated", device="cpu")
+    assert result.fused.dtype == dtype and result.fused.shape == stack.slices[0].shape
+    chosen = np.take_along_axis(np.stack(stack.slices), result.index_map[None, ..., None] if colour else result.index_map[None], 0)[0]
+    np.testing.assert_array_equal(result.fused, chosen)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_pair_fusion_mixes_the_two_sources(tmp_path, dtype):
+    stack = step_depth_stack(dtype=dtype, n_slices=2, size=64)
+    result = fuse_stack(write_stack(tmp_path / "s", stack.slices), device="cpu")
+    a, b = (s.astype(np.float64) for s in stack.slices)
+    fused = result.fused.astype(np.float64)
+    slack = 1.0 if dtype != np.float32 else 1e-6  # rounding to the integer dtype
+    assert result.fused.dtype == dtype
+    assert (fused >= np.minimum(a, b) - slack).all() and (fused <= np.maximum(a, b) + slack).all()
+    assert result.timing["strategy"] == "pair"
+    keep = interior(a.shape, 2)
+    assert (result.index_map == stack.truth_index)[keep].mean() >= 0.95
+
+
+def test_one_slice_is_a_clear_error(tmp_path):
+    path = write_stack(tmp_path / "s", [np.zeros((8, 8), np.uint8)], ".png")[0]
+    with pytest.raises(FocusFuseError, match=r"z1\.png: a stack needs at least 2 slices, got 1"):
+        fuse_stack([path], device="cpu")
+
+
+def test_more_than_256_slices_give_a_uint16_index(tmp_path):
+    rng = np.random.default_rng(0)
+    planes = (rng.random((258, 16, 16)) * 255).astype(np.uint8)
+    path = tmp_path / "deep.tif"
+    tifffile.imwrite(path, planes)
+    result = fuse_stack([path], output=tmp_path / "deep_fused.tif", device="cpu", batch_size=64)
+    assert result.index_map.dtype == np.uint16
+    assert int(result.index_map.max()) < 258
+    assert cv2.imread(str(tmp_path / "deep_fused.index.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
+
+
+@pytest.mark.parametrize("strategy, expected_extractions", [("calibrated", 6), ("serial", 10)])
+def test_feature_extractions_per_strategy(tmp_path, model, monkeypatch, strategy, expected_extractions):
+    """Calibration: N extractions; serial: 2(N - 1) (gacn.md, cost)."""
+    stack = step_depth_stack(n_slices=6, size=48)
+    extracted = []
+    handle = model.features.register_forward_hook(lambda module, inputs, output: extracted.append(inputs[0].shape[0]))
+    monkeypatch.setattr(pipeline, "load_model", lambda path, device: model)
+    try:
+        fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy=strategy, device="cpu", batch_size=2)
+    finally:
+        handle.remove()
+    assert sum(extracted) == expected_extractions
+
+
+def test_outputs_and_timing_report(tmp_path, demo_stack_dir):
+    output = tmp_path / "fused.png"
+    result = fuse_stack([demo_stack_dir], output=output, device="cpu", batch_size=3)
+    record = json.loads((tmp_path / "fused.timing.json").read_text())
+    assert (tmp_path / "fused.index.png").is_file() and output.is_file()
+    assert record["n_slices"] == 8 and (record["height"], record["width"]) == result.fused.shape[:2]
+    assert record["device"] == "cpu" and record["strategy"] == "calibrated" and record["batch_size"] == 3
+    assert record["focusfuse_version"] == focusfuse.__version__ and record["torch_version"]
+    assert {"read", "features", "decisions", "assemble", "write", "load_weights"} <= set(record["stages_s"])
+    assert len(record["per_slice_s"]) == 8 and all(s >= 0 for s in record["per_slice_s"])
+    assert record["total_s"] >= sum(record["per_slice_s"]) * 0.9
+
+
+def test_bad_options_fail_before_any_output(tmp_path, demo_stack_dir):
+    with pytest.raises(FocusFuseError, match="--strategy"):
+        fuse_stack([demo_stack_dir], strategy="fastest", device="cpu")
+    with pytest.raises(FocusFuseError, match="--batch-size 0"):
+        fuse_stack([demo_stack_dir], batch_size=0, device="cpu")
+    with pytest.raises(FocusFuseError, match="PNG cannot hold float32"):
+        stack = step_depth_stack(dtype=np.float32, n_slices=2, size=32)
+        fuse_stack(write_stack(tmp_path / "f", stack.slices), output=tmp_path / "out.png", device="cpu")
+    assert not (tmp_path / "out.png").exists() and not (tmp_path / "out.timing.json").exists()
+    if not pipeline.torch.cuda.is_available():
+        with pytest.raises(FocusFuseError, match="--device cuda: no CUDA device"):
+            fuse_stack([demo_stack_dir], device="cuda")

@@ -1,0 +1,65 @@
+"""Synthetic data: regions, defocus models and depth stacks carry the truth they claim."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from focusfuse.baselines import laplacian_energy
+from focusfuse.defocus import defocus_kernel, layered_defocus
+from focusfuse.synthetic import PairSettings, choose_region, make_depth_stack, make_training_pair, procedural_texture, smooth_depth
+
+
+def labels_and_image(size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = np.zeros((size, size), np.uint8)
+    labels[:, size // 3 :] = 1
+    labels[size // 2 :, size // 2 :] = 2
+    return procedural_texture(size, size, rng), labels
+
+
+def test_region_fraction_is_within_bounds():
+    _, labels = labels_and_image()
+    for seed in range(20):
+        chosen = choose_region(labels, np.random.default_rng(seed), 0.1, 0.7)
+        fraction = np.isin(labels, chosen).mean()
+        assert 0.1 <= fraction <= 0.7
+
+
+def test_kernels_are_normalised():
+    for kind in ("gaussian", "disc"):
+        kernel = defocus_kernel(kind, 3.0)
+        assert abs(float(kernel.sum()) - 1.0) < 1e-5
+    assert defocus_kernel("disc", 0.1) is None
+
+
+def test_blurred_near_layer_bleeds_over_a_sharp_far_layer():
+    image = np.zeros((32, 32), np.float32)
+    near = np.zeros_like(image)
+    near[:, :16] = 1.0
+    image[:, :16] = 1.0  # a bright near object on a dark background
+    rendered = layered_defocus(image, near, defocus_kernel("gaussian", 3.0), None)
+    assert rendered[16, 18] > 0.05  # light spilled over the sharp background
+    sharp_near = layered_defocus(image, near, None, defocus_kernel("gaussian", 3.0))
+    assert sharp_near[16, 18] == 0.0 and sharp_near[16, 10] == 1.0
+
+
+def test_training_pair_truth_marks_the_sharper_source():
+    image, labels = labels_and_image(128)
+    settings = PairSettings(crop=96, rotate=False, noise_max=0.0, both_blurred_fraction=0.0)
+    for seed in range(5):
+        pair = make_training_pair(image, labels, np.random.default_rng(seed), settings)
+        sharper_a = laplacian_energy(pair.source_a) > laplacian_energy(pair.source_b)
+        inside = pair.truth > 0.5
+        assert sharper_a[inside].mean() > 0.8 and (~sharper_a[~inside]).mean() > 0.8
+        assert pair.source_a.shape == (96, 96) and pair.source_a.dtype == np.float32
+
+
+def test_depth_stack_focuses_each_slice_at_its_depth():
+    rng = np.random.default_rng(0)
+    sharp = (procedural_texture(64, 64, rng) * 255).astype(np.uint8)
+    depth = smooth_depth(64, 64, 5, rng)
+    stack = make_depth_stack(sharp, depth, 5)
+    assert len(stack.slices) == 5 and all(s.dtype == np.uint8 for s in stack.slices)
+    assert depth.min() == 0.0 and abs(float(depth.max()) - 4.0) < 1e-5
+    energies = np.stack([laplacian_energy(s.astype(np.float32)) for s in stack.slices])
+    assert (energies.argmax(0) == stack.truth_index).mean() > 0.6

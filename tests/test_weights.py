@@ -1,0 +1,64 @@
+"""Weights are found in a fixed order, checked, and never looked up in the working directory."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from focusfuse.errors import FocusFuseError
+from focusfuse.network import GACN
+from focusfuse.weights import ENV_VARIABLE, find_weights, load_model, save_weights, shipped_weights_candidates
+
+
+def test_explicit_path_then_environment_then_shipped(tmp_path, monkeypatch):
+    explicit, from_env = tmp_path / "explicit.pt", tmp_path / "env.pt"
+    save_weights(GACN(), explicit, {})
+    save_weights(GACN(), from_env, {})
+    monkeypatch.setenv(ENV_VARIABLE, str(from_env))
+    assert find_weights(explicit) == explicit
+    assert find_weights() == from_env
+    monkeypatch.delenv(ENV_VARIABLE)
+    assert find_weights() in shipped_weights_candidates()
+
+
+def test_working_directory_is_never_searched(tmp_path, monkeypatch):
+    monkeypatch.delenv(ENV_VARIABLE, raising=False)
+    decoy = tmp_path / "weights" / "gacn.pt"
+    decoy.parent.mkdir()
+    decoy.write_bytes(b"decoy")
+    monkeypatch.chdir(tmp_path)
+    assert find_weights().resolve() != decoy.resolve()
+
+
+def test_shipped_weights_load_in_eval_mode_and_match_their_checksum():
+    model = load_model(find_weights())
+    assert not model.training
+    assert model.parameter_count == GACN().parameter_count
+
+
+def test_a_changed_file_fails_its_checksum(tmp_path):
+    path = tmp_path / "w.pt"
+    save_weights(GACN(), path, {"note": "test"})
+    with open(path, "ab") as handle:
+        handle.write(b"tampered")
+    with pytest.raises(FocusFuseError, match=r"w\.pt: sha256 .* does not match w\.pt\.sha256"):
+        load_model(path)
+
+
+def test_missing_checksum_is_an_error(tmp_path):
+    path = tmp_path / "w.pt"
+    save_weights(GACN(), path, {})
+    (tmp_path / "w.pt.sha256").unlink()
+    with pytest.raises(FocusFuseError, match="no checksum file"):
+        load_model(path)
+
+
+def test_saved_weights_round_trip(tmp_path):
+    model = GACN()
+    torch.nn.init.constant_(model.decision.blocks[0][0].weight, 0.25)
+    path = tmp_path / "w.pt"
+    save_weights(model, path, {"epochs": 1})
+    loaded = load_model(path)
+    assert torch.equal(loaded.decision.blocks[0][0].weight, model.decision.blocks[0][0].weight)
