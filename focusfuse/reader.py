@@ -63,7 +63,7 @@ def read_image(path: Path) -> np.ndarray:
 
             image = np.asarray(iio.imread(path))
         except Exception as error:
-            raise FocusFuseError(f"{label}: not a readable image ({error.__class__.__name__})") from error
+            raise FocusFuseError(f"{label}: not a readable image (damaged file or unknown format)") from error
     elif image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return _check_array(image, label)
