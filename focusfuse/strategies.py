@@ -51,7 +51,7 @@ class StackContext:
         """``(K, 1, H, W)`` gray tensor on the device."""
         with self.clock.stage("read"):
             planes = np.stack([to_gray(im, scale=self.intensity_scale, offset=self.intensity_offset) for im in images])
-            return torch.from_numpy(planes[:, None]).to(self.device)
+            return torch.from_numpy(planes[:, None]).to(self.device).contiguous(memory_format=torch.channels_last)
 
 
 def _index_dtype(n_slices: int) -> np.dtype:

@@ -13,15 +13,6 @@ from focusfuse.weights import find_weights, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
-SHARED = REPO.parent / "shared"
-
-
-def shared_path(*parts: str) -> Path:
-    """A path in ../shared, or skip the test with a reason when it is absent."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (the shared data folder is not beside this checkout)")
-    return path
 
 
 @pytest.fixture(scope="session")
