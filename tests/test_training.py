@@ -48,3 +48,20 @@ def test_training_runs_resumes_and_is_deterministic(tiny_bsds, tmp_path):
     assert {"train_loss", "train_dice", "train_qg", "val_accuracy_textured", "val_laplacian_accuracy_textured", "val_qg"} <= set(log[0])
     metadata = torch.load(straight, weights_only=True)["metadata"]
     assert metadata["config"]["seed"] == 0 and len(metadata["history"]) == 2
+
+
+def test_train_command_line(tiny_bsds, tmp_path):
+    from click.testing import CliRunner
+
+    from focusfuse.cli import main
+
+    out = tmp_path / "run"
+    arguments = ["train", "--data", str(tiny_bsds), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1"]
+    arguments += ["--batch-size", "2", "--crop", "32", "--validation-pairs", "1", "--device", "cpu", "--qg-weight", "0"]
+    result = CliRunner().invoke(main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1 loss" in result.stderr and (out / "gacn.pt").is_file() and (out / "gacn.pt.sha256").is_file()
+    record = json.loads((out / "log.jsonl").read_text())
+    assert "train_qg" not in record  # --qg-weight 0: Dice only
+    missing = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "none"), "--out", str(out)])
+    assert missing.exit_code == 2 and "does not exist" in missing.stderr
