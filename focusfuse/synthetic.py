@@ -16,7 +16,6 @@ import numpy as np
 from focusfuse.defocus import apply_kernel, defocus_kernel, depth_defocus, layered_defocus
 
 TRAIN_SIZE = 256  # images are resized to this square before cropping (gacn.md)
-MAX_SHIFT = 2  # misregistration between A and B, pixels
 TEXTURE_THRESHOLD = 0.02  # gradient magnitude (intensity per pixel) that counts as texture
 
 
@@ -30,6 +29,7 @@ class PairSettings:
     both_blurred_fraction: float = 0.3
     min_region: float = 0.1
     max_region: float = 0.7
+    max_shift: int = 2  # misregistration of B against A (and the truth), pixels
 
 
 @dataclass
@@ -101,11 +101,12 @@ def make_training_pair(gray: np.ndarray, labels: np.ndarray, rng: np.random.Gene
     valid = size
     if settings.rotate:
         gray, labels, valid = _rotate(gray, labels, 30.0 * rng.integers(0, 12))
-    window = settings.crop + 2 * MAX_SHIFT
+    margin = settings.max_shift
+    window = settings.crop + 2 * margin
     start = (size - valid) // 2
     top = start + rng.integers(0, valid - window + 1)
     left = start + rng.integers(0, valid - window + 1)
-    inner = (slice(top + MAX_SHIFT, top + MAX_SHIFT + settings.crop), slice(left + MAX_SHIFT, left + MAX_SHIFT + settings.crop))
+    inner = (slice(top + margin, top + margin + settings.crop), slice(left + margin, left + margin + settings.crop))
     chosen = choose_region(labels[inner], rng, settings.min_region, settings.max_region)
     if chosen is None:
         # A crop inside one segment: split it by a random straight border instead.
@@ -129,7 +130,7 @@ def make_training_pair(gray: np.ndarray, labels: np.ndarray, rng: np.random.Gene
 
     source_a = render(region_less, rest_more)
     source_b = render(region_more, rest_less)
-    shift_y, shift_x = rng.integers(-MAX_SHIFT, MAX_SHIFT + 1, size=2)
+    shift_y, shift_x = rng.integers(-margin, margin + 1, size=2)
     shifted = (slice(inner[0].start + shift_y, inner[0].stop + shift_y), slice(inner[1].start + shift_x, inner[1].stop + shift_x))
     source_a, source_b, truth, sharp = source_a[inner], source_b[shifted], mask[inner], gray[inner]
 

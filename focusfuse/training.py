@@ -27,7 +27,9 @@ from focusfuse.network import GACN
 from focusfuse.synthetic import TRAIN_SIZE, PairSettings, TrainingPair, make_training_pair, texture_mask
 from focusfuse.weights import save_weights
 
-VALIDATION_SETTINGS = PairSettings(crop=TRAIN_SIZE - 16, rotate=False, noise_max=0.02)
+# Held-out pairs: aligned (a shift would make the truth, aligned to A, wrong for B near
+# every border), no rotation, realistic noise; blur, defocus spread and jitter as in training.
+VALIDATION_SETTINGS = PairSettings(crop=TRAIN_SIZE - 16, rotate=False, noise_max=0.02, max_shift=0)
 
 
 @dataclass
