@@ -19,6 +19,7 @@ demo: install
 	mkdir -p $(DEMO_OUT)
 	$(FOCUSFUSE) stack examples/pair/lytro_01_1.png examples/pair/lytro_01_2.png -o $(DEMO_OUT)/pair.png --quiet
 	$(FOCUSFUSE) stack examples/stack8/ -o $(DEMO_OUT)/stack8.png --quiet
+	$(FOCUSFUSE) stack examples/stack8/ -o $(DEMO_OUT)/stack8-serial.png --strategy serial --quiet
 	$(PYTHON) examples/report_demo.py $(DEMO_OUT)
 
 test: install

@@ -74,13 +74,23 @@ def test_calibrated_eq19_ties_go_to_the_first_slice(tmp_path):
     assert (result.index_map[band2] == 1).mean() >= 0.8
 
 
-def test_demo_stack_index_matches_truth(demo_stack_dir, demo_truth):
+def test_demo_stack_serial_index_matches_truth(demo_stack_dir, demo_truth):
     serial = fuse_stack([demo_stack_dir], strategy="serial", device="cpu")
-    calibrated = fuse_stack([demo_stack_dir], strategy="calibrated", device="cpu")
-    serial_exact = (serial.index_map == demo_truth).mean()
-    calibrated_near = (np.abs(calibrated.index_map.astype(int) - demo_truth) <= 1).mean()
-    assert serial_exact >= 0.85, f"serial exact accuracy {serial_exact:.3f}"
-    assert calibrated_near >= 0.85, f"calibrated accuracy within one slice {calibrated_near:.3f}"
+    exact = (serial.index_map == demo_truth).mean()
+    near = (np.abs(serial.index_map.astype(int) - demo_truth) <= 1).mean()
+    assert exact >= 0.95 and near >= 0.99, f"serial: {exact:.3f} exact, {near:.3f} within one slice"
+
+
+def test_demo_stack_calibrated_eq19_collapses_onto_slice_1(demo_stack_dir, demo_truth):
+    """Eq. 19 with saturated maps on a continuous-depth stack (the published behaviour, issue 6).
+
+    Every slice between the baseline and the truth beats the baseline with p ~ 0, so
+    their odds tie and the first of them, slice 1, wins: never deeper than truth + 1,
+    and most of the image from slice 1.
+    """
+    index = fuse_stack([demo_stack_dir], strategy="calibrated", device="cpu").index_map.astype(int)
+    assert (index <= demo_truth.astype(int) + 1).mean() >= 0.99
+    assert (index == 1).mean() >= 0.5
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
