@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from focusfuse.synthetic import TEXTURE_THRESHOLD, make_training_pair
-from focusfuse.training import VALIDATION_SETTINGS, evaluate_pairs, load_split
+from focusfuse.training import BORDER_MARGIN, VALIDATION_SETTINGS, evaluate_pairs, load_split
 from focusfuse.weights import find_weights, load_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +48,8 @@ def main() -> None:
         pairs = [make_training_pair(*images[i % len(images)], rng, settings) for i in range(args.pairs)]
         metrics = evaluate_pairs(model, pairs, torch.device("cpu"))
         print(
-            f"{label:>32}: network {metrics['accuracy_textured']:.4f} textured, {metrics['accuracy_all']:.4f} all pixels; "
+            f"{label:>32}: network {metrics['accuracy_textured']:.4f} textured "
+            f"({metrics['accuracy_textured_interior']:.4f} >= {BORDER_MARGIN} px from borders), {metrics['accuracy_all']:.4f} all pixels; "
             f"Laplacian max-select {metrics['laplacian_accuracy_textured']:.4f} textured; Qg (loss form) {metrics['qg']:.4f}"
         )
 

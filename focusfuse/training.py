@@ -91,11 +91,21 @@ def validation_set(images: list[Image], seed: int, count: int) -> list[TrainingP
     return [make_training_pair(*images[i % len(images)], rng, VALIDATION_SETTINGS) for i in range(count)]
 
 
+BORDER_MARGIN = 8  # pixels; "interior" accuracy leaves out this band along truth borders
+
+
+def distance_to_border(truth: np.ndarray) -> np.ndarray:
+    """Distance in pixels from each pixel to the nearest border of the truth mask."""
+    border = cv2.morphologyEx((truth >= 0.5).astype(np.uint8), cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    return cv2.distanceTransform((1 - border).astype(np.uint8), cv2.DIST_L2, 3)
+
+
 @torch.no_grad()
 def evaluate_pairs(model: GACN, pairs: list[TrainingPair], device: torch.device) -> dict[str, float]:
-    """Accuracy of the initial DM on textured pixels (and all pixels), Qg, and the baseline."""
+    """Accuracy of the initial DM on textured pixels (all, and away from borders), Qg, and the baseline."""
     model.eval()
     correct = total = correct_all = pixels = baseline_correct = 0
+    interior_correct = interior_total = 0
     qg_values = []
     for pair in pairs:
         a, b, truth = to_tensors([pair], device)
@@ -107,11 +117,15 @@ def evaluate_pairs(model: GACN, pairs: list[TrainingPair], device: torch.device)
         correct += int(((chosen == target) & textured).sum())
         baseline_correct += int(((baseline == target) & textured).sum())
         total += int(textured.sum())
+        interior = textured & (distance_to_border(pair.truth) >= BORDER_MARGIN)
+        interior_correct += int(((chosen == target) & interior).sum())
+        interior_total += int(interior.sum())
         correct_all += int((chosen == target).sum())
         pixels += target.size
         qg_values.append(float(qg_index(a, b, fused)[0]))
     return {
         "accuracy_textured": correct / max(total, 1),
+        "accuracy_textured_interior": interior_correct / max(interior_total, 1),
         "accuracy_all": correct_all / max(pixels, 1),
         "laplacian_accuracy_textured": baseline_correct / max(total, 1),
         "qg": float(np.mean(qg_values)),
