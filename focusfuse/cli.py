@@ -14,13 +14,12 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import click
 
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
-from focusfuse.pipeline import DEFAULT_BATCH_SIZE, default_index_map_path, default_timing_path, fuse_stack
+from focusfuse.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.reader import natural_key
 from focusfuse.strategies import STRATEGIES
 
@@ -123,11 +122,10 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, weigh
         sys.exit(130)
     if mode != "silent":
         record = result.timing
-        output_path = Path(output)
+        written = record["outputs"]
         click.echo(
             f"fused {record['n_slices']} slices {record['width']}x{record['height']} ({record['strategy']}, {record['device']}) "
-            f"in {record['total_s']:.2f} s -> {output_path}, {index_map or default_index_map_path(output_path)}, "
-            f"{timing or default_timing_path(output_path)}",
+            f"in {record['total_s']:.2f} s -> {written['fused']}, {written['index_map']}, {written['timing']}",
             err=True,
         )
 

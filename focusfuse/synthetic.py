@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from focusfuse.defocus import apply_kernel, defocus_kernel, depth_defocus, layered_defocus
+from focusfuse.defocus import defocus_kernel, depth_defocus, layered_defocus
 
 TRAIN_SIZE = 256  # images are resized to this square before cropping (gacn.md)
 TEXTURE_THRESHOLD = 0.02  # gradient magnitude (intensity per pixel) that counts as texture
@@ -241,16 +241,3 @@ def procedural_texture(height: int, width: int, rng: np.random.Generator) -> np.
     texture -= texture.min()
     return texture / max(float(texture.max()), 1e-6)
 
-
-__all__ = [
-    "PairSettings",
-    "SyntheticStack",
-    "TrainingPair",
-    "apply_kernel",
-    "choose_region",
-    "make_depth_stack",
-    "make_training_pair",
-    "procedural_texture",
-    "smooth_depth",
-    "texture_mask",
-]

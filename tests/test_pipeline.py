@@ -173,3 +173,12 @@ def test_bad_options_fail_before_any_output(tmp_path, demo_stack_dir):
     if not pipeline.torch.cuda.is_available():
         with pytest.raises(FocusFuseError, match="--device cuda: no CUDA device"):
             fuse_stack([demo_stack_dir], device="cuda")
+
+
+@pytest.mark.skipif(not pipeline.torch.cuda.is_available(), reason="no CUDA device on this machine")
+@pytest.mark.parametrize("strategy", ["calibrated", "serial"])
+def test_cuda_agrees_with_cpu(demo_stack_dir, strategy):
+    on_cpu = fuse_stack([demo_stack_dir], strategy=strategy, device="cpu", batch_size=4)
+    on_cuda = fuse_stack([demo_stack_dir], strategy=strategy, device="cuda", batch_size=4)
+    assert on_cuda.timing["device"].startswith("cuda")
+    assert (on_cuda.index_map == on_cpu.index_map).mean() >= 0.999
