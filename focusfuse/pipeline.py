@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from focusfuse import __version__
+from focusfuse.color import unit_scale
 from focusfuse.errors import FocusFuseError
 from focusfuse.reader import open_stack
 from focusfuse.strategies import STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated, fuse_serial
@@ -42,7 +43,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise FocusFuseError(f"--device {device}: no CUDA device is available to torch {torch.__version__}")
-    if device not in ("cpu",) and not device.startswith("cuda"):
+    if device != "cpu" and not device.startswith("cuda"):
         raise FocusFuseError(f"--device {device}: use auto, cpu or cuda")
     return torch.device(device)
 
@@ -55,7 +56,7 @@ def intensity_mapping(first_slice: np.ndarray) -> tuple[float, float]:
     sharpness stays comparable between slices.
     """
     if first_slice.dtype.kind == "u":
-        return 0.0, float(np.iinfo(first_slice.dtype).max)
+        return 0.0, unit_scale(first_slice.dtype)
     low, high = float(first_slice.min()), float(first_slice.max())
     if low >= 0.0 and high <= 1.0:
         return 0.0, 1.0

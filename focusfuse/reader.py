@@ -120,10 +120,9 @@ def _tiff_stack(path: Path) -> StackSource | None:
     if extra:
         raise FocusFuseError(f"{path}: axes {axes!r} {shape}: only a Z stack (with optional channels C) is supported, not {''.join(extra)}")
     page_shape = shape[: len(page_axes)]
-    depth = shape[page_axes.index(stack_axis)]
-    contiguous_pages = int(np.prod(page_shape)) == page_count
-
     stack_position = page_axes.index(stack_axis)
+    depth = shape[stack_position]
+    contiguous_pages = int(np.prod(page_shape)) == page_count
     image_shape = tuple(shape[len(page_axes):])
 
     def read_plane(index: int) -> np.ndarray:

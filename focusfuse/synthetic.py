@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from focusfuse.color import unit_scale
 from focusfuse.defocus import defocus_kernel, depth_defocus, layered_defocus
 
 TRAIN_SIZE = 256  # images are resized to this square before cropping (gacn.md)
@@ -214,7 +215,7 @@ def make_depth_stack(
     """
     rng = rng or np.random.default_rng(0)
     dtype = sharp.dtype
-    full = float(np.iinfo(dtype).max) if dtype.kind == "u" else 1.0
+    full = unit_scale(dtype)
     base = sharp.astype(np.float32) / full
     max_sigma = blur_per_slice * (n_slices - 1)
     levels = np.concatenate(([0.0], np.geomspace(0.3, max(max_sigma, 0.31), 14))).astype(np.float32)

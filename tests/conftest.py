@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from focusfuse.color import unit_scale
 from focusfuse.synthetic import make_depth_stack, procedural_texture
 from focusfuse.weights import find_weights, load_model
 
@@ -39,7 +40,7 @@ def step_depth_stack(dtype=np.uint8, n_slices: int = 4, size: int = 96, seed: in
     texture = procedural_texture(size, size, rng)
     if colour:
         texture = np.stack([texture, np.roll(texture, 7, axis=0), np.roll(texture, 13, axis=1)], axis=2)
-    full = {np.uint8: 255.0, np.uint16: 65535.0, np.float32: 1.0}[dtype]
+    full = unit_scale(dtype)
     sharp = (texture * full).round().astype(dtype) if dtype != np.float32 else texture.astype(np.float32)
     depth = np.zeros((size, size), np.float32)
     band = size // n_slices
