@@ -58,8 +58,8 @@ class SpatialSE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The C -> 1 conv computed as a depthwise conv plus a channel sum: the same
-        # arithmetic, but CPU conv kernels handle a single output channel poorly
-        # (measured 1.8x slower for this layer at 520x520).
+        # arithmetic, but CPU conv kernels handle a single output channel poorly.
+        # bench/speed.py times the whole network.
         weight = self.squeeze.weight
         channels, size = weight.shape[1], weight.shape[-1]
         per_channel = F.conv2d(x, weight.reshape(channels, 1, size, size), padding=size // 2, groups=channels)
