@@ -170,3 +170,50 @@ def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning
         run_training(config, log=lambda line: click.echo(line, err=True), resume=resume)
     except FocusFuseError as error:
         fail(error)
+
+
+@main.command()
+@click.argument("images", nargs=-1)
+@click.option("--pairs", "pairs_dir", type=click.Path(), help="Folder of NAME_1 / NAME_2 source pairs.")
+@click.option("--fused", "fused_dir", type=click.Path(), help="Folder of fused results, one per pair.")
+@click.option("--pattern", default="{name}.png", show_default=True, help="Fused file name for pair NAME.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the values as JSON.")
+@click.option("--compare", type=click.Choice(["paper"]), help="Add the paper's Table 1 rows (GACN, best per metric).")
+@click.option("--workers", type=int, help="Processes for --pairs. [default: all cores]")
+def evaluate(images, pairs_dir, fused_dir, pattern, json_path, compare, workers) -> None:
+    """Fusion quality: Qg, Qy, Qncie, Qcb, FMI_EDGE and FMI_DCT (the paper's six metrics).
+
+    Either three images, SOURCE_A SOURCE_B FUSED, or --pairs DIR --fused DIR for a
+    table of every pair with the means.
+    """
+    from pathlib import Path
+
+    from focusfuse.evaluation import evaluate_files, evaluate_pairs, evaluation_record, find_pairs, format_table
+    from focusfuse.metrics import METRIC_NAMES
+    from focusfuse.writer import check_output_path, write_json
+
+    try:
+        by_folder = pairs_dir is not None or fused_dir is not None
+        if by_folder and images:
+            raise FocusFuseError("give either three images or --pairs and --fused, not both")
+        if by_folder and (pairs_dir is None or fused_dir is None):
+            raise FocusFuseError("--pairs and --fused go together")
+        if not by_folder and len(images) != 3:
+            raise FocusFuseError(f"expected SOURCE_A SOURCE_B FUSED (three images), got {len(images)}")
+        if json_path:
+            inputs = [Path(image) for image in images]
+            check_output_path(Path(json_path), inputs=inputs)
+        if by_folder:
+            pairs = find_pairs(pairs_dir, fused_dir, pattern)
+            rows = evaluate_pairs(pairs, workers=workers)
+            click.echo(format_table([pair.name for pair in pairs], rows, compare_paper=compare == "paper"))
+            record = evaluation_record(pairs, rows, compare_paper=compare == "paper")
+        else:
+            scores = evaluate_files(*images)
+            for name in METRIC_NAMES:
+                click.echo(f"{name:<9} {scores[name]:.6f}")
+            record = {"source_a": images[0], "source_b": images[1], "fused": images[2], **scores}
+        if json_path:
+            write_json(Path(json_path), record)
+    except FocusFuseError as error:
+        fail(error)

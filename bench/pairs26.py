@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""The paper's 26 test pairs: fuse them by each method, then judge with the six metrics.
+
+Methods (no parameter tuned per image):
+- network:          `focusfuse stack A B` through the library (final decision map p);
+- network-initial:  the same network's initial map p0 (no boundary band, no guided filter);
+- laplacian:        7x7 Laplacian-energy max-select;
+- laplacian-guided: the same decision refined by the band + guided filter the network uses;
+- average:          (A + B) / 2.
+Prints one row of 26-pair means per method beside the paper's Table 1 rows and writes
+every fused image under OUT/<method>/NAME.png and the values to OUT/summary.json.
+Usage: python bench/pairs26.py [--pairs ../shared/data/pairs26] [--out out/pairs26]
+       [--weights PATH] [--methods network,average,...] [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from focusfuse.baselines import laplacian_select_pair
+from focusfuse.color import cast_like, to_gray
+from focusfuse.evaluation import PAPER_BEST, PAPER_GACN, SOURCE_PATTERN, evaluate_pairs, find_pairs, mean_scores
+from focusfuse.metrics import METRIC_NAMES
+from focusfuse.pipeline import fuse_stack
+from focusfuse.reader import natural_key, read_image
+from focusfuse.refinement import refine_decision_map
+from focusfuse.weights import find_weights, load_model
+from focusfuse.writer import write_image
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = ("network", "network-initial", "laplacian", "laplacian-guided", "average")
+
+
+def blend(weight: np.ndarray, source_a: np.ndarray, source_b: np.ndarray) -> np.ndarray:
+    """p A + (1 - p) B in the sources' dtype."""
+    if source_a.ndim == 3:
+        weight = weight[:, :, None]
+    return cast_like(weight * source_a.astype(np.float32) + (1.0 - weight) * source_b.astype(np.float32), source_a.dtype)
+
+
+def gray_tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(to_gray(image)[None, None])
+
+
+def decision_map(method: str, model, source_a: np.ndarray, source_b: np.ndarray) -> np.ndarray:
+    """Weight of A per pixel for the non-pipeline methods."""
+    gray_a, gray_b = gray_tensor(source_a), gray_tensor(source_b)
+    if method == "average":
+        return np.full(source_a.shape[:2], 0.5, np.float32)
+    if method.startswith("laplacian"):
+        selected = torch.from_numpy(laplacian_select_pair(to_gray(source_a), to_gray(source_b))[None, None])
+        if method == "laplacian":
+            return selected[0, 0].numpy()
+        return refine_decision_map(selected, gray_a, gray_b)[0, 0].numpy()
+    with torch.inference_mode():
+        energies = model.activity(torch.cat((gray_a, gray_b), 0))
+        return model.decide(energies[0:1], energies[1:2], gray_a, gray_b).initial_map[0, 0].numpy()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", default=str(REPO.parent / "shared" / "data" / "pairs26"))
+    parser.add_argument("--out", default=str(REPO / "out" / "pairs26"))
+    parser.add_argument("--weights")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--workers", type=int)
+    args = parser.parse_args()
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = set(methods) - set(METHODS)
+    if unknown:
+        parser.error(f"unknown methods {sorted(unknown)}; choose from {METHODS}")
+    pairs_dir, out = Path(args.pairs), Path(args.out)
+    weights = find_weights(args.weights)
+    model = load_model(weights)
+    names = sorted({SOURCE_PATTERN.match(p.name)["name"] for p in pairs_dir.iterdir() if SOURCE_PATTERN.match(p.name)}, key=natural_key)
+    print(f"{len(names)} pairs from {pairs_dir}; weights {weights}")
+    summary = {"pairs": str(pairs_dir), "weights": str(weights), "methods": {}}
+    for method in methods:
+        folder = out / method
+        folder.mkdir(parents=True, exist_ok=True)
+        seconds = []
+        for name in names:
+            path_a, path_b = (next(pairs_dir.glob(f"{name}_{i}.*")) for i in (1, 2))
+            target = folder / f"{name}.png"
+            started = time.perf_counter()
+            if method == "network":
+                fuse_stack([path_a, path_b], output=target, index_map_path=folder / f"{name}.index.png", timing_path=folder / f"{name}.timing.json", weights=weights, device="cpu")
+            else:
+                source_a, source_b = read_image(path_a), read_image(path_b)
+                write_image(target, blend(decision_map(method, model, source_a, source_b), source_a, source_b))
+            seconds.append(time.perf_counter() - started)
+        rows = evaluate_pairs(find_pairs(pairs_dir, folder), workers=args.workers)
+        means = mean_scores(rows)
+        summary["methods"][method] = {"mean": means, "seconds_per_pair": float(np.mean(seconds)), "pairs": dict(zip(names, rows))}
+    header = f"{'method':<18}" + "".join(f"{name:>10}" for name in METRIC_NAMES) + f"{'s/pair':>9}"
+    print(header)
+    for method, result in summary["methods"].items():
+        print(f"{method:<18}" + "".join(f"{result['mean'][name]:>10.6f}" for name in METRIC_NAMES) + f"{result['seconds_per_pair']:>9.3f}")
+    print(f"{'paper GACN':<18}" + "".join(f"{PAPER_GACN[name]:>10.6f}" for name in METRIC_NAMES))
+    print(f"{'paper best':<18}" + "".join(f"{PAPER_BEST[name][0]:>10.6f}" for name in METRIC_NAMES))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
