@@ -46,7 +46,7 @@ def main() -> None:
             for k, image in enumerate(stack.slices, start=1):
                 write_image(stack_dir / f"z{k}.png", image)
             row = [f"N={n:>3}"]
-            for strategy in ("calibrated", "serial"):
+            for strategy in ("calibrated", "calibrated-paper", "serial"):
                 command = [focusfuse, "stack", str(stack_dir), "-o", str(Path(scratch) / "f.png"), "--strategy", strategy, "--quiet", "--device", "cpu"]
                 row.append(f"{strategy} {peak_rss_mib(command):7.0f} MiB")
             print("  ".join(row))

@@ -90,7 +90,7 @@ def main() -> None:
 @click.option("--index-map", type=click.Path(dir_okay=False), help="Index map (0-based slice per pixel). [default: NAME.index.png]")
 @click.option("--timing", type=click.Path(dir_okay=False), help="Timing report, JSON. [default: NAME.timing.json]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (auto = CUDA when present).")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Decision paths run per batch.")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Slices whose features (calibrated-paper: also decision paths) run together.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True, help="N-slice strategy.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]")
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")

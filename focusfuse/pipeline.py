@@ -20,7 +20,7 @@ from focusfuse import __version__
 from focusfuse.color import unit_scale
 from focusfuse.errors import FocusFuseError
 from focusfuse.reader import open_stack
-from focusfuse.strategies import STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated, fuse_serial
+from focusfuse.strategies import STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated_paper, fuse_running_best, fuse_serial
 from focusfuse.timing import StageClock
 from focusfuse.weights import find_weights, load_model
 from focusfuse.writer import check_format_holds, check_output_path, write_image, write_json
@@ -91,9 +91,10 @@ def fuse_stack(
         inputs: a directory, image files (order kept) or one multipage TIFF.
         output: where to write the fused image (.png, .tif, .jpg); nothing is written when None.
         index_map_path, timing_path: default to NAME.index.png and NAME.timing.json beside ``output``.
-        strategy: ``calibrated`` (N feature extractions) or ``serial`` (one by one).
+        strategy: ``calibrated`` (N feature extractions, running best),
+            ``calibrated-paper`` (Eq. 19 as published) or ``serial`` (one by one).
         device: ``auto``, ``cpu`` or ``cuda``.
-        batch_size: decision paths run together (calibrated strategy).
+        batch_size: slices whose features (and, for calibrated-paper, decision paths) run together.
         weights: weights file; else $FOCUSFUSE_WEIGHTS, else the shipped weights.
         progress: called with (slices done, slices in all).
     Returns:
@@ -141,7 +142,9 @@ def fuse_stack(
     used_strategy = "pair" if len(source) == 2 else strategy
     with torch.inference_mode():
         if used_strategy == "calibrated":
-            fused, index_map = fuse_calibrated(context, batch_size)
+            fused, index_map = fuse_running_best(context, batch_size)
+        elif used_strategy == "calibrated-paper":
+            fused, index_map = fuse_calibrated_paper(context, batch_size)
         else:
             fused, index_map = fuse_serial(context)
 
@@ -154,7 +157,7 @@ def fuse_stack(
         "dtype": str(first_slice.dtype),
         "device": str(torch_device),
         "strategy": used_strategy,
-        "batch_size": batch_size if used_strategy == "calibrated" else 1,
+        "batch_size": batch_size if used_strategy.startswith("calibrated") else 1,
         "weights": str(weights_path),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,

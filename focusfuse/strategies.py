@@ -3,11 +3,19 @@
 - ``serial``: fuse slice 1 with 2, the result with 3, ... (2(N-1) feature
   extractions); fused = p A + (1 - p) B at every step. With N = 2 this is the
   plain GACN pair fusion.
-- ``calibrated``: slice 1 is the baseline, its features are computed once; the
-  N-1 decision paths compare it with every other slice, in batches. Eq. 19 as
-  gacn.md reads it ranks slice j by its odds (1 - p_j) / (p_j + 1e-4) against the
-  baseline (odds 1). A streaming running argmax keeps memory flat in N, and every
-  fused pixel is the pixel of the chosen slice.
+- ``calibrated`` (default): every slice's features are computed once (N
+  extractions) and N-1 decision paths run, as in decision calibration, but each
+  new slice is compared with the slice currently chosen at each pixel, whose
+  activities are kept as a per-pixel mosaic of the cached ones ("running best",
+  gacn.md). No decision map is ever compared with another, so their saturation
+  does not matter.
+- ``calibrated-paper``: Eq. 19 as published. Slice 1 is the baseline; the N-1
+  decision paths compare it with every other slice, in batches, and slice j is
+  ranked by its odds (1 - p_j) / (p_j + 1e-4). The final maps saturate at 0 or 1,
+  so every slice sharper than the baseline ties at odds ~1e4 and the first of
+  them wins: whole regions come from the wrong slice (kept for comparison).
+In both calibrated forms memory is flat in N and every fused pixel is the pixel
+of the chosen slice.
 """
 
 from __future__ import annotations
@@ -24,8 +32,8 @@ from focusfuse.network import GACN
 from focusfuse.reader import StackSource
 from focusfuse.timing import StageClock
 
-Strategy = Literal["calibrated", "serial"]
-STRATEGIES: tuple[str, ...] = ("calibrated", "serial")
+Strategy = Literal["calibrated", "calibrated-paper", "serial"]
+STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
 ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
 Progress = Callable[[int, int], None]
 
@@ -89,8 +97,48 @@ def fuse_serial(context: StackContext) -> tuple[np.ndarray, np.ndarray]:
     return cast_like(fused, first.dtype), index_map
 
 
-def fuse_calibrated(context: StackContext, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decision calibration (Eq. 19) with a streaming argmax over the odds."""
+def fuse_running_best(context: StackContext, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated fusion by running best: each slice is compared with the current choice.
+
+    Features are extracted once per slice (``batch_size`` slices at a time); the
+    chosen slice's activities and gray are kept per pixel, so each decision path
+    compares slice j with the sharpest slice found so far at that pixel.
+    """
+    model, clock, source = context.model, context.clock, context.source
+    started = clock.now()
+    first = context.first_slice
+    best_gray = context.gray([first])
+    with clock.stage("features"):
+        best_activity = model.activity(best_gray)
+    fused = first.copy()
+    index_map = np.zeros(first.shape[:2], _index_dtype(len(source)))
+    clock.per_slice.append(clock.now() - started)
+    context.progress(1, len(source))
+    for start in range(1, len(source), batch_size):
+        started = clock.now()
+        indices = list(range(start, min(start + batch_size, len(source))))
+        images = [context.read(j) for j in indices]
+        grays = context.gray(images)
+        with clock.stage("features"):
+            activities = model.activity(grays)
+        for offset, j in enumerate(indices):
+            with clock.stage("decisions"):
+                final_map = model.decide(best_activity, activities[offset : offset + 1], best_gray, grays[offset : offset + 1]).final_map
+            with clock.stage("assemble"):
+                sharper = final_map < 0.5  # (1, 1, H, W): slice j beats the current choice
+                best_activity = torch.where(sharper, activities[offset : offset + 1], best_activity)
+                best_gray = torch.where(sharper, grays[offset : offset + 1], best_gray)
+                chosen = sharper[0, 0].cpu().numpy()
+                index_map[chosen] = j
+                fused[chosen] = images[offset][chosen]
+        share = (clock.now() - started) / len(indices)
+        clock.per_slice.extend([share] * len(indices))
+        context.progress(indices[-1] + 1, len(source))
+    return fused, index_map
+
+
+def fuse_calibrated_paper(context: StackContext, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decision calibration as published (Eq. 19) with a streaming argmax over the odds."""
     model, clock, source, device = context.model, context.clock, context.source, context.device
     started = clock.now()
     baseline = context.first_slice
