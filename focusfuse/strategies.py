@@ -20,7 +20,7 @@ of the chosen slice.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -97,6 +97,39 @@ def fuse_serial(context: StackContext) -> tuple[np.ndarray, np.ndarray]:
     return cast_like(fused, first.dtype), index_map
 
 
+def _start_calibrated(context: StackContext) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    """The first slice's gray and activities, and the fused image and index map it starts."""
+    clock, first = context.clock, context.first_slice
+    started = clock.now()
+    gray = context.gray([first])
+    with clock.stage("features"):
+        activity = context.model.activity(gray)
+    index_map = np.zeros(first.shape[:2], _index_dtype(len(context.source)))
+    clock.per_slice.append(clock.now() - started)
+    context.progress(1, len(context.source))
+    return gray, activity, first.copy(), index_map
+
+
+def _slice_batches(context: StackContext, batch_size: int) -> Iterator[tuple[list[int], list[np.ndarray], torch.Tensor, torch.Tensor]]:
+    """Slices 1..N-1 in batches: (indices, images, grays, activities), one feature extraction each.
+
+    Books each batch's time (shared evenly by its slices) and reports progress once
+    the caller has consumed the batch.
+    """
+    clock, total = context.clock, len(context.source)
+    for start in range(1, total, batch_size):
+        started = clock.now()
+        indices = list(range(start, min(start + batch_size, total)))
+        images = [context.read(j) for j in indices]
+        grays = context.gray(images)
+        with clock.stage("features"):
+            activities = context.model.activity(grays)
+        yield indices, images, grays, activities
+        share = (clock.now() - started) / len(indices)
+        clock.per_slice.extend([share] * len(indices))
+        context.progress(indices[-1] + 1, total)
+
+
 def fuse_running_best(context: StackContext, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated fusion by running best: each slice is compared with the current choice.
 
@@ -104,61 +137,31 @@ def fuse_running_best(context: StackContext, batch_size: int) -> tuple[np.ndarra
     chosen slice's activities and gray are kept per pixel, so each decision path
     compares slice j with the sharpest slice found so far at that pixel.
     """
-    model, clock, source = context.model, context.clock, context.source
-    started = clock.now()
-    first = context.first_slice
-    best_gray = context.gray([first])
-    with clock.stage("features"):
-        best_activity = model.activity(best_gray)
-    fused = first.copy()
-    index_map = np.zeros(first.shape[:2], _index_dtype(len(source)))
-    clock.per_slice.append(clock.now() - started)
-    context.progress(1, len(source))
-    for start in range(1, len(source), batch_size):
-        started = clock.now()
-        indices = list(range(start, min(start + batch_size, len(source))))
-        images = [context.read(j) for j in indices]
-        grays = context.gray(images)
-        with clock.stage("features"):
-            activities = model.activity(grays)
+    model, clock = context.model, context.clock
+    best_gray, best_activity, fused, index_map = _start_calibrated(context)
+    for indices, images, grays, activities in _slice_batches(context, batch_size):
         for offset, j in enumerate(indices):
+            gray, activity = grays[offset : offset + 1], activities[offset : offset + 1]
             with clock.stage("decisions"):
-                final_map = model.decide(best_activity, activities[offset : offset + 1], best_gray, grays[offset : offset + 1]).final_map
+                final_map = model.decide(best_activity, activity, best_gray, gray).final_map
             with clock.stage("assemble"):
                 sharper = final_map < 0.5  # (1, 1, H, W): slice j beats the current choice
-                best_activity = torch.where(sharper, activities[offset : offset + 1], best_activity)
-                best_gray = torch.where(sharper, grays[offset : offset + 1], best_gray)
+                best_activity = torch.where(sharper, activity, best_activity)
+                best_gray = torch.where(sharper, gray, best_gray)
                 chosen = sharper[0, 0].cpu().numpy()
                 index_map[chosen] = j
                 fused[chosen] = images[offset][chosen]
-        share = (clock.now() - started) / len(indices)
-        clock.per_slice.extend([share] * len(indices))
-        context.progress(indices[-1] + 1, len(source))
     return fused, index_map
 
 
 def fuse_calibrated_paper(context: StackContext, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Decision calibration as published (Eq. 19) with a streaming argmax over the odds."""
-    model, clock, source, device = context.model, context.clock, context.source, context.device
-    started = clock.now()
-    baseline = context.first_slice
-    baseline_gray = context.gray([baseline])
-    with clock.stage("features"):
-        baseline_energy = model.activity(baseline_gray)
-    fused = baseline.copy()
-    best_odds = torch.ones(baseline.shape[:2], device=device)
-    index_map = np.zeros(baseline.shape[:2], _index_dtype(len(source)))
-    clock.per_slice.append(clock.now() - started)
-    context.progress(1, len(source))
-    for first in range(1, len(source), batch_size):
-        started = clock.now()
-        indices = list(range(first, min(first + batch_size, len(source))))
-        images = [context.read(j) for j in indices]
-        grays = context.gray(images)
-        with clock.stage("features"):
-            energies = model.activity(grays)
+    model, clock = context.model, context.clock
+    baseline_gray, baseline_activity, fused, index_map = _start_calibrated(context)
+    best_odds = torch.ones(fused.shape[:2], device=context.device)
+    for indices, images, grays, activities in _slice_batches(context, batch_size):
         with clock.stage("decisions"):
-            final_maps = model.decide(baseline_energy, energies, baseline_gray, grays).final_map[:, 0]
+            final_maps = model.decide(baseline_activity, activities, baseline_gray, grays).final_map[:, 0]
             odds = (1.0 - final_maps) / (final_maps + ODDS_EPSILON)
         with clock.stage("assemble"):
             for offset, j in enumerate(indices):
@@ -167,7 +170,4 @@ def fuse_calibrated_paper(context: StackContext, batch_size: int) -> tuple[np.nd
                 chosen = better.cpu().numpy()
                 index_map[chosen] = j
                 fused[chosen] = images[offset][chosen]
-        share = (clock.now() - started) / len(indices)
-        clock.per_slice.extend([share] * len(indices))
-        context.progress(indices[-1] + 1, len(source))
     return fused, index_map
