@@ -1,0 +1,39 @@
+"""Regression guard: the shipped weights keep their fusion quality on real pairs.
+
+Floors sit a little under what the shipped weights reach (weights/README.md has the
+full 26-pair table from bench/pairs26.py); a change to the network, the refinement,
+the pipeline or the weights that costs quality fails here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from focusfuse.evaluation import evaluate_files
+from focusfuse.pipeline import fuse_stack
+
+from conftest import EXAMPLES
+
+PAIRS26 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pairs26"
+
+# name -> (folder, {metric: floor}); floors = shipped value - 0.003 (Qg, Qcb) or - 0.002.
+FLOORS = {
+    "lytro_01": (EXAMPLES / "pair", {"Qg": 0.719, "Qy": 0.986, "Qcb": 0.802}),
+    "gray_mwg_clock": (PAIRS26, {"Qg": 0.661, "Qy": 0.913, "Qcb": 0.762}),
+    "color_tid_t5": (PAIRS26, {"Qg": 0.663, "Qy": 0.971, "Qcb": 0.729}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLOORS))
+def test_shipped_weights_keep_their_quality(tmp_path, name):
+    folder, floors = FLOORS[name]
+    sources = sorted(folder.glob(f"*{name}_[12].png"))
+    if len(sources) != 2:
+        pytest.skip(f"{folder} is absent")
+    output = tmp_path / f"{name}.png"
+    fuse_stack(sources, output=output, device="cpu")
+    scores = evaluate_files(sources[0], sources[1], output)
+    below = {metric: (round(scores[metric], 4), floor) for metric, floor in floors.items() if scores[metric] < floor}
+    assert not below, f"{name}: below the floor (value, floor): {below}"
