@@ -7,6 +7,7 @@ live here, once.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 
 # Luma weights of the reference (Rec. 709), applied to 8-bit RGB and divided by 255.
@@ -42,28 +43,13 @@ def prepare_image(image: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected an (H, W) or (H, W, 3) image, got shape {values.shape}")
 
 
-def correlate_same(image: np.ndarray, kernel: np.ndarray, *, pad: str = "constant") -> np.ndarray:
-    """2-D correlation, output the size of ``image`` (MATLAB ``filter2(k, I, 'same')``).
+def correlate_same(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
+    """2-D correlation with zero padding, output the size of ``image`` (MATLAB ``filter2(k, I, 'same')``).
 
-    The sum runs over the kernel taps in row-major order, skipping zero taps;
-    exact cancellations in flat areas (which decide Qg's orientations) depend on it.
-
-    Args:
-        pad: ``"constant"`` (zeros, as filter2) or ``"edge"`` (replicate, as imfilter
-            with 'replicate').
+    OpenCV's direct 3x3 filter sums the taps in row-major order; exact cancellations
+    in flat areas (which decide Qg's orientations) depend on that order.
     """
-    kernel = np.asarray(kernel, dtype=np.float64)
-    rows, cols = kernel.shape
-    top, left = (rows - 1) // 2, (cols - 1) // 2
-    padded = np.pad(image, ((top, rows - 1 - top), (left, cols - 1 - left)), mode=pad)
-    height, width = image.shape
-    result = np.zeros((height, width), np.float64)
-    for dy in range(rows):
-        for dx in range(cols):
-            weight = kernel[dy, dx]
-            if weight != 0.0:
-                result += weight * padded[dy : dy + height, dx : dx + width]
-    return result
+    return cv2.filter2D(image, cv2.CV_64F, np.asarray(kernel, dtype=np.float64), borderType=cv2.BORDER_CONSTANT)
 
 
 def stretch_to_8bit(image: np.ndarray) -> np.ndarray:

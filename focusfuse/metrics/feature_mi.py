@@ -38,7 +38,6 @@ def sobel_edges(image: np.ndarray) -> np.ndarray:
     # Local maximum across the edge: left <= centre > right (or up <= centre > down); outside counts as passing.
     padded = np.pad(magnitude, 1, mode="constant", constant_values=-np.inf)
     left_ok = padded[1:-1, :-2] <= magnitude
-    padded[1:-1, -1] = -np.inf
     right_ok = magnitude > padded[1:-1, 2:]
     up_ok = padded[:-2, 1:-1] <= magnitude
     down_ok = magnitude > padded[2:, 1:-1]
