@@ -12,7 +12,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -25,7 +25,7 @@ from focusfuse.errors import FocusFuseError
 from focusfuse.losses import gacn_loss, qg_index
 from focusfuse.network import GACN
 from focusfuse.synthetic import TRAIN_SIZE, PairSettings, TrainingPair, make_training_pair, texture_mask
-from focusfuse.weights import save_weights
+from focusfuse.weights import load_model, save_weights, sha256_of
 
 # Held-out pairs: aligned (a shift would make the truth, aligned to A, wrong for B near
 # every border), no rotation, realistic noise; blur, defocus spread and jitter as in training.
@@ -50,6 +50,8 @@ class TrainConfig:
     device: str = "cpu"
     validation_pairs: int = 48
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
+    init_weights: str | None = None  # start from these weights (fine-tuning) instead of PyTorch's initialisation
+    init_sha256: str | None = None  # checksum of init_weights, recorded with the run
 
 
 Image = tuple[np.ndarray, np.ndarray]  # (gray float32, labels) at TRAIN_SIZE square
@@ -148,6 +150,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     settings = PairSettings(crop=config.crop)
 
     model = GACN().to(device)
+    if config.init_weights:
+        # Fine-tuning: the run's record names the starting weights by checksum.
+        model.load_state_dict(load_model(Path(config.init_weights)).state_dict())
+        config = replace(config, init_sha256=sha256_of(Path(config.init_weights)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.lr_decay)
     checkpoint_path = out_dir / "checkpoint.pt"

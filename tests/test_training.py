@@ -65,3 +65,20 @@ def test_train_command_line(tiny_bsds, tmp_path):
     assert "train_qg" not in record  # --qg-weight 0: Dice only
     missing = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "none"), "--out", str(out)])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
+
+
+def test_init_starts_from_given_weights_and_records_them(tiny_bsds, tmp_path):
+    from dataclasses import replace
+
+    from focusfuse.weights import sha256_of
+
+    start = train(config(tiny_bsds, tmp_path / "start", 1), log=lambda line: None)
+    frozen = replace(config(tiny_bsds, tmp_path / "tuned", 1), learning_rate=0.0, init_weights=str(start))
+    tuned = train(frozen, log=lambda line: None)
+    tuned_parameters = dict(load_model(tuned).named_parameters())
+    for name, tensor in load_model(start).named_parameters():
+        assert torch.equal(tensor, tuned_parameters[name]), name  # learning rate 0: the starting weights, kept
+    metadata = torch.load(tuned, weights_only=True)["metadata"]
+    assert metadata["config"]["init_sha256"] == sha256_of(start)
+    fresh = train(replace(frozen, out_dir=str(tmp_path / "fresh"), init_weights=None), log=lambda line: None)
+    assert not torch.equal(load_model(fresh).state_dict()["features.blocks.0.0.weight"], load_model(start).state_dict()["features.blocks.0.0.weight"])
