@@ -3,6 +3,8 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 FOCUSFUSE := $(VENV)/bin/focusfuse
 DEMO_OUT ?= out/demo
+PAIRS ?= ../shared/data/pairs26
+EVAL_OUT ?= out/evaluate
 
 .PHONY: install demo test bench evaluate lint clean
 
@@ -27,6 +29,14 @@ test: install
 
 bench: install
 	$(PYTHON) bench/speed.py
+
+# The paper's 26 pairs, each fused by `focusfuse stack A B`, judged beside Table 1.
+evaluate: install
+	@test -d $(PAIRS) || { echo "make evaluate: $(PAIRS) not found (set PAIRS=DIR)" >&2; exit 1; }
+	mkdir -p $(EVAL_OUT)
+	for a in $(PAIRS)/*_1.png; do name=$$(basename "$$a" _1.png); \
+	  $(FOCUSFUSE) stack "$$a" "$(PAIRS)/$${name}_2.png" -o "$(EVAL_OUT)/$$name.png" --quiet || exit 1; done
+	$(FOCUSFUSE) evaluate --pairs $(PAIRS) --fused $(EVAL_OUT) --compare paper --json $(EVAL_OUT)/scores.json
 
 lint: install
 	$(PYTHON) -m compileall -q focusfuse tests bench examples
