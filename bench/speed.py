@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Seconds per 520x520 pair and per slice of a 10-slice 1024x1024 stack (each strategy).
 
+Ends with each strategy's time per slice as a fraction of serial's.
+
 Runs ``fuse_stack`` (the code behind ``focusfuse stack``) on real files: the bundled
 lytro_01 pair and a synthetic 10-slice stack written as PNGs. Each case runs
 --repeats times after one warm-up; the median is printed. Fusion time excludes
@@ -19,10 +21,19 @@ import numpy as np
 import torch
 
 from focusfuse import fuse_stack
+from focusfuse.strategies import SLICES_PER_DECISION
 from focusfuse.synthetic import make_depth_stack, procedural_texture, smooth_depth
 from focusfuse.writer import write_image
 
 REPO = Path(__file__).resolve().parent.parent
+# (label, strategy, slices per decision path): `calibrated 1/dp` is the default
+# without its spatial-frequency pre-selection.
+STRATEGY_ROWS = (
+    ("calibrated", "calibrated", SLICES_PER_DECISION),
+    ("calibrated 1/dp", "calibrated", 1),
+    ("calibrated-paper", "calibrated-paper", 1),
+    ("serial", "serial", 1),
+)
 PAIR = [REPO / "examples" / "pair" / "lytro_01_1.png", REPO / "examples" / "pair" / "lytro_01_2.png"]
 
 
@@ -59,15 +70,20 @@ def main() -> None:
         stack_dir.mkdir()
         for k, image in enumerate(stack.slices, start=1):
             write_image(stack_dir / f"z{k}.png", image)
-        for strategy in ("calibrated", "calibrated-paper", "serial"):
-            seconds, result = fusion_seconds([stack_dir], scratch, args.repeats, device=args.device, strategy=strategy, batch_size=args.batch_size)
+        per_slice = {}
+        for label, strategy, per_decision in STRATEGY_ROWS:
+            seconds, result = fusion_seconds(
+                [stack_dir], scratch, args.repeats, device=args.device, strategy=strategy, batch_size=args.batch_size, slices_per_decision=per_decision
+            )
+            per_slice[label] = seconds / args.slices
             record = result.timing
             exact = float((result.index_map == stack.truth_index).mean())
             stages = ", ".join(f"{k} {v:.2f}" for k, v in record["stages_s"].items() if k != "load_weights")
             print(
-                f"stack {args.slices}x{args.size}x{args.size} {strategy:>16}: {seconds / args.slices:.3f} s per slice, "
+                f"stack {args.slices}x{args.size}x{args.size} {label:>16}: {seconds / args.slices:.3f} s per slice, "
                 f"{seconds:.2f} s in all, index exact {exact:.3f}  [{stages}]"
             )
+        print("time per slice / serial's: " + ", ".join(f"{label} {t / per_slice['serial']:.2f}" for label, t in per_slice.items() if label != "serial"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from focusfuse import __version__
 from focusfuse.color import unit_scale
 from focusfuse.errors import FocusFuseError
 from focusfuse.reader import open_stack
-from focusfuse.strategies import STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated_paper, fuse_running_best, fuse_serial
+from focusfuse.strategies import SLICES_PER_DECISION, STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated_paper, fuse_running_best, fuse_serial
 from focusfuse.timing import StageClock
 from focusfuse.weights import find_weights, load_model
 from focusfuse.writer import check_format_holds, check_output_path, write_image, write_json
@@ -84,6 +84,7 @@ def fuse_stack(
     batch_size: int = DEFAULT_BATCH_SIZE,
     weights: str | os.PathLike | None = None,
     progress: Progress | None = None,
+    slices_per_decision: int = SLICES_PER_DECISION,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -97,6 +98,8 @@ def fuse_stack(
         batch_size: slices whose features (and, for calibrated-paper, decision paths) run together.
         weights: weights file; else $FOCUSFUSE_WEIGHTS, else the shipped weights.
         progress: called with (slices done, slices in all).
+        slices_per_decision: ``calibrated`` only: new slices pre-selected by feature
+            spatial frequency before each decision path (1: a decision path per slice).
     Returns:
         FusionResult with the fused array in the input dtype.
     """
@@ -104,6 +107,8 @@ def fuse_stack(
         raise FocusFuseError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
     if batch_size < 1:
         raise FocusFuseError(f"--batch-size {batch_size}: must be at least 1")
+    if slices_per_decision < 1:
+        raise FocusFuseError(f"slices_per_decision {slices_per_decision}: must be at least 1")
     torch_device = resolve_device(device)
     clock = StageClock(torch_device)
     source = open_stack(inputs)
@@ -142,7 +147,7 @@ def fuse_stack(
     used_strategy = "pair" if len(source) == 2 else strategy
     with torch.inference_mode():
         if used_strategy == "calibrated":
-            fused, index_map = fuse_running_best(context, batch_size)
+            fused, index_map = fuse_running_best(context, batch_size, slices_per_decision)
         elif used_strategy == "calibrated-paper":
             fused, index_map = fuse_calibrated_paper(context, batch_size)
         else:
@@ -158,6 +163,7 @@ def fuse_stack(
         "device": str(torch_device),
         "strategy": used_strategy,
         "batch_size": batch_size if used_strategy.startswith("calibrated") else 1,
+        "slices_per_decision": slices_per_decision if used_strategy == "calibrated" else 1,
         "weights": str(weights_path),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,

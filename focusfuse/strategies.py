@@ -4,11 +4,12 @@
   extractions); fused = p A + (1 - p) B at every step. With N = 2 this is the
   plain GACN pair fusion.
 - ``calibrated`` (default): every slice's features are computed once (N
-  extractions) and N-1 decision paths run, as in decision calibration, but each
-  new slice is compared with the slice currently chosen at each pixel, whose
-  activities are kept as a per-pixel mosaic of the cached ones ("running best",
-  gacn.md). No decision map is ever compared with another, so their saturation
-  does not matter.
+  extractions), as in decision calibration, but each decision path compares new
+  slices with the slice currently chosen at each pixel, whose activities are kept
+  as a per-pixel mosaic of the cached ones ("running best", gacn.md). New slices
+  come two at a time: per pixel the one with the higher feature spatial frequency
+  goes into the decision path, so (N-1)/2 decision paths run. No decision map is
+  ever compared with another, so their saturation does not matter.
 - ``calibrated-paper``: Eq. 19 as published. Slice 1 is the baseline; the N-1
   decision paths compare it with every other slice, in batches, and slice j is
   ranked by its odds (1 - p_j) / (p_j + 1e-4). The final maps saturate at 0 or 1,
@@ -28,13 +29,17 @@ import numpy as np
 import torch
 
 from focusfuse.color import cast_like, to_gray
-from focusfuse.network import GACN
+from focusfuse.filters import box_sum
+from focusfuse.network import GACN, SF_RADIUS
 from focusfuse.reader import StackSource
 from focusfuse.timing import StageClock
 
 Strategy = Literal["calibrated", "calibrated-paper", "serial"]
 STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
 ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
+# Slices pre-selected by feature spatial frequency per decision path in `calibrated`:
+# 2 halves the decision paths at no loss of PSNR (bench/multislice.py, README).
+SLICES_PER_DECISION = 2
 Progress = Callable[[int, int], None]
 
 
@@ -130,27 +135,63 @@ def _slice_batches(context: StackContext, batch_size: int) -> Iterator[tuple[lis
         context.progress(indices[-1] + 1, total)
 
 
-def fuse_running_best(context: StackContext, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Calibrated fusion by running best: each slice is compared with the current choice.
+def _sharpest_member(grays: torch.Tensor, activities: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pixel, the member of a group with the highest feature spatial frequency.
 
-    Features are extracted once per slice (``batch_size`` slices at a time); the
-    chosen slice's activities and gray are kept per pixel, so each decision path
-    compares slice j with the sharpest slice found so far at that pixel.
+    The summed spatial frequency of the 64 feature channels is the quantity the
+    decision path's input compares channel by channel; taking its argmax among a few
+    neighbouring slices costs a window sum. Returns ``(1, 1, H, W)`` member numbers
+    and the ``(1, 1, H, W)`` gray and ``(1, 64, H, W)`` activities they pick.
+    """
+    if grays.shape[0] == 1:
+        return torch.zeros_like(grays, dtype=torch.long), grays, activities
+    frequency = box_sum(activities.sum(1, keepdim=True), SF_RADIUS)
+    member = frequency.argmax(0, keepdim=True)
+    activity = torch.gather(activities, 0, member.expand(1, activities.shape[1], -1, -1))
+    return member, torch.gather(grays, 0, member), activity
+
+
+def _groups(context: StackContext, batch_size: int, group_size: int) -> Iterator[tuple[list[int], list[np.ndarray], torch.Tensor, torch.Tensor]]:
+    """Slices 1..N-1 regrouped into runs of ``group_size`` (the last may be shorter).
+
+    Groups do not depend on the feature batch size, so neither does the result.
+    """
+    pending: list[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]] = []
+    last = len(context.source) - 1
+    for indices, images, grays, activities in _slice_batches(context, batch_size):
+        for offset, j in enumerate(indices):
+            pending.append((j, images[offset], grays[offset : offset + 1], activities[offset : offset + 1]))
+            if len(pending) == group_size or j == last:
+                members, member_images, member_grays, member_activities = zip(*pending)
+                pending = []
+                yield list(members), list(member_images), torch.cat(member_grays), torch.cat(member_activities)
+
+
+def fuse_running_best(context: StackContext, batch_size: int, group_size: int = SLICES_PER_DECISION) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated fusion by running best: each group of slices is compared with the current choice.
+
+    Features are extracted once per slice (``batch_size`` slices at a time). Within a
+    group of ``group_size`` consecutive slices the one with the highest feature
+    spatial frequency is taken per pixel (``_sharpest_member``); one decision path
+    then compares that mosaic with the sharpest slice found so far, whose activities
+    and gray are kept per pixel. ``group_size`` 1 runs a decision path per slice.
     """
     model, clock = context.model, context.clock
     best_gray, best_activity, fused, index_map = _start_calibrated(context)
-    for indices, images, grays, activities in _slice_batches(context, batch_size):
-        for offset, j in enumerate(indices):
-            gray, activity = grays[offset : offset + 1], activities[offset : offset + 1]
-            with clock.stage("decisions"):
-                final_map = model.decide(best_activity, activity, best_gray, gray).final_map
-            with clock.stage("assemble"):
-                sharper = final_map < 0.5  # (1, 1, H, W): slice j beats the current choice
-                best_activity = torch.where(sharper, activity, best_activity)
-                best_gray = torch.where(sharper, gray, best_gray)
-                chosen = sharper[0, 0].cpu().numpy()
+    for indices, images, grays, activities in _groups(context, batch_size, group_size):
+        with clock.stage("decisions"):
+            member, gray, activity = _sharpest_member(grays, activities)
+            final_map = model.decide(best_activity, activity, best_gray, gray).final_map
+        with clock.stage("assemble"):
+            sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
+            best_activity = torch.where(sharper, activity, best_activity)
+            best_gray = torch.where(sharper, gray, best_gray)
+            taken = sharper[0, 0].cpu().numpy()
+            picked = member[0, 0].cpu().numpy()
+            for number, j in enumerate(indices):
+                chosen = taken & (picked == number)
                 index_map[chosen] = j
-                fused[chosen] = images[offset][chosen]
+                fused[chosen] = images[number][chosen]
     return fused, index_map
 
 

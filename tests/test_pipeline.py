@@ -159,18 +159,39 @@ def test_more_than_256_slices_give_a_uint16_index(tmp_path):
     assert cv2.imread(str(tmp_path / "deep_fused.index.png"), cv2.IMREAD_UNCHANGED).dtype == np.uint16
 
 
-@pytest.mark.parametrize("strategy, expected_extractions", [("calibrated", 6), ("calibrated-paper", 6), ("serial", 10)])
-def test_feature_extractions_per_strategy(tmp_path, model, monkeypatch, strategy, expected_extractions):
-    """Calibration: N extractions; serial: 2(N - 1) (gacn.md, cost)."""
+@pytest.mark.parametrize(
+    "strategy, expected_extractions, expected_decisions", [("calibrated", 6, 3), ("calibrated-paper", 6, 5), ("serial", 10, 5)]
+)
+def test_feature_extractions_and_decision_paths_per_strategy(tmp_path, model, monkeypatch, strategy, expected_extractions, expected_decisions):
+    """Calibration: N extractions; serial: 2(N - 1) (gacn.md, cost). Running best: a decision path per two new slices."""
     stack = step_depth_stack(n_slices=6, size=48)
-    extracted = []
-    handle = model.features.register_forward_hook(lambda module, inputs, output: extracted.append(inputs[0].shape[0]))
+    extracted, decided = [], []
+    hooks = [
+        model.features.register_forward_hook(lambda module, inputs, output: extracted.append(inputs[0].shape[0])),
+        model.decision.register_forward_hook(lambda module, inputs, output: decided.append(inputs[0].shape[0])),
+    ]
     monkeypatch.setattr(pipeline, "load_model", lambda path, device: model)
     try:
         fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy=strategy, device="cpu", batch_size=2)
     finally:
-        handle.remove()
+        for hook in hooks:
+            hook.remove()
     assert sum(extracted) == expected_extractions
+    assert sum(decided) == expected_decisions
+
+
+def test_calibrated_result_does_not_depend_on_batch_size(tmp_path, demo_stack_dir):
+    """Slices are grouped for the decision paths independently of the feature batches."""
+    one = fuse_stack([demo_stack_dir], device="cpu", batch_size=1)
+    three = fuse_stack([demo_stack_dir], device="cpu", batch_size=3)
+    assert np.array_equal(one.index_map, three.index_map) and np.array_equal(one.fused, three.fused)
+    assert one.timing["slices_per_decision"] == 2
+
+
+def test_calibrated_one_slice_per_decision_also_stays_on_the_truth(demo_stack_dir, demo_truth):
+    """Without the spatial-frequency pre-selection (a decision path per slice) running best still has no blotches."""
+    index = fuse_stack([demo_stack_dir], device="cpu", slices_per_decision=1).index_map.astype(int)
+    assert (index == demo_truth).mean() >= 0.95 and (np.abs(index - demo_truth) > 1).mean() <= 0.005
 
 
 def test_outputs_and_timing_report(tmp_path, demo_stack_dir):
