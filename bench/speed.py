@@ -21,19 +21,11 @@ import numpy as np
 import torch
 
 from focusfuse import fuse_stack
-from focusfuse.strategies import SLICES_PER_DECISION
 from focusfuse.synthetic import make_depth_stack, procedural_texture, smooth_depth
 from focusfuse.writer import write_image
+from multislice import STRATEGY_ROWS
 
 REPO = Path(__file__).resolve().parent.parent
-# (label, strategy, slices per decision path): `calibrated 1/dp` is the default
-# without its spatial-frequency pre-selection.
-STRATEGY_ROWS = (
-    ("calibrated", "calibrated", SLICES_PER_DECISION),
-    ("calibrated 1/dp", "calibrated", 1),
-    ("calibrated-paper", "calibrated-paper", 1),
-    ("serial", "serial", 1),
-)
 PAIR = [REPO / "examples" / "pair" / "lytro_01_1.png", REPO / "examples" / "pair" / "lytro_01_2.png"]
 
 
