@@ -60,6 +60,23 @@ def pick(slices: list[np.ndarray], index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(np.stack(slices), index[None].astype(np.int64), 0)[0]
 
 
+def write_case(folder: Path, size: int, n_slices: int, variant: str, seed: int):
+    """One benchmark stack written as PNGs into a new ``folder``: (sharp image, SyntheticStack)."""
+    rng = np.random.default_rng([seed, n_slices])
+    sharp = textured_with_flat_discs(size, rng)
+    depth = smooth_depth(size, size, n_slices, rng)
+    stack = make_depth_stack(
+        sharp, depth, n_slices,
+        noise_sigma=0.01 if variant.startswith("noise") else 0.0,
+        brightness_drift=0.1 if variant.startswith("drift") else 0.0,
+        rng=rng,
+    )
+    folder.mkdir()
+    for k, image in enumerate(stack.slices, start=1):
+        write_image(folder / f"z{k:02d}.png", image)
+    return sharp, stack
+
+
 def report(label: str, fused: np.ndarray, index: np.ndarray, truth_index: np.ndarray, sharp: np.ndarray, seconds: float | None) -> str:
     exact = float((index == truth_index).mean())
     near = float((np.abs(index.astype(int) - truth_index.astype(int)) <= 1).mean())
@@ -78,19 +95,8 @@ def main() -> None:
     warmed_up = False
     with tempfile.TemporaryDirectory() as scratch:
         for n_slices, variant in cases:
-            rng = np.random.default_rng([args.seed, n_slices])
-            sharp = textured_with_flat_discs(args.size, rng)
-            depth = smooth_depth(args.size, args.size, n_slices, rng)
-            stack = make_depth_stack(
-                sharp, depth, n_slices,
-                noise_sigma=0.01 if variant.startswith("noise") else 0.0,
-                brightness_drift=0.1 if variant.startswith("drift") else 0.0,
-                rng=rng,
-            )
             folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
-            folder.mkdir()
-            for k, image in enumerate(stack.slices, start=1):
-                write_image(folder / f"z{k:02d}.png", image)
+            sharp, stack = write_case(folder, args.size, n_slices, variant, args.seed)
             print(f"N={n_slices} {args.size}x{args.size}, {variant}:")
             print(report("oracle", pick(stack.slices, stack.truth_index), stack.truth_index, stack.truth_index, sharp, None))
             energies = np.stack([laplacian_energy(to_gray(s)) for s in stack.slices])

@@ -19,9 +19,8 @@ import cv2
 import numpy as np
 
 from focusfuse.pipeline import fuse_stack
-from focusfuse.synthetic import make_depth_stack, smooth_depth
 from focusfuse.writer import write_image
-from multislice import psnr, textured_with_flat_discs
+from multislice import psnr, write_case
 
 LABEL_HEIGHT = 22
 GAP = 4
@@ -49,14 +48,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("bench/figures/multislice.png"))
     args = parser.parse_args()
-    rng = np.random.default_rng([args.seed, args.slices])  # as bench/multislice.py seeds its clean stack
-    sharp = textured_with_flat_discs(args.size, rng)
-    depth = smooth_depth(args.size, args.size, args.slices, rng)
-    stack = make_depth_stack(sharp, depth, args.slices, rng=rng)
     with tempfile.TemporaryDirectory() as scratch:
-        for k, image in enumerate(stack.slices, start=1):
-            write_image(Path(scratch) / f"z{k:02d}.png", image)
-        result = fuse_stack([scratch], device="cpu")
+        folder = Path(scratch) / "stack"
+        sharp, stack = write_case(folder, args.size, args.slices, "clean", args.seed)  # the table's clean stack
+        result = fuse_stack([folder], device="cpu")
     top = left = (args.size - args.crop) // 2
     window = (slice(top, top + args.crop), slice(left, left + args.crop))
     tiles = [
