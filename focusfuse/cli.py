@@ -141,12 +141,13 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, weigh
 @click.option("--lr-decay", default=0.8, show_default=True, type=float, help="LR factor every --decay-every epochs.")
 @click.option("--decay-every", default=2, show_default=True, type=int)
 @click.option("--qg-weight", default=1.0, show_default=True, type=float, help="lambda of the Qg loss (0 = Dice only).")
+@click.option("--score-sigma", default=0.0, show_default=True, type=float, help="Gaussian pooling of the decision score before the sigmoid, pixels (0 = the paper's network).")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--validation-pairs", default=48, show_default=True, type=int)
 @click.option("--init", "init_weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights (fine-tuning).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
-def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning_rate, lr_decay, decay_every, qg_weight, seed, device, validation_pairs, init_weights, resume) -> None:
+def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning_rate, lr_decay, decay_every, qg_weight, score_sigma, seed, device, validation_pairs, init_weights, resume) -> None:
     """Train GACN on synthetic multi-focus pairs made from BSDS500 (Dice + Qg loss)."""
     from focusfuse.pipeline import resolve_device
     from focusfuse.training import TrainConfig
@@ -164,6 +165,7 @@ def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning
             lr_decay=lr_decay,
             decay_every=decay_every,
             qg_weight=qg_weight,
+            score_sigma=score_sigma,
             seed=seed,
             device=str(resolve_device(device)),
             validation_pairs=validation_pairs,

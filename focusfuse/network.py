@@ -8,13 +8,14 @@ is pinned by a test.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from focusfuse.filters import box_sum, gradient_energy
+from focusfuse.filters import box_sum, gaussian_blur, gradient_energy
 from focusfuse.refinement import refine_decision_map
 
 FEATURE_WIDTH = 16
@@ -123,7 +124,8 @@ class PairDecision:
     """What the decision path says about a pair (A, B); all ``(N, 1, H, W)``.
 
     Attributes:
-        score: pre-sigmoid output z (log-odds-like, positive where A is sharper).
+        score: pre-sigmoid output z (log-odds-like, positive where A is sharper),
+            after the score smoothing when the model has one.
         initial_map: p0 = sigmoid(1000 z).
         final_map: p after the boundary band and guided filter.
     """
@@ -136,10 +138,18 @@ class PairDecision:
 class GACN(nn.Module):
     """The whole network; ``forward(a, b)`` is the two-source fusion used in training."""
 
-    def __init__(self) -> None:
+    def __init__(self, score_sigma: float = 0.0) -> None:
+        """``score_sigma`` > 0 smooths the score z with a Gaussian before the sigmoid.
+
+        The decision path sees about 13 px around a pixel; inside a wider flat region
+        z is noise around 0 and sigmoid(1000 z) turns it into islands. Pooling z over a
+        Gaussian lets textured neighbours decide there. It is part of the architecture
+        the weights were trained with, so it travels in their metadata (``weights.py``).
+        """
         super().__init__()
         self.features = FeatureExtractor()
         self.decision = DecisionPath()
+        self.score_sigma = float(score_sigma)
 
     @property
     def parameter_count(self) -> int:
@@ -152,6 +162,12 @@ class GACN(nn.Module):
         """
         return gradient_energy(self.features(gray))
 
+    def smooth_score(self, score: torch.Tensor) -> torch.Tensor:
+        """Gaussian pooling of z (identity when ``score_sigma`` is 0, the paper's network)."""
+        if self.score_sigma <= 0:
+            return score
+        return gaussian_blur(score, self.score_sigma, math.ceil(3 * self.score_sigma))
+
     def decide(
         self, activity_a: torch.Tensor, activity_b: torch.Tensor, gray_a: torch.Tensor, gray_b: torch.Tensor
     ) -> PairDecision:
@@ -160,7 +176,7 @@ class GACN(nn.Module):
         ``activity_a`` may have batch 1 and be broadcast against a batch of B's.
         """
         comparison = compare_activity(activity_a, activity_b)
-        score = self.decision(comparison)
+        score = self.smooth_score(self.decision(comparison))
         initial_map = torch.sigmoid(SHARPNESS * score)
         final_map = refine_decision_map(initial_map, gray_a, gray_b)
         return PairDecision(score=score, initial_map=initial_map, final_map=final_map)

@@ -46,6 +46,7 @@ class TrainConfig:
     lr_decay: float = 0.8
     decay_every: int = 2
     qg_weight: float = 1.0
+    score_sigma: float = 0.0  # Gaussian pooling of the score z before the sigmoid (network.GACN); 0 = the paper's
     seed: int = 0
     device: str = "cpu"
     validation_pairs: int = 48
@@ -149,9 +150,10 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     validation = validation_set(load_split(data_dir, "test"), config.seed, config.validation_pairs)
     settings = PairSettings(crop=config.crop)
 
-    model = GACN().to(device)
+    model = GACN(score_sigma=config.score_sigma).to(device)
     if config.init_weights:
-        # Fine-tuning: the run's record names the starting weights by checksum.
+        # Fine-tuning: the run's record names the starting weights by checksum; the
+        # score smoothing is this run's, whatever the starting weights used.
         model.load_state_dict(load_model(Path(config.init_weights)).state_dict())
         config = replace(config, init_sha256=sha256_of(Path(config.init_weights)))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)

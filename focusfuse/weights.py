@@ -78,6 +78,7 @@ def save_weights(model: GACN, path: Path, metadata: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {name: tensor.detach().cpu() for name, tensor in model.state_dict().items()}
     temporary = path.with_name(path.name + ".tmp")
+    metadata = {**metadata, "score_sigma": model.score_sigma}
     torch.save({"state_dict": state, "metadata": metadata}, temporary)
     os.replace(temporary, path)
     checksum_path(path).write_text(f"{sha256_of(path)}  {path.name}\n")
@@ -88,7 +89,8 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> GACN:
     verify_checksum(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        model = GACN()
+        # Files from before score smoothing existed carry no score_sigma: the paper's network.
+        model = GACN(score_sigma=float(payload["metadata"].get("score_sigma", 0.0)))
         model.load_state_dict(payload["state_dict"])
     except Exception as error:  # torch.load raises many types for foreign or damaged files
         raise FocusFuseError(f"{path}: not a focusfuse weights file ({error.__class__.__name__})") from error

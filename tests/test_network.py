@@ -63,3 +63,16 @@ def test_baseline_activity_broadcasts_against_a_batch():
         single = model.decide(energies[0:1], energies[2:3], gray[0:1], gray[2:3]).final_map
     assert batched.shape == (2, 1, 32, 32)
     assert torch.allclose(batched[1:2], single, atol=1e-6)
+
+
+def test_score_smoothing_lets_textured_neighbours_outvote_a_flat_patch():
+    """z is confidently positive around a 5x5 patch of weak negative noise (a flat spot)."""
+    score = torch.full((1, 1, 40, 40), 0.05)
+    score[:, :, 18:23, 18:23] = -0.01
+    paper, pooled = GACN(), GACN(score_sigma=4.0)
+    assert torch.equal(paper.smooth_score(score), score)
+    assert (paper.smooth_score(score) < 0).sum() == 25  # sigmoid(1000 z) would make an island
+    assert (pooled.smooth_score(score) > 0).all()
+    # A real border (half the field each way) stays where it is.
+    border = torch.where(torch.arange(40).view(1, 1, 1, 40) < 20, -0.05, 0.05).expand(1, 1, 40, 40)
+    assert torch.equal(pooled.smooth_score(border) > 0, border > 0)

@@ -82,3 +82,11 @@ def test_init_starts_from_given_weights_and_records_them(tiny_bsds, tmp_path):
     assert metadata["config"]["init_sha256"] == sha256_of(start)
     fresh = train(replace(frozen, out_dir=str(tmp_path / "fresh"), init_weights=None), log=lambda line: None)
     assert not torch.equal(load_model(fresh).state_dict()["features.blocks.0.0.weight"], load_model(start).state_dict()["features.blocks.0.0.weight"])
+
+
+def test_score_smoothing_is_trained_with_and_exported(tiny_bsds, tmp_path):
+    from dataclasses import replace
+
+    weights = train(replace(config(tiny_bsds, tmp_path / "smoothed", 1), score_sigma=3.0), log=lambda line: None)
+    assert load_model(weights).score_sigma == 3.0
+    assert torch.load(weights, weights_only=True)["metadata"]["config"]["score_sigma"] == 3.0

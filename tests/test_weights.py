@@ -61,3 +61,16 @@ def test_saved_weights_round_trip(tmp_path):
     save_weights(model, path, {"epochs": 1})
     loaded = load_model(path)
     assert torch.equal(loaded.decision.blocks[0][0].weight, model.decision.blocks[0][0].weight)
+
+
+def test_score_smoothing_travels_with_the_weights(tmp_path):
+    smoothed, plain = tmp_path / "smoothed.pt", tmp_path / "plain.pt"
+    save_weights(GACN(score_sigma=4.0), smoothed, {})
+    assert load_model(smoothed).score_sigma == 4.0
+    # A file written before the option existed has no score_sigma: the paper's network.
+    payload = {"state_dict": GACN().state_dict(), "metadata": {"epochs": 1}}
+    torch.save(payload, plain)
+    from focusfuse.weights import checksum_path, sha256_of
+
+    checksum_path(plain).write_text(f"{sha256_of(plain)}  plain.pt\n")
+    assert load_model(plain).score_sigma == 0.0
