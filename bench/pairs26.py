@@ -9,8 +9,10 @@ Methods (no parameter tuned per image):
 - average:          (A + B) / 2.
 Prints one row of 26-pair means per method beside the paper's Table 1 rows and writes
 every fused image under OUT/<method>/NAME.png and the values to OUT/summary.json.
+--swap fuses (NAME_2, NAME_1) instead of (NAME_1, NAME_2): the metrics are symmetric
+in the sources, so any change is the method's dependence on input order.
 Usage: python bench/pairs26.py [--pairs ../shared/data/pairs26] [--out out/pairs26]
-       [--weights PATH] [--methods network,average,...] [--workers N]
+       [--weights PATH] [--methods network,average,...] [--workers N] [--swap]
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ def main() -> None:
     parser.add_argument("--weights")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workers", type=int)
+    parser.add_argument("--swap", action="store_true", help="Fuse NAME_2 with NAME_1 (input order reversed).")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
@@ -79,14 +82,14 @@ def main() -> None:
     weights = find_weights(args.weights)
     model = load_model(weights)
     names = sorted({SOURCE_PATTERN.match(p.name)["name"] for p in pairs_dir.iterdir() if SOURCE_PATTERN.match(p.name)}, key=natural_key)
-    print(f"{len(names)} pairs from {pairs_dir}; weights {weights}")
-    summary = {"pairs": str(pairs_dir), "weights": str(weights), "methods": {}}
+    print(f"{len(names)} pairs from {pairs_dir}; weights {weights}" + ("; fused in reversed order (NAME_2, NAME_1)" if args.swap else ""))
+    summary = {"pairs": str(pairs_dir), "weights": str(weights), "swapped": args.swap, "methods": {}}
     for method in methods:
         folder = out / method
         folder.mkdir(parents=True, exist_ok=True)
         seconds = []
         for name in names:
-            path_a, path_b = (next(pairs_dir.glob(f"{name}_{i}.*")) for i in (1, 2))
+            path_a, path_b = (next(pairs_dir.glob(f"{name}_{i}.*")) for i in ((2, 1) if args.swap else (1, 2)))
             target = folder / f"{name}.png"
             started = time.perf_counter()
             if method == "network":
