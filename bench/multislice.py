@@ -6,7 +6,8 @@ smooth random depth surface and Gaussian defocus growing 1.5 px per slice from i
 (`focusfuse.synthetic.make_depth_stack`), written as PNGs and fused by `fuse_stack`.
 Cases: N = 5, 10, 20 slices, each clean, with noise (std 0.01 of full range) and
 with a 10% brightness drift from the first slice to the last. Printed per strategy (`calibrated 1/dp`: the default
-without its spatial-frequency pre-selection, one decision path per slice):
+without its spatial-frequency pre-selection, one decision path per slice; `calibrated 2/dp`:
+pre-selection among two slices instead of three):
 PSNR of the fused image against the all-in-focus truth, index accuracy (exact and
 within one slice) and seconds per slice (the timing report's per-slice times: reading, features,
 decisions, assembling; median of --repeats runs after one warm-up fusion); the oracle row takes, at every pixel, the
@@ -35,6 +36,7 @@ from focusfuse.writer import write_image
 # without the spatial-frequency pre-selection, a decision path for every slice.
 STRATEGY_ROWS = (
     ("calibrated", "calibrated", SLICES_PER_DECISION),
+    ("calibrated 2/dp", "calibrated", 2),
     ("calibrated 1/dp", "calibrated", 1),
     ("calibrated-paper", "calibrated-paper", 1),
     ("serial", "serial", 1),

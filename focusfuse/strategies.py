@@ -7,8 +7,8 @@
   extractions), as in decision calibration, but each decision path compares new
   slices with the slice currently chosen at each pixel, whose activities are kept
   as a per-pixel mosaic of the cached ones ("running best", gacn.md). New slices
-  come two at a time: per pixel the one with the higher feature spatial frequency
-  goes into the decision path, so (N-1)/2 decision paths run. No decision map is
+  come three at a time: per pixel the one with the higher feature spatial frequency
+  goes into the decision path, so about (N-1)/3 decision paths run. No decision map is
   ever compared with another, so their saturation does not matter.
 - ``calibrated-paper``: Eq. 19 as published. Slice 1 is the baseline; the N-1
   decision paths compare it with every other slice, in batches, and slice j is
@@ -38,8 +38,9 @@ Strategy = Literal["calibrated", "calibrated-paper", "serial"]
 STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
 ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
 # Slices pre-selected by feature spatial frequency per decision path in `calibrated`:
-# 2 halves the decision paths at no loss of PSNR (bench/multislice.py, README).
-SLICES_PER_DECISION = 2
+# 3 runs a third of the decision paths and fuses the benchmark stacks to within
+# 0.07 dB of 2 and 1 (bench/multislice.py, README); 4 fell below serial on one (probe).
+SLICES_PER_DECISION = 3
 Progress = Callable[[int, int], None]
 
 
@@ -135,47 +136,69 @@ def _slice_batches(context: StackContext, batch_size: int) -> Iterator[tuple[lis
         context.progress(indices[-1] + 1, total)
 
 
-def _sharpest_member(grays: list[torch.Tensor], activities: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per pixel, the member of a group with the highest feature spatial frequency.
+@dataclass
+class GroupPick:
+    """The sharpest member of a group of consecutive slices, per pixel.
 
-    The summed spatial frequency of the 64 feature channels is the quantity the
-    decision path's input compares channel by channel; taking its argmax among a few
-    neighbouring slices costs a window sum. Takes each member's ``(1, 1, H, W)`` gray
-    and ``(1, 64, H, W)`` activities; returns ``(1, 1, H, W)`` member numbers and the
-    gray and activities they pick.
+    ``indices`` and ``images`` list the members; ``member`` ``(1, 1, H, W)`` says which
+    of them each pixel took; ``gray`` and ``activity`` are the mosaics it picks.
     """
-    if len(grays) == 1:
-        return torch.zeros_like(grays[0], dtype=torch.long), grays[0], activities[0]
-    # A running maximum with one where() per member: on channels-last CPU tensors
-    # several times faster than argmax() and gather(); ties keep the earlier slice.
-    best_frequency = box_sum(activities[0].sum(1, keepdim=True), SF_RADIUS)
-    member = torch.zeros_like(best_frequency, dtype=torch.long)
-    gray, activity = grays[0], activities[0]
-    for number in range(1, len(grays)):
-        frequency = box_sum(activities[number].sum(1, keepdim=True), SF_RADIUS)
-        picked = frequency > best_frequency
-        best_frequency = torch.where(picked, frequency, best_frequency)
-        member = member.masked_fill(picked, number)
-        gray = torch.where(picked, grays[number], gray)
-        activity = torch.where(picked, activities[number], activity)
-    return member, gray, activity
+
+    indices: list[int]
+    images: list[np.ndarray]
+    member: torch.Tensor
+    frequency: torch.Tensor | None  # the picked spatial frequency; computed once a second member comes
+    gray: torch.Tensor
+    activity: torch.Tensor
+
+    def add(self, index: int, image: np.ndarray, gray: torch.Tensor, activity: torch.Tensor) -> None:
+        """Fold in the next slice where its features have the higher spatial frequency.
+
+        The summed spatial frequency of the 64 feature channels is the quantity the
+        decision path's input compares channel by channel. A running maximum with one
+        where() per slice is several times faster than argmax() and gather() on
+        channels-last CPU tensors, and only the mosaic is kept, never the members'
+        activities side by side. Ties keep the earlier slice.
+        """
+        if self.frequency is None:
+            self.frequency = _summed_frequency(self.activity)
+        frequency = _summed_frequency(activity)
+        picked = frequency > self.frequency
+        self.frequency = torch.where(picked, frequency, self.frequency)
+        self.member = self.member.masked_fill(picked, len(self.indices))
+        self.gray = torch.where(picked, gray, self.gray)
+        self.activity = torch.where(picked, activity, self.activity)
+        self.indices.append(index)
+        self.images.append(image)
 
 
-def _groups(context: StackContext, batch_size: int, group_size: int) -> Iterator[tuple[list[int], list[np.ndarray], list[torch.Tensor], list[torch.Tensor]]]:
-    """Slices 1..N-1 regrouped into runs of ``group_size`` (the last may be shorter).
+def _summed_frequency(activity: torch.Tensor) -> torch.Tensor:
+    """``(1, 64, H, W)`` gradient energies -> ``(1, 1, H, W)`` spatial frequency summed over channels."""
+    return box_sum(activity.sum(1, keepdim=True), SF_RADIUS)
 
-    Yields (indices, images, grays, activities), one list entry per slice. Groups do
-    not depend on the feature batch size, so neither does the result.
+
+def _start_group(index: int, image: np.ndarray, gray: torch.Tensor, activity: torch.Tensor) -> GroupPick:
+    return GroupPick([index], [image], torch.zeros_like(gray, dtype=torch.long), None, gray, activity)
+
+
+def _groups(context: StackContext, batch_size: int, group_size: int) -> Iterator[GroupPick]:
+    """Slices 1..N-1 in runs of ``group_size`` (the last may be shorter), each folded into its pick.
+
+    Groups do not depend on the feature batch size, so neither does the result.
     """
-    pending: list[tuple[int, np.ndarray, torch.Tensor, torch.Tensor]] = []
+    group: GroupPick | None = None
     last = len(context.source) - 1
     for indices, images, grays, activities in _slice_batches(context, batch_size):
         for offset, j in enumerate(indices):
-            pending.append((j, images[offset], grays[offset : offset + 1], activities[offset : offset + 1]))
-            if len(pending) == group_size or j == last:
-                members, member_images, member_grays, member_activities = (list(column) for column in zip(*pending))
-                pending = []
-                yield members, member_images, member_grays, member_activities
+            gray, activity = grays[offset : offset + 1], activities[offset : offset + 1]
+            with context.clock.stage("decisions"):
+                if group is None:
+                    group = _start_group(j, images[offset], gray, activity)
+                else:
+                    group.add(j, images[offset], gray, activity)
+            if len(group.indices) == group_size or j == last:
+                yield group
+                group = None
 
 
 def fuse_running_best(context: StackContext, batch_size: int, group_size: int = SLICES_PER_DECISION) -> tuple[np.ndarray, np.ndarray]:
@@ -183,26 +206,25 @@ def fuse_running_best(context: StackContext, batch_size: int, group_size: int = 
 
     Features are extracted once per slice (``batch_size`` slices at a time). Within a
     group of ``group_size`` consecutive slices the one with the highest feature
-    spatial frequency is taken per pixel (``_sharpest_member``); one decision path
+    spatial frequency is taken per pixel (``GroupPick.add``); one decision path
     then compares that mosaic with the sharpest slice found so far, whose activities
     and gray are kept per pixel. ``group_size`` 1 runs a decision path per slice.
     """
     model, clock = context.model, context.clock
     best_gray, best_activity, fused, index_map = _start_calibrated(context)
-    for indices, images, grays, activities in _groups(context, batch_size, group_size):
+    for group in _groups(context, batch_size, group_size):
         with clock.stage("decisions"):
-            member, gray, activity = _sharpest_member(grays, activities)
-            final_map = model.decide(best_activity, activity, best_gray, gray).final_map
+            final_map = model.decide(best_activity, group.activity, best_gray, group.gray).final_map
         with clock.stage("assemble"):
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
-            best_activity = torch.where(sharper, activity, best_activity)
-            best_gray = torch.where(sharper, gray, best_gray)
+            best_activity = torch.where(sharper, group.activity, best_activity)
+            best_gray = torch.where(sharper, group.gray, best_gray)
             taken = sharper[0, 0].cpu().numpy()
-            picked = member[0, 0].cpu().numpy()
-            for number, j in enumerate(indices):
+            picked = group.member[0, 0].cpu().numpy()
+            for number, j in enumerate(group.indices):
                 chosen = taken & (picked == number)
                 index_map[chosen] = j
-                fused[chosen] = images[number][chosen]
+                fused[chosen] = group.images[number][chosen]
     return fused, index_map
 
 
