@@ -228,3 +228,26 @@ def test_cuda_agrees_with_cpu(demo_stack_dir, strategy):
     on_cuda = fuse_stack([demo_stack_dir], strategy=strategy, device="cuda", batch_size=4)
     assert on_cuda.timing["device"].startswith("cuda")
     assert (on_cuda.index_map == on_cpu.index_map).mean() >= 0.999
+
+
+def test_group_pick_takes_the_member_with_the_higher_feature_frequency(model):
+    """Three slices: the second is sharp on the left, the third on the right, the first nowhere."""
+    import torch
+
+    from focusfuse.strategies import _start_group
+
+    rng = np.random.default_rng(3)
+    sharp = procedural_texture(64, 64, rng)
+    blurred = cv2.GaussianBlur(sharp, (0, 0), 3.0)
+    left_sharp, right_sharp = blurred.copy(), blurred.copy()
+    left_sharp[:, :32], right_sharp[:, 32:] = sharp[:, :32], sharp[:, 32:]
+    grays = [torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None] for image in (blurred, left_sharp, right_sharp)]
+    with torch.inference_mode():
+        activities = [model.activity(gray) for gray in grays]
+        group = _start_group(1, blurred, grays[0], activities[0])
+        group.add(2, left_sharp, grays[1], activities[1])
+        group.add(3, right_sharp, grays[2], activities[2])
+    member = group.member[0, 0].numpy()
+    assert group.indices == [1, 2, 3]
+    assert (member[:, 4:26] == 1).mean() > 0.98 and (member[:, 38:60] == 2).mean() > 0.98
+    assert torch.equal(group.gray[0, 0, :, :26], grays[1][0, 0, :, :26])
