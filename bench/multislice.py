@@ -5,8 +5,9 @@ Each stack is a procedural texture with flat discs (regions with no focus cue), 
 smooth random depth surface and Gaussian defocus growing 1.5 px per slice from it
 (`focusfuse.synthetic.make_depth_stack`), written as PNGs and fused by `fuse_stack`.
 Cases: N = 5, 10, 20 slices, each clean, with noise (std 0.01 of full range) and
-with a 10% brightness drift from the first slice to the last. Printed per strategy (`calibrated 1/dp`: the default
-without its spatial-frequency pre-selection, one decision path per slice; `calibrated 2/dp`:
+with a 10% brightness drift from the first slice to the last. Printed per strategy (`calibrated dp-adj`: the
+default with the decision path also choosing between adjacent slices; `calibrated 1/dp`: the default
+without its feature-sharpness pre-selection, one decision path per slice; `calibrated 2/dp`:
 pre-selection among two slices instead of three):
 PSNR of the fused image against the all-in-focus truth, index accuracy (exact and
 within one slice) and seconds per slice (the timing report's per-slice times: reading, features,
@@ -32,14 +33,14 @@ from focusfuse.strategies import SLICES_PER_DECISION
 from focusfuse.synthetic import make_depth_stack, procedural_texture, smooth_depth
 from focusfuse.writer import write_image
 
-# (row label, strategy, slices per decision path); the second row is running best
-# without the spatial-frequency pre-selection, a decision path for every slice.
+# (row label, strategy, slices per decision path, adjacent slices by feature sharpness).
 STRATEGY_ROWS = (
-    ("calibrated", "calibrated", SLICES_PER_DECISION),
-    ("calibrated 2/dp", "calibrated", 2),
-    ("calibrated 1/dp", "calibrated", 1),
-    ("calibrated-paper", "calibrated-paper", 1),
-    ("serial", "serial", 1),
+    ("calibrated", "calibrated", SLICES_PER_DECISION, True),
+    ("calibrated dp-adj", "calibrated", SLICES_PER_DECISION, False),
+    ("calibrated 2/dp", "calibrated", 2, True),
+    ("calibrated 1/dp", "calibrated", 1, True),
+    ("calibrated-paper", "calibrated-paper", 1, True),
+    ("serial", "serial", 1, True),
 )
 
 
@@ -107,10 +108,12 @@ def main() -> None:
             if not warmed_up:  # the process's first fusion pays for allocators and caches
                 fuse_stack([folder], device="cpu")
                 warmed_up = True
-            for label, strategy, per_decision in STRATEGY_ROWS:
+            for label, strategy, per_decision, adjacent in STRATEGY_ROWS:
                 seconds = []
                 for _ in range(args.repeats):
-                    result = fuse_stack([folder], strategy=strategy, device="cpu", slices_per_decision=per_decision)
+                    result = fuse_stack(
+                        [folder], strategy=strategy, device="cpu", slices_per_decision=per_decision, adjacent_by_sharpness=adjacent
+                    )
                     seconds.append(sum(result.timing["per_slice_s"]) / n_slices)  # reading to assembling, weights loading excluded
                 print(report(label, result.fused, result.index_map, stack.truth_index, sharp, statistics.median(seconds)))
 

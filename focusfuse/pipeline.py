@@ -85,6 +85,7 @@ def fuse_stack(
     weights: str | os.PathLike | None = None,
     progress: Progress | None = None,
     slices_per_decision: int = SLICES_PER_DECISION,
+    adjacent_by_sharpness: bool = True,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -99,7 +100,9 @@ def fuse_stack(
         weights: weights file; else $FOCUSFUSE_WEIGHTS, else the shipped weights.
         progress: called with (slices done, slices in all).
         slices_per_decision: ``calibrated`` only: new slices pre-selected by feature
-            spatial frequency before each decision path (1: a decision path per slice).
+            sharpness before each decision path (1: a decision path per slice).
+        adjacent_by_sharpness: ``calibrated`` only: let feature sharpness, not the
+            decision path, choose between adjacent slices on textured ground.
     Returns:
         FusionResult with the fused array in the input dtype.
     """
@@ -147,7 +150,7 @@ def fuse_stack(
     used_strategy = "pair" if len(source) == 2 else strategy
     with torch.inference_mode():
         if used_strategy == "calibrated":
-            fused, index_map = fuse_running_best(context, batch_size, slices_per_decision)
+            fused, index_map = fuse_running_best(context, batch_size, slices_per_decision, adjacent_by_sharpness)
         elif used_strategy == "calibrated-paper":
             fused, index_map = fuse_calibrated_paper(context, batch_size)
         else:
@@ -164,6 +167,7 @@ def fuse_stack(
         "strategy": used_strategy,
         "batch_size": batch_size if used_strategy.startswith("calibrated") else 1,
         "slices_per_decision": slices_per_decision if used_strategy == "calibrated" else 1,
+        "adjacent_by_sharpness": adjacent_by_sharpness and used_strategy == "calibrated",
         "weights": str(weights_path),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,

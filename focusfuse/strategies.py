@@ -7,9 +7,11 @@
   extractions), as in decision calibration, but each decision path compares new
   slices with the slice currently chosen at each pixel, whose activities are kept
   as a per-pixel mosaic of the cached ones ("running best", gacn.md). New slices
-  come three at a time: per pixel the one with the higher feature spatial frequency
-  goes into the decision path, so about (N-1)/3 decision paths run. No decision map is
-  ever compared with another, so their saturation does not matter.
+  come three at a time: per pixel the one with the sharper features goes into the
+  decision path, so about (N-1)/3 decision paths run. Where that pick and the current
+  choice are adjacent slices (one z step apart) on textured ground, the sharper
+  features decide instead of the decision path (see `fuse_running_best`). No
+  decision map is ever compared with another, so their saturation does not matter.
 - ``calibrated-paper``: Eq. 19 as published. Slice 1 is the baseline; the N-1
   decision paths compare it with every other slice, in batches, and slice j is
   ranked by its odds (1 - p_j) / (p_j + 1e-4). The final maps saturate at 0 or 1,
@@ -30,17 +32,26 @@ import torch
 
 from focusfuse.color import cast_like, to_gray
 from focusfuse.filters import box_sum
-from focusfuse.network import GACN, SF_RADIUS
+from focusfuse.network import GACN
 from focusfuse.reader import StackSource
 from focusfuse.timing import StageClock
 
 Strategy = Literal["calibrated", "calibrated-paper", "serial"]
 STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
 ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
-# Slices pre-selected by feature spatial frequency per decision path in `calibrated`:
+# Slices pre-selected by feature sharpness per decision path in `calibrated`:
 # 3 runs a third of the decision paths and fuses the benchmark stacks to within
 # 0.07 dB of 2 and 1 (bench/multislice.py, README); 4 fell below serial on one (probe).
 SLICES_PER_DECISION = 3
+# Feature sharpness (`feature_sharpness`) is summed over a (2r+1)^2 window with this r:
+# 3 fused the benchmark stacks better than the decision path's r = 5 (probe: 2, 3, 5, 8).
+SHARPNESS_RADIUS = 3
+# Adjacent-slice decisions by feature sharpness only where the pixel is textured: the
+# sharper of the two at least this fraction of the first slice's median sharpness.
+# Below it (flat ground, edges of flat regions) the decision path's wider view, which
+# knows the defocus spread, stays in charge (probe: 0.2 lost, 0.5 and 1 held, on N = 5 drift).
+TEXTURED_FRACTION = 0.5
+ADJACENT_STEPS = 1
 Progress = Callable[[int, int], None]
 
 
@@ -147,24 +158,31 @@ class GroupPick:
     indices: list[int]
     images: list[np.ndarray]
     member: torch.Tensor
-    frequency: torch.Tensor | None  # the picked spatial frequency; computed once a second member comes
+    sharpness_map: torch.Tensor | None  # the picked feature sharpness; computed when first needed
     gray: torch.Tensor
     activity: torch.Tensor
 
-    def add(self, index: int, image: np.ndarray, gray: torch.Tensor, activity: torch.Tensor) -> None:
-        """Fold in the next slice where its features have the higher spatial frequency.
+    def sharpness(self) -> torch.Tensor:
+        """``(1, 1, H, W)`` feature sharpness of the pick."""
+        if self.sharpness_map is None:
+            self.sharpness_map = feature_sharpness(self.activity)
+        return self.sharpness_map
 
-        The summed spatial frequency of the 64 feature channels is the quantity the
-        decision path's input compares channel by channel. A running maximum with one
-        where() per slice is several times faster than argmax() and gather() on
-        channels-last CPU tensors, and only the mosaic is kept, never the members'
-        activities side by side. Ties keep the earlier slice.
+    def slice_index(self) -> torch.Tensor:
+        """``(1, 1, H, W)`` slice number of the pick (long)."""
+        return torch.tensor(self.indices, device=self.member.device)[self.member]
+
+    def add(self, index: int, image: np.ndarray, gray: torch.Tensor, activity: torch.Tensor) -> None:
+        """Fold in the next slice where its features are sharper.
+
+        A running maximum with one where() per slice is several times faster than
+        argmax() and gather() on channels-last CPU tensors, and only the mosaic is
+        kept, never the members' activities side by side. Ties keep the earlier slice.
         """
-        if self.frequency is None:
-            self.frequency = _summed_frequency(self.activity)
-        frequency = _summed_frequency(activity)
-        picked = frequency > self.frequency
-        self.frequency = torch.where(picked, frequency, self.frequency)
+        current = self.sharpness()
+        sharpness = feature_sharpness(activity)
+        picked = sharpness > current
+        self.sharpness_map = torch.where(picked, sharpness, current)
         self.member = self.member.masked_fill(picked, len(self.indices))
         self.gray = torch.where(picked, gray, self.gray)
         self.activity = torch.where(picked, activity, self.activity)
@@ -172,9 +190,16 @@ class GroupPick:
         self.images.append(image)
 
 
-def _summed_frequency(activity: torch.Tensor) -> torch.Tensor:
-    """``(1, 64, H, W)`` gradient energies -> ``(1, 1, H, W)`` spatial frequency summed over channels."""
-    return box_sum(activity.sum(1, keepdim=True), SF_RADIUS)
+def feature_sharpness(activity: torch.Tensor) -> torch.Tensor:
+    """``(1, 64, H, W)`` gradient energies -> ``(1, 1, H, W)`` windowed feature gradient magnitude.
+
+    The length of the 64-channel feature gradient, summed over a 7x7 window. The
+    magnitude, unlike the summed energy (the decision path's spatial frequency),
+    does not let a few strong edges in the window outweigh many weaker ones, and
+    the smaller window follows a sloping depth surface more closely; both fused the
+    benchmark stacks better (probe).
+    """
+    return box_sum(torch.sqrt(activity.sum(1, keepdim=True)), SHARPNESS_RADIUS)
 
 
 def _start_group(index: int, image: np.ndarray, gray: torch.Tensor, activity: torch.Tensor) -> GroupPick:
@@ -201,24 +226,46 @@ def _groups(context: StackContext, batch_size: int, group_size: int) -> Iterator
                 group = None
 
 
-def fuse_running_best(context: StackContext, batch_size: int, group_size: int = SLICES_PER_DECISION) -> tuple[np.ndarray, np.ndarray]:
+def fuse_running_best(
+    context: StackContext,
+    batch_size: int,
+    group_size: int = SLICES_PER_DECISION,
+    adjacent_by_sharpness: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated fusion by running best: each group of slices is compared with the current choice.
 
     Features are extracted once per slice (``batch_size`` slices at a time). Within a
-    group of ``group_size`` consecutive slices the one with the highest feature
-    spatial frequency is taken per pixel (``GroupPick.add``); one decision path
-    then compares that mosaic with the sharpest slice found so far, whose activities
-    and gray are kept per pixel. ``group_size`` 1 runs a decision path per slice.
+    group of ``group_size`` consecutive slices the one with the sharpest features is
+    taken per pixel (``GroupPick.add``); one decision path then compares that mosaic
+    with the sharpest slice found so far, whose activities and gray are kept per
+    pixel. ``group_size`` 1 runs a decision path per slice.
+
+    Where the group's pick and the current choice are adjacent slices, their blur
+    differs by a single z step: a near-tie, unlike the clearly different pairs the
+    decision path was trained on, and there it leans towards its first input (the
+    earlier slice). With ``adjacent_by_sharpness`` the sharper features decide those
+    pixels when they are textured (``TEXTURED_FRACTION``); the decision path decides
+    the rest.
     """
     model, clock = context.model, context.clock
     best_gray, best_activity, fused, index_map = _start_calibrated(context)
+    with clock.stage("decisions"):
+        best_sharpness = feature_sharpness(best_activity)
+        best_index = torch.zeros_like(best_sharpness, dtype=torch.long)
+        textured_floor = TEXTURED_FRACTION * best_sharpness.median()
     for group in _groups(context, batch_size, group_size):
         with clock.stage("decisions"):
             final_map = model.decide(best_activity, group.activity, best_gray, group.gray).final_map
-        with clock.stage("assemble"):
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
+            group_sharpness, group_index = group.sharpness(), group.slice_index()
+            if adjacent_by_sharpness:
+                adjacent = ((group_index - best_index).abs() <= ADJACENT_STEPS) & (torch.maximum(group_sharpness, best_sharpness) >= textured_floor)
+                sharper = torch.where(adjacent, group_sharpness > best_sharpness, sharper)
+        with clock.stage("assemble"):
             best_activity = torch.where(sharper, group.activity, best_activity)
             best_gray = torch.where(sharper, group.gray, best_gray)
+            best_sharpness = torch.where(sharper, group_sharpness, best_sharpness)
+            best_index = torch.where(sharper, group_index, best_index)
             taken = sharper[0, 0].cpu().numpy()
             picked = group.member[0, 0].cpu().numpy()
             for number, j in enumerate(group.indices):
