@@ -44,14 +44,17 @@ ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
 # 0.07 dB of 2 and 1 (bench/multislice.py, README); 4 fell below serial on one (probe).
 SLICES_PER_DECISION = 3
 # Feature sharpness (`feature_sharpness`) is summed over a (2r+1)^2 window with this r:
-# 3 fused the benchmark stacks better than the decision path's r = 5 (probe: 2, 3, 5, 8).
+# 3 fused the benchmark stacks best (probe: magnitude over r = 1, 2, 3, 5; energy over
+# r = 2, 3, 5, 8, 12).
 SHARPNESS_RADIUS = 3
-# Adjacent-slice decisions by feature sharpness only where the pixel is textured: the
-# sharper of the two at least this fraction of the first slice's median sharpness.
-# Below it (flat ground, edges of flat regions) the decision path's wider view, which
-# knows the defocus spread, stays in charge (probe: 0.2 lost, 0.5 and 1 held, on N = 5 drift).
-TEXTURED_FRACTION = 0.5
+# Slices this many z steps apart or fewer are decided by feature sharpness in
+# `calibrated` (probe: 2 and 3 did worse than 1)...
 ADJACENT_STEPS = 1
+# ...where the pixel is textured: the sharper of the two at least this fraction of the
+# median sharpness of the current choice. Below it (flat ground, rims of flat regions)
+# the decision path's wider view, which knows the defocus spread, stays in charge
+# (probe: 0.2 lost against serial on N = 5 drift, 0.5 and 1 held).
+TEXTURED_FRACTION = 0.5
 Progress = Callable[[int, int], None]
 
 
@@ -242,24 +245,24 @@ def fuse_running_best(
 
     Where the group's pick and the current choice are adjacent slices, their blur
     differs by a single z step: a near-tie, unlike the clearly different pairs the
-    decision path was trained on, and there it leans towards its first input (the
-    earlier slice). With ``adjacent_by_sharpness`` the sharper features decide those
-    pixels when they are textured (``TEXTURED_FRACTION``); the decision path decides
-    the rest.
+    decision path was trained on, and there its misses lean to one side (README,
+    N-slice strategies). With ``adjacent_by_sharpness`` the sharper features decide
+    those pixels when they are textured (``TEXTURED_FRACTION``); the decision path
+    decides the rest.
     """
     model, clock = context.model, context.clock
     best_gray, best_activity, fused, index_map = _start_calibrated(context)
     with clock.stage("decisions"):
         best_sharpness = feature_sharpness(best_activity)
         best_index = torch.zeros_like(best_sharpness, dtype=torch.long)
-        textured_floor = TEXTURED_FRACTION * best_sharpness.median()
     for group in _groups(context, batch_size, group_size):
         with clock.stage("decisions"):
             final_map = model.decide(best_activity, group.activity, best_gray, group.gray).final_map
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
             group_sharpness, group_index = group.sharpness(), group.slice_index()
             if adjacent_by_sharpness:
-                adjacent = ((group_index - best_index).abs() <= ADJACENT_STEPS) & (torch.maximum(group_sharpness, best_sharpness) >= textured_floor)
+                textured = torch.maximum(group_sharpness, best_sharpness) >= TEXTURED_FRACTION * best_sharpness.median()
+                adjacent = ((group_index - best_index).abs() <= ADJACENT_STEPS) & textured
                 sharper = torch.where(adjacent, group_sharpness > best_sharpness, sharper)
         with clock.stage("assemble"):
             best_activity = torch.where(sharper, group.activity, best_activity)
