@@ -11,10 +11,11 @@ without its feature-sharpness pre-selection, one decision path per slice; `calib
 pre-selection among two slices instead of three):
 PSNR of the fused image against the all-in-focus truth, index accuracy (exact and
 within one slice) and seconds per slice (the timing report's per-slice times: reading, features,
-decisions, assembling; median of --repeats runs after one warm-up fusion); the oracle row takes, at every pixel, the
+decisions, assembling; median of --repeats rounds that run every strategy in turn, after one
+untimed round); the oracle row takes, at every pixel, the
 slice nearest to the true depth; the Laplacian row takes the slice with the highest
 7x7 Laplacian energy.
-Usage: python bench/multislice.py [--size 256] [--slices 5,10,20] [--seed 0] [--repeats 3]
+Usage: python bench/multislice.py [--size 256] [--slices 5,10,20] [--seed 0] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -92,10 +93,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--slices", default="5,10,20")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=3, help="Runs per strategy; the median time is printed.")
+    parser.add_argument("--repeats", type=int, default=5, help="Runs per strategy; the median time is printed.")
     args = parser.parse_args()
     cases = [(n, variant) for n in (int(v) for v in args.slices.split(",")) for variant in ("clean", "noise 0.01", "drift 10%")]
-    warmed_up = False
     with tempfile.TemporaryDirectory() as scratch:
         for n_slices, variant in cases:
             folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
@@ -105,18 +105,22 @@ def main() -> None:
             energies = np.stack([laplacian_energy(to_gray(s)) for s in stack.slices])
             laplacian_index = np.argmax(energies, axis=0)
             print(report("laplacian", pick(stack.slices, laplacian_index), laplacian_index, stack.truth_index, sharp, None))
-            if not warmed_up:  # the process's first fusion pays for allocators and caches
-                fuse_stack([folder], device="cpu")
-                warmed_up = True
-            for label, strategy, per_decision, adjacent in STRATEGY_ROWS:
-                seconds = []
-                for _ in range(args.repeats):
-                    result = fuse_stack(
+            seconds: dict[str, list[float]] = {label: [] for label, *_ in STRATEGY_ROWS}
+            results = {}
+            # Rounds of every strategy in turn, so a drift in the machine's speed falls on
+            # all rows alike; round 0 warms allocators and caches and is not timed.
+            for round_number in range(args.repeats + 1):
+                for label, strategy, per_decision, adjacent in STRATEGY_ROWS:
+                    results[label] = fuse_stack(
                         [folder], strategy=strategy, device="cpu", slices_per_decision=per_decision, adjacent_by_sharpness=adjacent
                     )
-                    seconds.append(sum(result.timing["per_slice_s"]) / n_slices)  # reading to assembling, weights loading excluded
-                print(report(label, result.fused, result.index_map, stack.truth_index, sharp, statistics.median(seconds)))
-
+                    if round_number:  # reading to assembling; loading the weights excluded
+                        seconds[label].append(sum(results[label].timing["per_slice_s"]) / n_slices)
+            for label, *_ in STRATEGY_ROWS:
+                result = results[label]
+                print(report(label, result.fused, result.index_map, stack.truth_index, sharp, statistics.median(seconds[label])))
+            calibrated_ratio = statistics.median(seconds["calibrated"]) / statistics.median(seconds["serial"])
+            print(f"  time per slice / serial's: calibrated {calibrated_ratio:.2f}")
 
 if __name__ == "__main__":
     main()
