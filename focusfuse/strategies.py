@@ -41,7 +41,8 @@ STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
 ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
 # Slices pre-selected by feature sharpness per decision path in `calibrated`:
 # 3 runs a third of the decision paths and fuses the benchmark stacks to within
-# 0.07 dB of 2 and 1 (bench/multislice.py, README); 4 fell below serial on one (probe).
+# 0.17 dB of 2 and 1, sometimes above (bench/multislice.py, README); 4 fell below
+# serial on one (probe).
 SLICES_PER_DECISION = 3
 # Feature sharpness (`feature_sharpness`) is summed over a (2r+1)^2 window with this r:
 # 3 fused the benchmark stacks best (probe: magnitude over r = 1, 2, 3, 5; energy over
