@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--slices", default="5,10,20")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=5, help="Runs per strategy; the median time is printed.")
+    parser.add_argument("--repeats", type=int, default=5, help="Timed rounds of every strategy; the median time is printed.")
     args = parser.parse_args()
     cases = [(n, variant) for n in (int(v) for v in args.slices.split(",")) for variant in ("clean", "noise 0.01", "drift 10%")]
     with tempfile.TemporaryDirectory() as scratch:
@@ -121,6 +121,7 @@ def main() -> None:
                 print(report(label, result.fused, result.index_map, stack.truth_index, sharp, statistics.median(seconds[label])))
             calibrated_ratio = statistics.median(seconds["calibrated"]) / statistics.median(seconds["serial"])
             print(f"  time per slice / serial's: calibrated {calibrated_ratio:.2f}")
+
 
 if __name__ == "__main__":
     main()
