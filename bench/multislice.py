@@ -5,14 +5,16 @@ Each stack is a procedural texture with flat discs (regions with no focus cue), 
 smooth random depth surface and Gaussian defocus growing 1.5 px per slice from it
 (`focusfuse.synthetic.make_depth_stack`), written as PNGs and fused by `fuse_stack`.
 Cases: N = 5, 10, 20 slices, each clean, with noise (std 0.01 of full range) and
-with a 10% brightness drift from the first slice to the last. Printed per strategy (`calibrated dp-adj`: the
-default with the decision path also choosing between adjacent slices; `calibrated 1/dp`: the default
-without its feature-sharpness pre-selection, one decision path per slice; `calibrated 2/dp`:
-pre-selection among two slices instead of three):
-PSNR of the fused image against the all-in-focus truth, index accuracy (exact and
-within one slice) and seconds per slice (the timing report's per-slice times: reading, features,
-decisions, assembling; median of --repeats rounds that run every strategy in turn, after one
-untimed round); the oracle row takes, at every pixel, the
+with a 10% brightness drift from the first slice to the last. Printed per strategy
+(`calibrated no-fill`: the default without filling flat regions from their rims;
+`calibrated dp-adj`: the default with the decision path also choosing between
+adjacent slices; `calibrated 1/dp`: the default without its feature-sharpness
+pre-selection, one decision path per slice; `calibrated 2/dp`: pre-selection among
+two slices instead of three): PSNR of the fused image against the all-in-focus
+truth, index accuracy (exact and within one slice) and seconds per slice (the timing
+report's per-slice times: reading, features, decisions, assembling, filling; median
+of --repeats rounds that run every strategy in turn, after one untimed round); the
+oracle row takes, at every pixel, the
 slice nearest to the true depth; the Laplacian row takes the slice with the highest
 7x7 Laplacian energy.
 Usage: python bench/multislice.py [--size 256] [--slices 5,10,20] [--seed 0] [--repeats 5]
@@ -30,18 +32,18 @@ import numpy as np
 from focusfuse.baselines import laplacian_energy
 from focusfuse.color import to_gray
 from focusfuse.pipeline import fuse_stack
-from focusfuse.strategies import SLICES_PER_DECISION
 from focusfuse.synthetic import make_depth_stack, procedural_texture, smooth_depth
 from focusfuse.writer import write_image
 
-# (row label, strategy, slices per decision path, adjacent slices by feature sharpness).
+# (row label, strategy, fuse_stack options that differ from the default).
 STRATEGY_ROWS = (
-    ("calibrated", "calibrated", SLICES_PER_DECISION, True),
-    ("calibrated dp-adj", "calibrated", SLICES_PER_DECISION, False),
-    ("calibrated 2/dp", "calibrated", 2, True),
-    ("calibrated 1/dp", "calibrated", 1, True),
-    ("calibrated-paper", "calibrated-paper", 1, True),
-    ("serial", "serial", 1, True),
+    ("calibrated", "calibrated", {}),
+    ("calibrated no-fill", "calibrated", {"fill_flat": False}),
+    ("calibrated dp-adj", "calibrated", {"adjacent_by_sharpness": False}),
+    ("calibrated 2/dp", "calibrated", {"slices_per_decision": 2}),
+    ("calibrated 1/dp", "calibrated", {"slices_per_decision": 1}),
+    ("calibrated-paper", "calibrated-paper", {}),
+    ("serial", "serial", {}),
 )
 
 
@@ -105,18 +107,16 @@ def main() -> None:
             energies = np.stack([laplacian_energy(to_gray(s)) for s in stack.slices])
             laplacian_index = np.argmax(energies, axis=0)
             print(report("laplacian", pick(stack.slices, laplacian_index), laplacian_index, stack.truth_index, sharp, None))
-            seconds: dict[str, list[float]] = {label: [] for label, *_ in STRATEGY_ROWS}
+            seconds: dict[str, list[float]] = {label: [] for label, _, _ in STRATEGY_ROWS}
             results = {}
             # Rounds of every strategy in turn, so a drift in the machine's speed falls on
             # all rows alike; round 0 warms allocators and caches and is not timed.
             for round_number in range(args.repeats + 1):
-                for label, strategy, per_decision, adjacent in STRATEGY_ROWS:
-                    results[label] = fuse_stack(
-                        [folder], strategy=strategy, device="cpu", slices_per_decision=per_decision, adjacent_by_sharpness=adjacent
-                    )
+                for label, strategy, options in STRATEGY_ROWS:
+                    results[label] = fuse_stack([folder], strategy=strategy, device="cpu", **options)
                     if round_number:  # reading to assembling; loading the weights excluded
                         seconds[label].append(sum(results[label].timing["per_slice_s"]) / n_slices)
-            for label, *_ in STRATEGY_ROWS:
+            for label, _, _ in STRATEGY_ROWS:
                 result = results[label]
                 print(report(label, result.fused, result.index_map, stack.truth_index, sharp, statistics.median(seconds[label])))
             calibrated_ratio = statistics.median(seconds["calibrated"]) / statistics.median(seconds["serial"])

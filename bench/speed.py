@@ -63,10 +63,9 @@ def main() -> None:
         for k, image in enumerate(stack.slices, start=1):
             write_image(stack_dir / f"z{k}.png", image)
         per_slice = {}
-        for label, strategy, per_decision, adjacent in STRATEGY_ROWS:
+        for label, strategy, options in STRATEGY_ROWS:
             seconds, result = fusion_seconds(
-                [stack_dir], scratch, args.repeats, device=args.device, strategy=strategy, batch_size=args.batch_size,
-                slices_per_decision=per_decision, adjacent_by_sharpness=adjacent,
+                [stack_dir], scratch, args.repeats, device=args.device, strategy=strategy, batch_size=args.batch_size, **options
             )
             per_slice[label] = seconds / args.slices
             record = result.timing

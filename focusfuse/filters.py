@@ -51,6 +51,32 @@ def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: f
     return box_mean(slope, radius) * guide + box_mean(offset, radius)
 
 
+def fill_from_known(values: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """``values`` where ``known``; elsewhere interpolated from the known values around them.
+
+    Push-pull (Gortler et al. 1996): a pyramid of 2x2 means of values x known and of
+    known, halved until every cell holds some known pixel; then, from the coarsest
+    level up, each level keeps the mean of its known pixels and fills the rest of
+    each cell from the bilinearly upsampled level below. Holes of any size fill
+    smoothly from their rims in O(pixels).
+
+    Args:
+        values: ``(N, 1, H, W)`` float.
+        known: ``(N, 1, H, W)`` bool; an image with no known pixel comes back as zeros.
+    """
+    weight = known.to(values.dtype)
+    levels = [(values * weight, weight)]
+    while min(levels[-1][1].shape[-2:]) > 1 and not bool((levels[-1][1] > 0).all()):
+        weighted, weight = levels[-1]
+        levels.append((F.avg_pool2d(weighted, 2, ceil_mode=True), F.avg_pool2d(weight, 2, ceil_mode=True)))
+    weighted, weight = levels[-1]
+    filled = weighted / weight.clamp_min(torch.finfo(values.dtype).tiny)
+    for weighted, weight in reversed(levels[:-1]):
+        below = F.interpolate(filled, size=weighted.shape[-2:], mode="bilinear", align_corners=False)
+        filled = weighted + (1.0 - weight) * below
+    return torch.where(known, values, filled)
+
+
 def gaussian_kernel1d(sigma: float, radius: int, *, device=None, dtype=torch.float32) -> torch.Tensor:
     """Normalised 1-D Gaussian of length 2r+1."""
     offsets = torch.arange(-radius, radius + 1, device=device, dtype=dtype)

@@ -86,6 +86,7 @@ def fuse_stack(
     progress: Progress | None = None,
     slices_per_decision: int = SLICES_PER_DECISION,
     adjacent_by_sharpness: bool = True,
+    fill_flat: bool = True,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -103,6 +104,8 @@ def fuse_stack(
             sharpness before each decision path (1: a decision path per slice).
         adjacent_by_sharpness: ``calibrated`` only: let feature sharpness, not the
             decision path, choose between adjacent slices on textured ground.
+        fill_flat: ``calibrated`` only: pixels no slice shows textured take their slice
+            from the textured pixels around them.
     Returns:
         FusionResult with the fused array in the input dtype.
     """
@@ -150,7 +153,7 @@ def fuse_stack(
     used_strategy = "pair" if len(source) == 2 else strategy
     with torch.inference_mode():
         if used_strategy == "calibrated":
-            fused, index_map = fuse_running_best(context, batch_size, slices_per_decision, adjacent_by_sharpness)
+            fused, index_map = fuse_running_best(context, batch_size, slices_per_decision, adjacent_by_sharpness, fill_flat)
         elif used_strategy == "calibrated-paper":
             fused, index_map = fuse_calibrated_paper(context, batch_size)
         else:
@@ -168,6 +171,7 @@ def fuse_stack(
         "batch_size": batch_size if used_strategy.startswith("calibrated") else 1,
         "slices_per_decision": slices_per_decision if used_strategy == "calibrated" else 1,
         "adjacent_by_sharpness": adjacent_by_sharpness and used_strategy == "calibrated",
+        "fill_flat": fill_flat and used_strategy == "calibrated",
         "weights": str(weights_path),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,

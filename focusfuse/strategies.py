@@ -12,6 +12,9 @@
   choice are adjacent slices (one z step apart) on textured ground, the sharper
   features decide instead of the decision path (see `fuse_running_best`). No
   decision map is ever compared with another, so their saturation does not matter.
+  Pixels that no slice shows textured (flat regions) then take their slice from
+  the textured pixels around them (`_fill_flat_regions`), which reads the stack a
+  second time for those pixels only.
 - ``calibrated-paper``: Eq. 19 as published. Slice 1 is the baseline; the N-1
   decision paths compare it with every other slice, in batches, and slice j is
   ranked by its odds (1 - p_j) / (p_j + 1e-4). The final maps saturate at 0 or 1,
@@ -31,7 +34,7 @@ import numpy as np
 import torch
 
 from focusfuse.color import cast_like, to_gray
-from focusfuse.filters import box_sum
+from focusfuse.filters import box_sum, fill_from_known
 from focusfuse.network import GACN
 from focusfuse.reader import StackSource
 from focusfuse.timing import StageClock
@@ -235,6 +238,7 @@ def fuse_running_best(
     batch_size: int,
     group_size: int = SLICES_PER_DECISION,
     adjacent_by_sharpness: bool = True,
+    fill_flat: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated fusion by running best: each group of slices is compared with the current choice.
 
@@ -250,33 +254,74 @@ def fuse_running_best(
     N-slice strategies). With ``adjacent_by_sharpness`` the sharper features decide
     those pixels when they are textured (``TEXTURED_FRACTION``); the decision path
     decides the rest.
+
+    With ``fill_flat`` the pixels that no slice shows textured take their slice from
+    the textured ones around them afterwards (`_fill_flat_regions`).
     """
     model, clock = context.model, context.clock
     best_gray, best_activity, fused, index_map = _start_calibrated(context)
+    last = len(context.source) - 1
     with clock.stage("decisions"):
         best_sharpness = feature_sharpness(best_activity)
         best_index = torch.zeros_like(best_sharpness, dtype=torch.long)
+        peak_sharpness = best_sharpness  # the sharpest any slice is, per pixel
     for group in _groups(context, batch_size, group_size):
         with clock.stage("decisions"):
             final_map = model.decide(best_activity, group.activity, best_gray, group.gray).final_map
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
             group_sharpness, group_index = group.sharpness(), group.slice_index()
+            peak_sharpness = torch.maximum(peak_sharpness, group_sharpness)
             if adjacent_by_sharpness:
                 textured = torch.maximum(group_sharpness, best_sharpness) >= TEXTURED_FRACTION * best_sharpness.median()
                 adjacent = ((group_index - best_index).abs() <= ADJACENT_STEPS) & textured
                 sharper = torch.where(adjacent, group_sharpness > best_sharpness, sharper)
         with clock.stage("assemble"):
-            best_activity = torch.where(sharper, group.activity, best_activity)
-            best_gray = torch.where(sharper, group.gray, best_gray)
-            best_sharpness = torch.where(sharper, group_sharpness, best_sharpness)
-            best_index = torch.where(sharper, group_index, best_index)
+            if group.indices[-1] < last:  # the last group's choice feeds no later comparison
+                best_activity = torch.where(sharper, group.activity, best_activity)
+                best_gray = torch.where(sharper, group.gray, best_gray)
+                best_sharpness = torch.where(sharper, group_sharpness, best_sharpness)
+                best_index = torch.where(sharper, group_index, best_index)
             taken = sharper[0, 0].cpu().numpy()
             picked = group.member[0, 0].cpu().numpy()
             for number, j in enumerate(group.indices):
                 chosen = taken & (picked == number)
                 index_map[chosen] = j
                 fused[chosen] = group.images[number][chosen]
+    if fill_flat:
+        _fill_flat_regions(context, fused, index_map, peak_sharpness)
     return fused, index_map
+
+
+def _fill_flat_regions(context: StackContext, fused: np.ndarray, index_map: np.ndarray, peak_sharpness: torch.Tensor) -> None:
+    """Give pixels that no slice shows textured the slice of the textured pixels around them.
+
+    Inside a flat region every comparison is a coin toss on noise, and each group's
+    decision path is another toss, so over many groups the choice drifts to late
+    slices, whose wide blur carries the surroundings into the region (README, N-slice
+    strategies). The depth of a flat region is best read from its rim: the index map
+    is filled in from the textured pixels (``fill_from_known``), rounded, and the
+    changed pixels are fetched from their slices in a second read of the stack.
+    "Textured" is the sharpest slice reaching ``TEXTURED_FRACTION`` of the median.
+    The time is shared evenly among the slices' times. Updates both arrays in place.
+    """
+    clock = context.clock
+    started = clock.now()
+    with clock.stage("fill"):
+        known = peak_sharpness >= TEXTURED_FRACTION * peak_sharpness.median()
+        if bool(known.all()) or not bool(known.any()):
+            return
+        current = torch.from_numpy(index_map.astype(np.float32)).to(context.device)[None, None]
+        filled = fill_from_known(current, known).round_().clamp_(0, len(context.source) - 1)
+        refilled = filled[0, 0].cpu().numpy().astype(index_map.dtype)
+        changed = refilled != index_map
+    for j in np.unique(refilled[changed]).tolist():
+        image = context.read(j)
+        with clock.stage("fill"):
+            take = changed & (refilled == j)
+            fused[take] = image[take]
+            index_map[take] = j
+    share = (clock.now() - started) / len(clock.per_slice)
+    clock.per_slice[:] = [seconds + share for seconds in clock.per_slice]
 
 
 def fuse_calibrated_paper(context: StackContext, batch_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from focusfuse.filters import box_mean, gaussian_blur, guided_filter
+from focusfuse.filters import box_mean, fill_from_known, gaussian_blur, guided_filter
 
 
 def test_box_mean_clips_the_window_at_borders():
@@ -35,3 +35,22 @@ def test_gaussian_blur_preserves_constants_and_mass():
     impulse = torch.zeros(1, 1, 21, 21)
     impulse[..., 10, 10] = 1.0
     assert torch.isclose(gaussian_blur(impulse, 8.0, 4).sum(), torch.tensor(1.0), atol=1e-6)
+
+
+def test_fill_from_known_keeps_known_values_and_fills_a_hole_from_its_rim():
+    # A plane with a 40 px hole: the fill comes from the rim, so it stays near the
+    # plane, and nothing known moves.
+    yy, xx = torch.meshgrid(torch.arange(96.0), torch.arange(96.0), indexing="ij")
+    plane = (0.05 * xx + 0.02 * yy)[None, None]
+    hole = ((yy - 48) ** 2 + (xx - 40) ** 2 < 20**2)[None, None]
+    filled = fill_from_known(plane, ~hole)
+    assert torch.equal(filled[~hole], plane[~hole])
+    assert (filled[hole] - plane[hole]).abs().max() < 0.4  # the plane rises 2.8 across the hole
+    inside = filled[hole]
+    assert inside.min() > plane[hole].min() - 0.3 and inside.max() < plane[hole].max() + 0.3
+
+
+def test_fill_from_known_with_nothing_or_everything_known():
+    values = torch.rand(1, 1, 9, 7)
+    assert torch.equal(fill_from_known(values, torch.ones_like(values, dtype=torch.bool)), values)
+    assert torch.equal(fill_from_known(values, torch.zeros_like(values, dtype=torch.bool)), torch.zeros_like(values))
