@@ -9,8 +9,8 @@ with a 10% brightness drift from the first slice to the last. Printed per strate
 (`calibrated no-fill`: the default without filling flat regions from their rims;
 `calibrated dp-adj`: the default with the decision path also choosing between
 adjacent slices; `calibrated 1/dp`: the default without its feature-sharpness
-pre-selection, one decision path per slice; `calibrated 2/dp`: pre-selection among
-two slices instead of three): PSNR of the fused image against the all-in-focus
+pre-selection, one decision path per slice; `calibrated 3/dp`: pre-selection among
+three slices instead of four): PSNR of the fused image against the all-in-focus
 truth, index accuracy (exact and within one slice) and seconds per slice (the timing
 report's per-slice times: reading, features, decisions, assembling, filling; median
 of --repeats rounds that run every strategy in turn, after one untimed round); the
@@ -40,7 +40,7 @@ STRATEGY_ROWS = (
     ("calibrated", "calibrated", {}),
     ("calibrated no-fill", "calibrated", {"fill_flat": False}),
     ("calibrated dp-adj", "calibrated", {"adjacent_by_sharpness": False}),
-    ("calibrated 2/dp", "calibrated", {"slices_per_decision": 2}),
+    ("calibrated 3/dp", "calibrated", {"slices_per_decision": 3}),
     ("calibrated 1/dp", "calibrated", {"slices_per_decision": 1}),
     ("calibrated-paper", "calibrated-paper", {}),
     ("serial", "serial", {}),

@@ -7,8 +7,8 @@
   extractions), as in decision calibration, but each decision path compares new
   slices with the slice currently chosen at each pixel, whose activities are kept
   as a per-pixel mosaic of the cached ones ("running best", gacn.md). New slices
-  come three at a time: per pixel the one with the sharper features goes into the
-  decision path, so about (N-1)/3 decision paths run. Where that pick and the current
+  come four at a time: per pixel the one with the sharpest features goes into the
+  decision path, so about (N-1)/4 decision paths run. Where that pick and the current
   choice are adjacent slices (one z step apart) on textured ground, the sharper
   features decide instead of the decision path (see `fuse_running_best`). No
   decision map is ever compared with another, so their saturation does not matter.
@@ -42,11 +42,13 @@ from focusfuse.timing import StageClock
 Strategy = Literal["calibrated", "calibrated-paper", "serial"]
 STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
 ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
-# Slices pre-selected by feature sharpness per decision path in `calibrated`:
-# 3 runs a third of the decision paths and fuses the benchmark stacks to within
-# 0.17 dB of 2 and 1, sometimes above (bench/multislice.py, README); 4 fell below
-# serial on one (probe).
-SLICES_PER_DECISION = 3
+# Slices pre-selected by feature sharpness per decision path in `calibrated`. With
+# flat regions filled from their rims, 1, 2 and 3 gave the same seed-0 table of
+# bench/multislice.py, and on seeds 0, 1 and 2 4 stayed within 0.01 dB of 3, 5 and 6
+# within 0.03 (probe): what the extra decision paths changed lay in the flat regions.
+# 4 runs one decision path at N = 5 (3 ran two), which keeps N = 5 below 0.65 of
+# serial's time per slice.
+SLICES_PER_DECISION = 4
 # Feature sharpness (`feature_sharpness`) is summed over a (2r+1)^2 window with this r:
 # 3 fused the benchmark stacks best (probe: magnitude over r = 1, 2, 3, 5; energy over
 # r = 2, 3, 5, 8, 12).
@@ -149,6 +151,7 @@ def _slice_batches(context: StackContext, batch_size: int) -> Iterator[tuple[lis
         with clock.stage("features"):
             activities = context.model.activity(grays)
         yield indices, images, grays, activities
+        del images, grays, activities  # free before the next extraction, not after it
         share = (clock.now() - started) / len(indices)
         clock.per_slice.extend([share] * len(indices))
         context.progress(indices[-1] + 1, total)
@@ -231,6 +234,7 @@ def _groups(context: StackContext, batch_size: int, group_size: int) -> Iterator
             if len(group.indices) == group_size or j == last:
                 yield group
                 group = None
+        del grays, activities, gray, activity  # as in `_slice_batches`
 
 
 def fuse_running_best(
@@ -287,6 +291,7 @@ def fuse_running_best(
                 chosen = taken & (picked == number)
                 index_map[chosen] = j
                 fused[chosen] = group.images[number][chosen]
+        del group  # its mosaic would otherwise live through the next group's extractions
     if fill_flat:
         _fill_flat_regions(context, fused, index_map, peak_sharpness)
     return fused, index_map

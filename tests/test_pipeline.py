@@ -160,11 +160,11 @@ def test_more_than_256_slices_give_a_uint16_index(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "strategy, expected_extractions, expected_decisions", [("calibrated", 6, 2), ("calibrated-paper", 6, 5), ("serial", 10, 5)]
+    "strategy, expected_extractions, expected_decisions", [("calibrated", 9, 2), ("calibrated-paper", 9, 8), ("serial", 16, 8)]
 )
 def test_feature_extractions_and_decision_paths_per_strategy(tmp_path, model, monkeypatch, strategy, expected_extractions, expected_decisions):
-    """Calibration: N extractions; serial: 2(N - 1) (gacn.md, cost). Running best: a decision path per three new slices."""
-    stack = step_depth_stack(n_slices=6, size=48)
+    """Calibration: N extractions; serial: 2(N - 1) (gacn.md, cost). Running best: a decision path per four new slices."""
+    stack = step_depth_stack(n_slices=9, size=48)
     extracted, decided = [], []
     hooks = [
         model.features.register_forward_hook(lambda module, inputs, output: extracted.append(inputs[0].shape[0])),
@@ -183,9 +183,9 @@ def test_feature_extractions_and_decision_paths_per_strategy(tmp_path, model, mo
 def test_calibrated_result_does_not_depend_on_batch_size(tmp_path, demo_stack_dir):
     """Slices are grouped for the decision paths independently of the feature batches."""
     one = fuse_stack([demo_stack_dir], device="cpu", batch_size=1)
-    two = fuse_stack([demo_stack_dir], device="cpu", batch_size=2)  # batches straddle the groups of three
-    assert np.array_equal(one.index_map, two.index_map) and np.array_equal(one.fused, two.fused)
-    assert one.timing["slices_per_decision"] == 3
+    three = fuse_stack([demo_stack_dir], device="cpu", batch_size=3)  # batches straddle the groups of four
+    assert np.array_equal(one.index_map, three.index_map) and np.array_equal(one.fused, three.fused)
+    assert one.timing["slices_per_decision"] == 4
 
 
 def test_calibrated_one_slice_per_decision_also_stays_on_the_truth(demo_stack_dir, demo_truth):
