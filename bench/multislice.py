@@ -114,7 +114,7 @@ def main() -> None:
             for round_number in range(args.repeats + 1):
                 for label, strategy, options in STRATEGY_ROWS:
                     results[label] = fuse_stack([folder], strategy=strategy, device="cpu", **options)
-                    if round_number:  # reading to assembling; loading the weights excluded
+                    if round_number:  # reading to filling; loading the weights excluded
                         seconds[label].append(sum(results[label].timing["per_slice_s"]) / n_slices)
             for label, _, _ in STRATEGY_ROWS:
                 result = results[label]
