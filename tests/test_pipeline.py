@@ -274,9 +274,9 @@ def test_adjacent_slices_on_a_depth_ramp_are_told_apart_without_bias(tmp_path):
 
 def test_a_flat_region_takes_its_depth_from_its_rim(tmp_path):
     """A flat disc 56 px wide on a noisy 16-slice ramp: no slice shows it textured, so
-    comparisons inside it toss coins on noise and drift to far slices (half its pixels
-    more than one slice off without the fill). Filled from the textured rim, all of it
-    lies within one slice of the truth, and the fused pixels are those of the slices
+    comparisons inside it toss coins on noise and drift to far slices (over 40% of its
+    pixels more than one slice off without the fill). Filled from the textured rim, all
+    of it lies within one slice of the truth, and the fused pixels are those of the slices
     the index map names (the second read of the stack)."""
     rng = np.random.default_rng(0)
     size, n_slices = 128, 16
