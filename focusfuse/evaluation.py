@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.metrics import METRIC_NAMES, evaluate_fusion
+from focusfuse.metrics import METRIC_NAMES, evaluate_fusion, feature_mi
 from focusfuse.reader import natural_key, read_image
 
 SOURCE_PATTERN = re.compile(r"^(?P<name>.+)_(?P<index>[12])\.(?P<ext>png|tif|tiff|jpg|jpeg|bmp)$", re.IGNORECASE)
@@ -105,7 +105,8 @@ def evaluate_pairs(pairs: list[FusedPair], *, workers: int | None = None) -> lis
     workers = max(1, min(workers or os.cpu_count() or 1, len(pairs)))
     if workers == 1:
         return [_evaluate_pair(pair) for pair in pairs]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
+    # One pair per process already fills the cores: FMI's window blocks stay on one thread there.
+    with ProcessPoolExecutor(max_workers=workers, initializer=feature_mi.set_threads, initargs=(1,)) as pool:
         return list(pool.map(_evaluate_pair, pairs))
 
 

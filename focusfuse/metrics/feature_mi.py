@@ -13,6 +13,9 @@ means, the Pearson numerator) are accumulated left to right, as the reference do
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import cv2
 import numpy as np
 
@@ -101,7 +104,9 @@ def _entropy(probabilities: np.ndarray) -> np.ndarray:
     A mixing weight above 1 makes some joint cells negative; the reference keeps the
     real part of -p log2 p there, which is -p log2 |p|.
     """
-    logs = np.log2(np.maximum(np.abs(probabilities), _SMALLEST))
+    logs = np.abs(probabilities)
+    np.maximum(logs, _SMALLEST, out=logs)
+    np.log2(logs, out=logs)
     return -np.einsum("...i,...i->...", probabilities, logs)
 
 
@@ -133,7 +138,9 @@ def _joint_entropy(source_pdf, fused_pdf, source_cdf, fused_cdf, correlation, so
     if comonotone:
         bound = np.minimum(fused_grid, source_grid)
     else:
-        bound = np.maximum(fused_grid + source_grid - 1.0, 0.0)
+        bound = fused_grid + source_grid
+        bound -= 1.0
+        np.maximum(bound, 0.0, out=bound)
     # sum_ij F_i S_j of the independence copula factorises.
     independent_total = fused_cdf.sum(axis=1) * source_cdf.sum(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -141,7 +148,9 @@ def _joint_entropy(source_pdf, fused_pdf, source_cdf, fused_cdf, correlation, so
         degenerate = (source_sd == 0) | (fused_sd == 0) | (correlation == 0)
         mixing = np.where(degenerate, 0.0, correlation / bound_correlation)
     # Probability mass of each cell: the bound's 2-D difference, with H(0, j) = H(i, 0) = 0.
-    cell_mass = np.diff(np.diff(bound, axis=1, prepend=0.0), axis=2, prepend=0.0)
+    cell_mass = bound.copy()
+    cell_mass[:, 1:, :] -= bound[:, :-1, :]
+    cell_mass[:, :, 1:] -= cell_mass[:, :, :-1].copy()
     cell_mass *= mixing[:, None, None]
     cell_mass += ((1.0 - mixing)[:, None] * fused_pdf)[:, :, None] * source_pdf[:, None, :]
     joint = cell_mass
@@ -190,8 +199,34 @@ def _deduplicated(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
     return _blocked(source, fused)
 
 
+def set_threads(count: int | None) -> None:
+    """Threads that share the window blocks of one FMI (default: all cores).
+
+    Processes that already run one pair per core (``evaluate_pairs``) set 1.
+    """
+    global _threads
+    _threads = max(1, count or os.cpu_count() or 1)
+
+
+_threads = max(1, os.cpu_count() or 1)
+
+
 def _blocked(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
-    return np.concatenate([_window_fmi(source[start : start + _CHUNK], fused[start : start + _CHUNK]) for start in range(0, source.shape[0], _CHUNK)] or [np.zeros(0)])
+    """``_window_fmi`` over blocks of windows; numpy releases the GIL, so threads share the cores.
+
+    Each block is computed alone, so the result does not depend on the thread count.
+    """
+    starts = range(0, source.shape[0], _CHUNK)
+    if not starts:
+        return np.zeros(0)
+
+    def block(start: int) -> np.ndarray:
+        return _window_fmi(source[start : start + _CHUNK], fused[start : start + _CHUNK])
+
+    if _threads == 1 or len(starts) == 1:
+        return np.concatenate([block(start) for start in starts])
+    with ThreadPoolExecutor(max_workers=min(_threads, len(starts))) as pool:
+        return np.concatenate(list(pool.map(block, starts)))
 
 
 def fmi(feature_a: np.ndarray, feature_b: np.ndarray, feature_f: np.ndarray) -> float:

@@ -27,10 +27,15 @@ def _edges(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _preservation(source_strength, source_angle, fused_strength, fused_angle) -> tuple[np.ndarray, np.ndarray]:
-    """Edge preservation of one source in the fused image and its weight (the guarded strength)."""
-    source_larger = source_strength > fused_strength
+    """Edge preservation of one source in the fused image and its weight (the guarded strength).
+
+    The fused strength is guarded before the comparison, as in the reference code: a
+    source strength that is only float residue (~1e-17, flat areas) then counts as
+    weaker than a flat fused image, not as stronger.
+    """
     guarded_source = np.where(source_strength == 0.0, GUARD, source_strength)
     guarded_fused = np.where(fused_strength == 0.0, GUARD, fused_strength)
+    source_larger = source_strength > guarded_fused
     strength_ratio = np.where(source_larger, guarded_fused / guarded_source, guarded_source / guarded_fused)
     orientation = np.abs(np.abs(source_angle - fused_angle) - np.pi / 2) * (2.0 / np.pi)
     strength_term = 1.0 / (1.0 + np.exp(-10.0 * (strength_ratio - 0.5)))
