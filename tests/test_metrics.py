@@ -12,6 +12,8 @@ import pytest
 
 from focusfuse.metrics import METRIC_NAMES, METRICS, evaluate_fusion, prepare_image
 from focusfuse.metrics import feature_mi
+from focusfuse.metrics.common import correlate_same
+from focusfuse.metrics.gradient import SOBEL_Y, qg
 
 VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "metric_vectors"
 TOLERANCE = {"Qg": 2e-5, "Qy": 2e-5, "Qncie": 1e-6, "Qcb": 1e-6, "FMI_EDGE": 1e-6, "FMI_DCT": 1e-6}
@@ -149,9 +151,6 @@ def test_qg_counts_a_residue_source_edge_as_weaker_than_a_flat_fused_image():
     """Flat areas leave float residue in the Sobel sums; the reference compares it with
     the guarded (1e-5) fused strength, so a flat source preserved in a flat fused image
     scores near 0 there, not near 1 (this is what puts color_lytro_05_avg on its value)."""
-    from focusfuse.metrics.common import correlate_same
-    from focusfuse.metrics.gradient import SOBEL_Y, qg
-
     flat_source = np.full((32, 32), 0.7154 / 255.0)  # green level 1 as the reference grays it
     residue = np.abs(correlate_same(flat_source, SOBEL_Y)[1:-1, 1:-1])
     assert residue.max() > 0.0 and residue.max() < 1e-15, "premise: the interior sums leave only residue"

@@ -199,8 +199,11 @@ def _deduplicated(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
     return _blocked(source, fused)
 
 
+_threads = 1
+
+
 def set_threads(count: int | None) -> None:
-    """Threads that share the window blocks of one FMI (default: all cores).
+    """Threads that share the window blocks of one FMI (``None``: all cores, the default).
 
     Processes that already run one pair per core (``evaluate_pairs``) set 1.
     """
@@ -208,7 +211,7 @@ def set_threads(count: int | None) -> None:
     _threads = max(1, count or os.cpu_count() or 1)
 
 
-_threads = max(1, os.cpu_count() or 1)
+set_threads(None)
 
 
 def _blocked(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
