@@ -11,8 +11,13 @@ Prints one row of 26-pair means per method beside the paper's Table 1 rows and w
 every fused image under OUT/<method>/NAME.png and the values to OUT/summary.json.
 --swap fuses (NAME_2, NAME_1) instead of (NAME_1, NAME_2): the metrics are symmetric
 in the sources, so any change is the method's dependence on input order.
+--score-sigma S runs the network with its score pooled over a Gaussian of sigma S
+instead of the sigma it was trained with (an analysis of the weights, not a setting
+of focusfuse): the weights are re-saved with that sigma as OUT/weights-sigma-S.pt and
+fused through `fuse_stack` like any other weights file.
 Usage: python bench/pairs26.py [--pairs ../shared/data/pairs26] [--out out/pairs26]
        [--weights PATH] [--methods network,average,...] [--workers N] [--swap]
+       [--score-sigma S]
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from focusfuse.metrics import METRIC_NAMES
 from focusfuse.pipeline import fuse_stack
 from focusfuse.reader import natural_key, read_image
 from focusfuse.refinement import refine_decision_map
-from focusfuse.weights import find_weights, load_model
+from focusfuse.weights import find_weights, load_model, save_weights
 from focusfuse.writer import write_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,6 +78,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workers", type=int)
     parser.add_argument("--swap", action="store_true", help="Fuse NAME_2 with NAME_1 (input order reversed).")
+    parser.add_argument("--score-sigma", type=float, help="Pool the network's score with this sigma instead of the trained one.")
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
@@ -81,6 +87,12 @@ def main() -> None:
     pairs_dir, out = Path(args.pairs), Path(args.out)
     weights = find_weights(args.weights)
     model = load_model(weights)
+    if args.score_sigma is not None:
+        trained_sigma, model.score_sigma = model.score_sigma, args.score_sigma
+        payload = torch.load(weights, map_location="cpu", weights_only=True)
+        weights = out / f"weights-sigma-{args.score_sigma:g}.pt"
+        save_weights(model.to(memory_format=torch.contiguous_format), weights, {**payload["metadata"], "score_sigma_trained": trained_sigma})
+        print(f"score pooled with sigma {args.score_sigma:g} (trained with {trained_sigma:g})")
     names = sorted({SOURCE_PATTERN.match(p.name)["name"] for p in pairs_dir.iterdir() if SOURCE_PATTERN.match(p.name)}, key=natural_key)
     print(f"{len(names)} pairs from {pairs_dir}; weights {weights}" + ("; fused in reversed order (NAME_2, NAME_1)" if args.swap else ""))
     summary = {"pairs": str(pairs_dir), "weights": str(weights), "swapped": args.swap, "methods": {}}

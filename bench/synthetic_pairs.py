@@ -7,7 +7,10 @@ pixels: all-in-focus gradient magnitude (Sobel / 8) >= 0.02. Printed for aligned
 pairs with realistic noise (the acceptance case), for pairs with B shifted by up to
 2 px (the truth, aligned to A, is then ill-defined near borders) and for the full
 training noise, beside a 7x7 Laplacian-energy max-select on the same pairs.
+--score-sigma S pools the network's score with sigma S instead of the trained one
+(an analysis of the weights, as in bench/pairs26.py).
 Usage: python bench/synthetic_pairs.py [--data ../shared/data/bsds500] [--pairs 200] [--weights PATH]
+       [--score-sigma S]
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--weights")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--score-sigma", type=float, help="Pool the network's score with this sigma instead of the trained one.")
     args = parser.parse_args()
     weights = find_weights(args.weights)
     model = load_model(weights)
+    if args.score_sigma is not None:
+        print(f"score pooled with sigma {args.score_sigma:g} (trained with {model.score_sigma:g})")
+        model.score_sigma = args.score_sigma
     images = load_split(Path(args.data), "test")
     print(f"weights {weights}; {args.pairs} held-out pairs from {args.data}/test; texture: |grad| >= {TEXTURE_THRESHOLD}")
     cases = (

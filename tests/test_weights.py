@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 
 import pytest
 import torch
@@ -74,3 +75,12 @@ def test_score_smoothing_travels_with_the_weights(tmp_path):
 
     checksum_path(plain).write_text(f"{sha256_of(plain)}  plain.pt\n")
     assert load_model(plain).score_sigma == 0.0
+
+
+def test_kept_experiment_weights_load_with_their_checksum_and_pooling_width():
+    # weights/experiments/ holds runs that were not shipped (weights/README.md); they
+    # must stay loadable as starting points, with the architecture they were trained with.
+    path = Path(__file__).resolve().parent.parent / "weights" / "experiments" / "v6-sigma8.pt"
+    model = load_model(path)
+    assert model.score_sigma == 8.0
+    assert find_weights() != path
