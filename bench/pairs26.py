@@ -91,7 +91,7 @@ def main() -> None:
         trained_sigma, model.score_sigma = model.score_sigma, args.score_sigma
         payload = torch.load(weights, map_location="cpu", weights_only=True)
         weights = out / f"weights-sigma-{args.score_sigma:g}.pt"
-        save_weights(model.to(memory_format=torch.contiguous_format), weights, {**payload["metadata"], "score_sigma_trained": trained_sigma})
+        save_weights(model, weights, {**payload["metadata"], "score_sigma_trained": trained_sigma})
         print(f"score pooled with sigma {args.score_sigma:g} (trained with {trained_sigma:g})")
     names = sorted({SOURCE_PATTERN.match(p.name)["name"] for p in pairs_dir.iterdir() if SOURCE_PATTERN.match(p.name)}, key=natural_key)
     print(f"{len(names)} pairs from {pairs_dir}; weights {weights}" + ("; fused in reversed order (NAME_2, NAME_1)" if args.swap else ""))
