@@ -145,9 +145,10 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, weigh
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--validation-pairs", default=48, show_default=True, type=int)
+@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Processes making batches ahead of the network (0 = none); for a GPU, about the free cores.")
 @click.option("--init", "init_weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights (fine-tuning).")
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
-def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning_rate, lr_decay, decay_every, qg_weight, score_sigma, seed, device, validation_pairs, init_weights, resume) -> None:
+def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning_rate, lr_decay, decay_every, qg_weight, score_sigma, seed, device, validation_pairs, workers, init_weights, resume) -> None:
     """Train GACN on synthetic multi-focus pairs made from BSDS500 (Dice + Qg loss)."""
     from focusfuse.pipeline import resolve_device
     from focusfuse.training import TrainConfig
@@ -169,6 +170,7 @@ def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning
             seed=seed,
             device=str(resolve_device(device)),
             validation_pairs=validation_pairs,
+            workers=workers,
             init_weights=init_weights,
         )
         run_training(config, log=lambda line: click.echo(line, err=True), resume=resume)

@@ -69,14 +69,18 @@ def gacn_loss(
     fused: torch.Tensor,
     *,
     qg_weight: float = 1.0,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Loss = Dice(p0, GT) + lambda (1 - Qg(A, B, F)); returns the loss and its parts."""
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss = Dice(p0, GT) + lambda (1 - Qg(A, B, F)); returns the loss and its parts.
+
+    The parts are detached scalar tensors on the loss's device, so that a training
+    loop can add them up there without waiting for the GPU at every step.
+    """
     dice = dice_loss(initial_map, target_map)
     total = dice
-    parts = {"dice": float(dice.detach())}
+    parts = {"dice": dice.detach()}
     if qg_weight:
         qg = qg_index(gray_a, gray_b, fused).mean()
         total = total + qg_weight * (1.0 - qg)
-        parts["qg"] = float(qg.detach())
-    parts["loss"] = float(total.detach())
+        parts["qg"] = qg.detach()
+    parts["loss"] = total.detach()
     return total, parts

@@ -125,15 +125,22 @@ def make_training_pair(gray: np.ndarray, labels: np.ndarray, rng: np.random.Gene
     region_is_near = rng.random() < 0.5
     near_mask = mask if region_is_near else 1.0 - mask
 
-    def render(region_sigma: float, rest_sigma: float) -> np.ndarray:
+    def layer_kernels(region_sigma: float, rest_sigma: float) -> tuple[np.ndarray | None, np.ndarray | None]:
         near_sigma, far_sigma = (region_sigma, rest_sigma) if region_is_near else (rest_sigma, region_sigma)
-        return layered_defocus(gray, near_mask, _kernel(kind, near_sigma), _kernel(kind, far_sigma))
+        return _kernel(kind, near_sigma), _kernel(kind, far_sigma)
 
-    source_a = render(region_less, rest_more)
-    source_b = render(region_more, rest_less)
+    kernels_a, kernels_b = layer_kernels(region_less, rest_more), layer_kernels(region_more, rest_less)
+    # Blur only the window and the reach of the widest kernel around it: the window's
+    # pixels are those of blurring the whole image, at a fraction of the cost.
+    reach = max((k.shape[0] // 2 for k in (*kernels_a, *kernels_b) if k is not None), default=0)
+    rows = slice(max(top - reach, 0), min(top + window + reach, size))
+    cols = slice(max(left - reach, 0), min(left + window + reach, size))
+    source_a = layered_defocus(gray[rows, cols], near_mask[rows, cols], *kernels_a)
+    source_b = layered_defocus(gray[rows, cols], near_mask[rows, cols], *kernels_b)
     shift_y, shift_x = rng.integers(-margin, margin + 1, size=2)
-    shifted = (slice(inner[0].start + shift_y, inner[0].stop + shift_y), slice(inner[1].start + shift_x, inner[1].stop + shift_x))
-    source_a, source_b, truth, sharp = source_a[inner], source_b[shifted], mask[inner], gray[inner]
+    local = (slice(inner[0].start - rows.start, inner[0].stop - rows.start), slice(inner[1].start - cols.start, inner[1].stop - cols.start))
+    shifted = (slice(local[0].start + shift_y, local[0].stop + shift_y), slice(local[1].start + shift_x, local[1].stop + shift_x))
+    source_a, source_b, truth, sharp = source_a[local], source_b[shifted], mask[inner], gray[inner]
 
     noise_sigma = rng.uniform(0.0, settings.noise_max)
     jittered = []

@@ -1,17 +1,23 @@
 """End-to-end training of GACN on synthetic multi-focus pairs (Dice + lambda (1 - Qg)).
 
 Every batch is generated from the step number and the seed, so a run is
-deterministic and resumes exactly from its last checkpoint. Each epoch ends with a
-validation on held-out pairs made from the BSDS500 *test* images: pixel accuracy of
-the initial decision map on textured pixels, against a Laplacian-energy max-select.
+deterministic and resumes exactly from its last checkpoint, and worker processes
+(``workers``) that make batches ahead of the network change the speed, not the
+batches. Each epoch ends with a validation on held-out pairs made from the BSDS500
+*test* images: pixel accuracy of the initial decision map on textured pixels,
+against a Laplacian-energy max-select.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import platform
 import time
-from collections.abc import Callable
+from collections import deque
+from contextlib import closing
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -53,6 +59,7 @@ class TrainConfig:
     splits: list[str] = field(default_factory=lambda: ["train", "val"])
     init_weights: str | None = None  # start from these weights (fine-tuning) instead of PyTorch's initialisation
     init_sha256: str | None = None  # checksum of init_weights, recorded with the run
+    workers: int = 0  # processes making batches ahead of the network (0 = in the training process)
 
 
 Image = tuple[np.ndarray, np.ndarray]  # (gray float32, labels) at TRAIN_SIZE square
@@ -82,10 +89,72 @@ def make_batch(images: list[Image], rng: np.random.Generator, batch_size: int, s
     return [make_training_pair(*images[i], rng, settings) for i in picks]
 
 
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # A, B, truth: float32 (B, 1, H, W)
+
+
+def step_batch(images: list[Image], config: TrainConfig, step: int) -> Batch:
+    """The batch of one global step: a function of the seed and the step alone."""
+    rng = np.random.default_rng([config.seed, step])
+    pairs = make_batch(images, rng, config.batch_size, PairSettings(crop=config.crop))
+    stack = lambda name: np.stack([getattr(p, name) for p in pairs])[:, None]  # noqa: E731
+    return stack("source_a"), stack("source_b"), stack("truth")
+
+
+_worker_state: dict = {}
+
+
+def _start_worker(config: TrainConfig) -> None:
+    cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
+    torch.set_num_threads(1)
+    data_dir = Path(config.data_dir)
+    _worker_state["images"] = [image for split in config.splits for image in load_split(data_dir, split)]
+    _worker_state["config"] = config
+
+
+def _worker_batch(step: int) -> Batch:
+    return step_batch(_worker_state["images"], _worker_state["config"], step)
+
+
+def training_batches(images: list[Image], config: TrainConfig, first_step: int, last_step: int) -> Iterator[Batch]:
+    """Batches of steps first_step..last_step-1 in order, made by ``config.workers`` processes.
+
+    The workers run ahead by at most two batches each, so memory stays bounded when
+    the network is slower than the data. Spawned (not forked) so that a parent that
+    already holds a CUDA context or threads is safe.
+    """
+    if config.workers <= 0 or first_step >= last_step:
+        for step in range(first_step, last_step):
+            yield step_batch(images, config, step)
+        return
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(config.workers, initializer=_start_worker, initargs=(config,)) as pool:
+        pending: deque = deque()
+        next_step = first_step
+        while pending or next_step < last_step:
+            while next_step < last_step and len(pending) < 2 * config.workers:
+                pending.append(pool.apply_async(_worker_batch, (next_step,)))
+                next_step += 1
+            yield pending.popleft().get()
+
+
 def to_tensors(pairs: list[TrainingPair], device: torch.device) -> tuple[torch.Tensor, ...]:
     """Stack pairs into ``(B, 1, H, W)`` tensors: A, B, truth."""
     stack = lambda name: torch.from_numpy(np.stack([getattr(p, name) for p in pairs])[:, None]).to(device)  # noqa: E731
     return stack("source_a"), stack("source_b"), stack("truth")
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A tensor on ``device``; to a GPU through pinned memory, so the copy does not wait for the GPU."""
+    tensor = torch.from_numpy(array)
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def describe_machine(device: torch.device) -> str:
+    """Processor, threads and device (with the GPU's name) for the run's record."""
+    where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
+    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {torch.get_num_threads()} threads, {where}".replace("  ", " ")
 
 
 def validation_set(images: list[Image], seed: int, count: int) -> list[TrainingPair]:
@@ -135,6 +204,13 @@ def evaluate_pairs(model: GACN, pairs: list[TrainingPair], device: torch.device)
     }
 
 
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write through a temporary file: a run stopped mid-write keeps its last good checkpoint."""
+    temporary = path.with_name(path.name + ".partial")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
+
+
 def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool = True) -> Path:
     """Run (or resume) training; returns the path of the exported weights.
 
@@ -148,7 +224,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     data_dir = Path(config.data_dir)
     train_images = [image for split in config.splits for image in load_split(data_dir, split)]
     validation = validation_set(load_split(data_dir, "test"), config.seed, config.validation_pairs)
-    settings = PairSettings(crop=config.crop)
 
     model = GACN(score_sigma=config.score_sigma).to(device)
     if config.init_weights:
@@ -169,62 +244,62 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
         start_epoch, elapsed, history = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["history"]
         log(f"resumed from {checkpoint_path} at epoch {start_epoch}")
 
-    for epoch in range(start_epoch, config.epochs):
-        model.train()
-        started = time.perf_counter()
-        sums: dict[str, float] = {}
-        for step in range(config.steps_per_epoch):
-            global_step = epoch * config.steps_per_epoch + step
-            rng = np.random.default_rng([config.seed, global_step])
-            a, b, truth = to_tensors(make_batch(train_images, rng, config.batch_size, settings), device)
-            decision, fused = model(a, b)
-            loss, parts = gacn_loss(decision.initial_map, truth, a, b, fused, qg_weight=config.qg_weight)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            for key, value in parts.items():
-                sums[key] = sums.get(key, 0.0) + value
-        scheduler.step()
-        metrics = evaluate_pairs(model, validation, device)
-        elapsed += time.perf_counter() - started
-        record = {
-            "epoch": epoch + 1,
-            "steps": (epoch + 1) * config.steps_per_epoch,
-            "lr": optimizer.param_groups[0]["lr"],
-            **{f"train_{k}": v / config.steps_per_epoch for k, v in sums.items()},
-            **{f"val_{k}": v for k, v in metrics.items()},
-            "elapsed_s": round(elapsed, 1),
-        }
-        history.append(record)
-        with open(out_dir / "log.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
+    steps = (start_epoch * config.steps_per_epoch, config.epochs * config.steps_per_epoch)
+    with closing(training_batches(train_images, config, *steps)) as batches:  # closing stops the workers
+        for epoch in range(start_epoch, config.epochs):
+            model.train()
+            started = time.perf_counter()
+            sums: dict[str, torch.Tensor] = {}
+            for _ in range(config.steps_per_epoch):
+                a, b, truth = (to_device(array, device) for array in next(batches))
+                decision, fused = model(a, b)
+                loss, parts = gacn_loss(decision.initial_map, truth, a, b, fused, qg_weight=config.qg_weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+                optimizer.step()
+                for key, value in parts.items():
+                    sums[key] = sums.get(key, 0.0) + value.double()
+            scheduler.step()
+            metrics = evaluate_pairs(model, validation, device)
+            elapsed += time.perf_counter() - started
+            record = {
                 "epoch": epoch + 1,
-                "elapsed": elapsed,
-                "history": history,
-                "config": asdict(config),
-            },
-            checkpoint_path,
-        )
-        log(
-            f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f} dice {record['train_dice']:.4f}"
-            + (f" qg {record['train_qg']:.4f}" if "train_qg" in record else "")
-            + f" | val acc(textured) {metrics['accuracy_textured']:.4f} laplacian {metrics['laplacian_accuracy_textured']:.4f}"
-            f" qg {metrics['qg']:.4f} | {elapsed:.0f} s"
-        )
+                "steps": (epoch + 1) * config.steps_per_epoch,
+                "lr": optimizer.param_groups[0]["lr"],
+                **{f"train_{k}": float(v) / config.steps_per_epoch for k, v in sums.items()},
+                **{f"val_{k}": v for k, v in metrics.items()},
+                "elapsed_s": round(elapsed, 1),
+            }
+            history.append(record)
+            with open(out_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+            save_checkpoint(
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "epoch": epoch + 1,
+                    "elapsed": elapsed,
+                    "history": history,
+                    "config": asdict(config),
+                },
+                checkpoint_path,
+            )
+            log(
+                f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f} dice {record['train_dice']:.4f}"
+                + (f" qg {record['train_qg']:.4f}" if "train_qg" in record else "")
+                + f" | val acc(textured) {metrics['accuracy_textured']:.4f} laplacian {metrics['laplacian_accuracy_textured']:.4f}"
+                f" qg {metrics['qg']:.4f} | {elapsed:.0f} s"
+            )
 
     weights_path = out_dir / "gacn.pt"
     metadata = {
         "config": asdict(config),
         "history": history,
         "wall_time_s": round(elapsed, 1),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} threads, {device}".strip(),
+        "machine": describe_machine(device),
         "torch": str(torch.__version__),
     }
     save_weights(model.cpu(), weights_path, metadata)

@@ -50,6 +50,19 @@ def test_training_runs_resumes_and_is_deterministic(tiny_bsds, tmp_path):
     assert metadata["config"]["seed"] == 0 and len(metadata["history"]) == 2
 
 
+def test_worker_processes_make_the_same_batches(tiny_bsds, tmp_path):
+    """Batches made by two spawned workers train exactly the weights made in-process."""
+    from dataclasses import replace
+
+    in_process = train(config(tiny_bsds, tmp_path / "serial", 2), log=lambda line: None)
+    with_workers = train(replace(config(tiny_bsds, tmp_path / "pool", 2), workers=2), log=lambda line: None)
+    expected = load_model(in_process).state_dict()
+    for name, tensor in load_model(with_workers).state_dict().items():
+        assert torch.equal(tensor, expected[name]), name
+    assert torch.load(with_workers, weights_only=True)["metadata"]["config"]["workers"] == 2
+    assert not list((tmp_path / "pool").glob("*.partial"))  # checkpoints are written whole, then renamed
+
+
 def test_train_command_line(tiny_bsds, tmp_path):
     from click.testing import CliRunner
 
@@ -57,12 +70,13 @@ def test_train_command_line(tiny_bsds, tmp_path):
 
     out = tmp_path / "run"
     arguments = ["train", "--data", str(tiny_bsds), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1"]
-    arguments += ["--batch-size", "2", "--crop", "32", "--validation-pairs", "1", "--device", "cpu", "--qg-weight", "0"]
+    arguments += ["--batch-size", "2", "--crop", "32", "--validation-pairs", "1", "--device", "cpu", "--qg-weight", "0", "--workers", "1"]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert "epoch 1/1 loss" in result.stderr and (out / "gacn.pt").is_file() and (out / "gacn.pt.sha256").is_file()
     record = json.loads((out / "log.jsonl").read_text())
     assert "train_qg" not in record  # --qg-weight 0: Dice only
+    assert torch.load(out / "gacn.pt", weights_only=True)["metadata"]["config"]["workers"] == 1
     missing = CliRunner().invoke(main, ["train", "--data", str(tmp_path / "none"), "--out", str(out)])
     assert missing.exit_code == 2 and "does not exist" in missing.stderr
 
