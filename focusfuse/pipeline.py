@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,19 @@ def resolve_device(device: str) -> torch.device:
     if device != "cpu" and not device.startswith("cuda"):
         raise FocusFuseError(f"--device {device}: use auto, cpu or cuda")
     return torch.device(device)
+
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Convolutions in IEEE float32 on CUDA, not TF32 (cuDNN's default).
+
+    The decision path ends in sigmoid(1000 z): TF32's rounding of z (10-bit
+    mantissa) flips decisions, and the paper's calibration breaks its saturated
+    ties differently, so a GPU would pick other slices than the CPU.
+    """
+    cudnn = torch.backends.cudnn
+    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False):
+        yield
 
 
 def intensity_mapping(first_slice: np.ndarray) -> tuple[float, float]:
@@ -151,7 +165,7 @@ def fuse_stack(
         progress=progress or (lambda done, total: None),
     )
     used_strategy = "pair" if len(source) == 2 else strategy
-    with torch.inference_mode():
+    with torch.inference_mode(), full_float32():
         if used_strategy == "calibrated":
             fused, index_map = fuse_running_best(context, batch_size, slices_per_decision, adjacent_by_sharpness, fill_flat)
         elif used_strategy == "calibrated-paper":

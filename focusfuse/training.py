@@ -235,13 +235,16 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.decay_every, gamma=config.lr_decay)
     checkpoint_path = out_dir / "checkpoint.pt"
     start_epoch, elapsed, history = 0, 0.0, []
+    machines: list[str] = []  # where the epochs ran: a resumed run may span machines
+    here = f"{describe_machine(device)}, torch {torch.__version__}"
     if resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["torch_rng"])
+        torch.set_rng_state(checkpoint["torch_rng"].cpu())  # map_location moved it to the training device
         start_epoch, elapsed, history = checkpoint["epoch"], checkpoint["elapsed"], checkpoint["history"]
+        machines = checkpoint.get("machines", [])
         log(f"resumed from {checkpoint_path} at epoch {start_epoch}")
 
     steps = (start_epoch * config.steps_per_epoch, config.epochs * config.steps_per_epoch)
@@ -261,6 +264,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value.double()
             scheduler.step()
+            if here not in machines:
+                machines.append(here)
             metrics = evaluate_pairs(model, validation, device)
             elapsed += time.perf_counter() - started
             record = {
@@ -283,6 +288,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
                     "epoch": epoch + 1,
                     "elapsed": elapsed,
                     "history": history,
+                    "machines": machines,
                     "config": asdict(config),
                 },
                 checkpoint_path,
@@ -299,7 +305,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
         "config": asdict(config),
         "history": history,
         "wall_time_s": round(elapsed, 1),
-        "machine": describe_machine(device),
+        "machine": "; ".join(machines) or here,
         "torch": str(torch.__version__),
     }
     save_weights(model.cpu(), weights_path, metadata)

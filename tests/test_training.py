@@ -48,6 +48,8 @@ def test_training_runs_resumes_and_is_deterministic(tiny_bsds, tmp_path):
     assert {"train_loss", "train_dice", "train_qg", "val_accuracy_textured", "val_laplacian_accuracy_textured", "val_qg"} <= set(log[0])
     metadata = torch.load(straight, weights_only=True)["metadata"]
     assert metadata["config"]["seed"] == 0 and len(metadata["history"]) == 2
+    resumed_machine = torch.load(resumed, weights_only=True)["metadata"]["machine"]
+    assert resumed_machine.count(", torch ") == 1 and "cpu" in resumed_machine  # resumed here: one machine recorded
 
 
 def test_worker_processes_make_the_same_batches(tiny_bsds, tmp_path):

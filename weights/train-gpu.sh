@@ -26,7 +26,7 @@ wait
 for name in "${names[@]}"; do
     run=$out/$name
     if [[ ! -f $run/gacn.pt && -f $run/checkpoint.pt ]]; then
-        done_epochs=$("$python" -c "import sys, torch; print(torch.load(sys.argv[1], weights_only=False)['epoch'])" "$run/checkpoint.pt")
+        done_epochs=$("$python" -c "import sys, torch; print(torch.load(sys.argv[1], map_location='cpu', weights_only=False)['epoch'])" "$run/checkpoint.pt")
         echo "$name: stopped at the time limit; exporting epoch $done_epochs" | tee -a "$run/console.log"
         # shellcheck disable=SC2086
         "$python" -m focusfuse train --data "$data" --out "$run" "${schedule[@]}" ${loss[$name]} \
