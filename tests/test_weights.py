@@ -77,10 +77,24 @@ def test_score_smoothing_travels_with_the_weights(tmp_path):
     assert load_model(plain).score_sigma == 0.0
 
 
-def test_kept_experiment_weights_load_with_their_checksum_and_pooling_width():
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "weights" / "experiments"
+
+
+@pytest.mark.parametrize(("name", "score_sigma"), [("v6-sigma8.pt", 8.0), ("gpu-ours-e13.pt", 4.0)])
+def test_kept_experiment_weights_load_with_their_checksum_and_pooling_width(name, score_sigma):
     # weights/experiments/ holds runs that were not shipped (weights/README.md); they
     # must stay loadable as starting points, with the architecture they were trained with.
-    path = Path(__file__).resolve().parent.parent / "weights" / "experiments" / "v6-sigma8.pt"
+    path = EXPERIMENTS / name
     model = load_model(path)
-    assert model.score_sigma == 8.0
+    assert model.score_sigma == score_sigma
     assert find_weights() != path
+
+
+def test_kept_gpu_checkpoint_resumes_the_paper_schedule():
+    """The 13-epoch GPU checkpoint holds what `focusfuse train` needs to go on to epoch 50."""
+    checkpoint = torch.load(EXPERIMENTS / "gpu-ours-e13-checkpoint.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["epoch"] == 13 and len(checkpoint["history"]) == 13
+    assert checkpoint["config"]["epochs"] == 50 and checkpoint["config"]["steps_per_epoch"] == 250
+    assert checkpoint["config"]["score_sigma"] == 4.0 and checkpoint["config"]["qg_weight"] == 3.0
+    assert "NVIDIA H200" in checkpoint["machines"][0]
+    assert {"model", "optimizer", "scheduler", "torch_rng"} <= set(checkpoint)
