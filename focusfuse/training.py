@@ -204,6 +204,20 @@ def evaluate_pairs(model: GACN, pairs: list[TrainingPair], device: torch.device)
     }
 
 
+# What a resumed run may change: how long, where and how fast it runs. Everything else
+# defines the batches or the optimisation, so a change would splice two runs together.
+RESUMABLE_CHANGES = {"epochs", "device", "workers", "out_dir", "data_dir", "init_weights", "init_sha256"}
+
+
+def check_same_run(config: TrainConfig, recorded: dict, checkpoint_path: Path) -> None:
+    """Refuse to resume a checkpoint under settings that would make it another run."""
+    current = asdict(config)
+    changed = [name for name, value in recorded.items() if name not in RESUMABLE_CHANGES and current.get(name, value) != value]
+    if changed:
+        differences = ", ".join(f"--{name.replace('_', '-')} {current[name]} (checkpoint: {recorded[name]})" for name in changed)
+        raise FocusFuseError(f"{checkpoint_path}: was made with other settings: {differences}; use them, or --no-resume to start over")
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write through a temporary file: a run stopped mid-write keeps its last good checkpoint."""
     temporary = path.with_name(path.name + ".partial")
@@ -239,6 +253,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     here = f"{describe_machine(device)}, torch {torch.__version__}"
     if resume and checkpoint_path.is_file():
         checkpoint = torch.load(checkpoint_path, map_location=device, weights_only=False)
+        check_same_run(config, checkpoint["config"], checkpoint_path)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])

@@ -52,6 +52,19 @@ def test_training_runs_resumes_and_is_deterministic(tiny_bsds, tmp_path):
     assert resumed_machine.count(", torch ") == 1 and "cpu" in resumed_machine  # resumed here: one machine recorded
 
 
+def test_resume_refuses_other_settings(tiny_bsds, tmp_path):
+    from dataclasses import replace
+
+    from focusfuse.errors import FocusFuseError
+
+    train(config(tiny_bsds, tmp_path / "run", 1), log=lambda line: None)
+    with pytest.raises(FocusFuseError, match=r"checkpoint.pt: was made with other settings: --crop 40 \(checkpoint: 32\)"):
+        train(replace(config(tiny_bsds, tmp_path / "run", 2), crop=40), log=lambda line: None)
+    # How long and where it runs may change: more epochs, other workers.
+    train(replace(config(tiny_bsds, tmp_path / "run", 2), workers=1), log=lambda line: None)
+    assert len(torch.load(tmp_path / "run" / "gacn.pt", weights_only=True)["metadata"]["history"]) == 2
+
+
 def test_worker_processes_make_the_same_batches(tiny_bsds, tmp_path):
     """Batches made by two spawned workers train exactly the weights made in-process."""
     from dataclasses import replace

@@ -6,15 +6,19 @@
 #   dice:  the paper's network, Dice only (the ablation).
 # Usage: weights/train-gpu.sh DATA OUT [SECONDS]
 # A run still going after SECONDS (0: no limit) is stopped and its last finished epoch
-# exported. Each run folder is packed as OUT/NAME.tar. Overrides for a smoke test:
-# EPOCHS, STEPS, CROP, DEVICE, WORKERS.
+# exported. Each run folder is packed as OUT/NAME.tar. A run whose folder already holds
+# a checkpoint.pt resumes from it. RUNS="ours" runs a subset. Overrides for a smoke
+# test: EPOCHS, STEPS, CROP, DEVICE, WORKERS.
+# To finish the kept 13-epoch run of weights/README.md on one GPU:
+#   mkdir -p OUT/ours && cp weights/experiments/gpu-ours-e13-checkpoint.pt OUT/ours/checkpoint.pt
+#   RUNS=ours WORKERS=14 weights/train-gpu.sh DATA OUT 480
 set -uo pipefail
 data=$1 out=$2 limit=${3:-0}
 python=${PYTHON:-python3}
 schedule=(--epochs "${EPOCHS:-50}" --steps-per-epoch "${STEPS:-250}" --batch-size 16 --crop "${CROP:-156}"
           --lr 1e-4 --lr-decay 0.8 --decay-every 2 --seed 0 --device "${DEVICE:-cuda}" --workers "${WORKERS:-4}")
 declare -A loss=([paper]="--qg-weight 1" [ours]="--qg-weight 3 --score-sigma 4" [dice]="--qg-weight 0")
-names=(paper ours dice)
+read -r -a names <<<"${RUNS:-paper ours dice}"
 mkdir -p "$out"
 for name in "${names[@]}"; do
     mkdir -p "$out/$name"
