@@ -14,6 +14,7 @@ import json
 import multiprocessing
 import os
 import platform
+import signal
 import time
 from collections import deque
 from contextlib import closing
@@ -104,6 +105,10 @@ _worker_state: dict = {}
 
 
 def _start_worker(config: TrainConfig) -> None:
+    # Ctrl-C reaches the whole process group. Workers that die of it race the pool's
+    # own shutdown, which then can hang (all three GPU runs; one of two tries here).
+    # Ignored here, the training process alone handles it and stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
     torch.set_num_threads(1)
     data_dir = Path(config.data_dir)

@@ -78,6 +78,41 @@ def test_worker_processes_make_the_same_batches(tiny_bsds, tmp_path):
     assert not list((tmp_path / "pool").glob("*.partial"))  # checkpoints are written whole, then renamed
 
 
+def test_ctrl_c_stops_training_and_its_workers(tiny_bsds, tmp_path):
+    """Ctrl-C reaches the whole process group; the run must end, workers and all."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "focusfuse", "train", "--data", str(tiny_bsds), "--out", str(out), "--epochs", "1000"]
+    command += ["--steps-per-epoch", "2", "--batch-size", "2", "--crop", "32", "--validation-pairs", "1", "--device", "cpu", "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "log.jsonl").is_file():  # an epoch done: the workers are running
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGINT)
+        output = process.communicate(timeout=60)[0].decode()
+        assert process.returncode != 0 and "Aborted" in output
+        for _ in range(100):  # no process of the group is left (the last ones may take a moment)
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            left = subprocess.run(["ps", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True).stdout
+            raise AssertionError(f"processes left after Ctrl-C:\n{left}")
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert (out / "checkpoint.pt").is_file() and not list(out.glob("*.partial"))
+
+
 def test_train_command_line(tiny_bsds, tmp_path):
     from click.testing import CliRunner
 
