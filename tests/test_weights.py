@@ -98,3 +98,9 @@ def test_kept_gpu_checkpoint_resumes_the_paper_schedule():
     assert checkpoint["config"]["score_sigma"] == 4.0 and checkpoint["config"]["qg_weight"] == 3.0
     assert "NVIDIA H200" in checkpoint["machines"][0]
     assert {"model", "optimizer", "scheduler", "torch_rng"} <= set(checkpoint)
+    # The settings of weights/train-gpu.sh's `ours` run resume it (others are refused).
+    from focusfuse.training import TrainConfig, check_same_run
+
+    ours = TrainConfig(data_dir=".data/bsds500", out_dir="/tmp/gpu/ours", epochs=50, steps_per_epoch=250, crop=156,
+                       learning_rate=1e-4, qg_weight=3.0, score_sigma=4.0, device="cuda", workers=14)
+    check_same_run(ours, checkpoint["config"], EXPERIMENTS / "gpu-ours-e13-checkpoint.pt")
