@@ -17,8 +17,8 @@ import platform
 import signal
 import time
 from collections import deque
-from contextlib import closing
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
