@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,6 +72,14 @@ def progress_reporter(mode: str, description: str) -> Iterator[Callable[[int, in
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def stop_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM handler (``kill``, a cron timeout): the clean stop of Ctrl-C, not an instant death.
+
+    A training run then stops its batch workers and keeps its last whole checkpoint.
+    """
+    raise KeyboardInterrupt
 
 
 def fail(error: Exception) -> None:
@@ -154,6 +163,7 @@ def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning
     from focusfuse.training import TrainConfig
     from focusfuse.training import train as run_training
 
+    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         config = TrainConfig(
             data_dir=data_dir,

@@ -78,8 +78,10 @@ def test_worker_processes_make_the_same_batches(tiny_bsds, tmp_path):
     assert not list((tmp_path / "pool").glob("*.partial"))  # checkpoints are written whole, then renamed
 
 
-def test_ctrl_c_stops_training_and_its_workers(tiny_bsds, tmp_path):
-    """Ctrl-C reaches the whole process group; the run must end, workers and all."""
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_stops_training_and_its_workers(tiny_bsds, tmp_path, stop):
+    """Ctrl-C reaches the whole process group, SIGTERM (kill) the training process alone;
+    either way the run must end, workers and all, with its last checkpoint whole."""
     import os
     import signal
     import subprocess
@@ -95,7 +97,10 @@ def test_ctrl_c_stops_training_and_its_workers(tiny_bsds, tmp_path):
         while not (out / "log.jsonl").is_file():  # an epoch done: the workers are running
             assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0]
             time.sleep(0.2)
-        os.killpg(process.pid, signal.SIGINT)
+        if stop == "ctrl-c":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            os.kill(process.pid, signal.SIGTERM)
         output = process.communicate(timeout=60)[0].decode()
         assert process.returncode != 0 and "Aborted" in output
         for _ in range(100):  # no process of the group is left (the last ones may take a moment)
