@@ -2,8 +2,9 @@
 """Seconds per training step of GACN (forward, Dice + Qg loss, backward, Adam) on a device.
 
 Times the step of ``focusfuse train`` on random data, without making batches, to size
-a schedule: with cuDNN's defaults, and on CUDA also with TF32 off and with
-cudnn.benchmark on. Usage: python bench/train_step.py [--device cuda] [--crop 156]
+a schedule: with the defaults and in channels-last memory format; on CUDA also with
+TF32 off, with cudnn.benchmark on, and under bf16 autocast (timing only: training
+does not use it). Usage: python bench/train_step.py [--device cuda] [--crop 156]
 """
 
 from __future__ import annotations
@@ -17,16 +18,21 @@ from focusfuse.losses import gacn_loss
 from focusfuse.network import GACN
 
 
-def seconds_per_step(device: torch.device, batch: int, crop: int, steps: int, score_sigma: float) -> float:
+def seconds_per_step(
+    device: torch.device, batch: int, crop: int, steps: int, score_sigma: float, channels_last: bool = False, bf16: bool = False
+) -> float:
     torch.manual_seed(0)
-    model = GACN(score_sigma=score_sigma).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    model = GACN(score_sigma=score_sigma).to(device, memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    a, b = torch.rand(2, batch, 1, crop, crop, device=device)
+    a, b = (x.contiguous(memory_format=layout) for x in torch.rand(2, batch, 1, crop, crop, device=device))
     truth = (torch.rand(batch, 1, crop, crop, device=device) > 0.5).float()
+    precision = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
 
     def step() -> None:
-        decision, fused = model(a, b)
-        loss, _ = gacn_loss(decision.initial_map, truth, a, b, fused, qg_weight=1.0)
+        with precision:
+            decision, fused = model(a, b)
+            loss, _ = gacn_loss(decision.initial_map, truth, a, b, fused, qg_weight=1.0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -56,13 +62,18 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"torch {torch.__version__}, {device} ({name}); batch {args.batch_size}, crop {args.crop}, score sigma {args.score_sigma}")
     cudnn = torch.backends.cudnn
-    settings = [("defaults", {})]
+    settings = [("defaults", {}, {}), ("channels-last", {}, {"channels_last": True})]
     if device.type == "cuda":
-        settings += [("TF32 off", {"allow_tf32": False}), ("cudnn.benchmark", {"benchmark": True})]
-    for label, change in settings:
+        settings += [
+            ("TF32 off", {"allow_tf32": False}, {}),
+            ("cudnn.benchmark", {"benchmark": True}, {}),
+            ("bf16 autocast", {}, {"bf16": True}),
+            ("bf16 + ch-last", {"benchmark": True}, {"bf16": True, "channels_last": True}),
+        ]
+    for label, change, layout in settings:
         flags = {"enabled": cudnn.enabled, "benchmark": cudnn.benchmark, "deterministic": cudnn.deterministic, "allow_tf32": cudnn.allow_tf32, **change}
         with cudnn.flags(**flags):
-            seconds = seconds_per_step(device, args.batch_size, args.crop, args.steps, args.score_sigma)
+            seconds = seconds_per_step(device, args.batch_size, args.crop, args.steps, args.score_sigma, **layout)
         print(f"{label:<16} {seconds * 1000:8.1f} ms per step")
 
 
