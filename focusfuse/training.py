@@ -93,12 +93,16 @@ def make_batch(images: list[Image], rng: np.random.Generator, batch_size: int, s
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # A, B, truth: float32 (B, 1, H, W)
 
 
+def stack_pairs(pairs: list[TrainingPair]) -> Batch:
+    """Pairs stacked into ``(B, 1, H, W)`` arrays: A, B, truth."""
+    stack = lambda name: np.stack([getattr(p, name) for p in pairs])[:, None]  # noqa: E731
+    return stack("source_a"), stack("source_b"), stack("truth")
+
+
 def step_batch(images: list[Image], config: TrainConfig, step: int) -> Batch:
     """The batch of one global step: a function of the seed and the step alone."""
     rng = np.random.default_rng([config.seed, step])
-    pairs = make_batch(images, rng, config.batch_size, PairSettings(crop=config.crop))
-    stack = lambda name: np.stack([getattr(p, name) for p in pairs])[:, None]  # noqa: E731
-    return stack("source_a"), stack("source_b"), stack("truth")
+    return stack_pairs(make_batch(images, rng, config.batch_size, PairSettings(crop=config.crop)))
 
 
 _worker_state: dict = {}
@@ -142,12 +146,6 @@ def training_batches(images: list[Image], config: TrainConfig, first_step: int, 
             yield pending.popleft().get()
 
 
-def to_tensors(pairs: list[TrainingPair], device: torch.device) -> tuple[torch.Tensor, ...]:
-    """Stack pairs into ``(B, 1, H, W)`` tensors: A, B, truth."""
-    stack = lambda name: torch.from_numpy(np.stack([getattr(p, name) for p in pairs])[:, None]).to(device)  # noqa: E731
-    return stack("source_a"), stack("source_b"), stack("truth")
-
-
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
     """A tensor on ``device``; to a GPU through pinned memory, so the copy does not wait for the GPU."""
     tensor = torch.from_numpy(array)
@@ -185,7 +183,7 @@ def evaluate_pairs(model: GACN, pairs: list[TrainingPair], device: torch.device)
     interior_correct = interior_total = 0
     qg_values = []
     for pair in pairs:
-        a, b, truth = to_tensors([pair], device)
+        a, b, truth = (to_device(array, device) for array in stack_pairs([pair]))
         decision, fused = model(a, b)
         chosen = (decision.initial_map[0, 0] >= 0.5).cpu().numpy()
         target = pair.truth >= 0.5
