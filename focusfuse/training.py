@@ -157,7 +157,9 @@ def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
 def describe_machine(device: torch.device) -> str:
     """Processor, threads and device (with the GPU's name) for the run's record."""
     where = f"{device} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else str(device)
-    return f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores, {torch.get_num_threads()} threads, {where}".replace("  ", " ")
+    processor = platform.processor()  # often empty, or the machine's name again
+    chip = platform.machine() if processor in ("", platform.machine()) else f"{platform.machine()} {processor}"
+    return f"{chip} {os.cpu_count()} cores, {torch.get_num_threads()} threads, {where}"
 
 
 def validation_set(images: list[Image], seed: int, count: int) -> list[TrainingPair]:
