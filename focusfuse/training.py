@@ -209,6 +209,22 @@ def evaluate_pairs(model: GACN, pairs: list[TrainingPair], device: torch.device)
     }
 
 
+GRADIENT_CLIP = 5.0  # max global gradient norm
+
+
+def training_step(
+    model: GACN, optimizer: torch.optim.Optimizer, a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor, qg_weight: float
+) -> dict[str, torch.Tensor]:
+    """One optimisation step on a batch; returns the loss parts (detached, on the device)."""
+    decision, fused = model(a, b)
+    loss, parts = gacn_loss(decision.initial_map, truth, a, b, fused, qg_weight=qg_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), GRADIENT_CLIP)
+    optimizer.step()
+    return parts
+
+
 # What a resumed run may change: how long, where and how fast it runs. Everything else
 # defines the batches or the optimisation, so a change would splice two runs together.
 RESUMABLE_CHANGES = {"epochs", "device", "workers", "out_dir", "data_dir", "init_weights", "init_sha256"}
@@ -275,12 +291,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
             sums: dict[str, torch.Tensor] = {}
             for _ in range(config.steps_per_epoch):
                 a, b, truth = (to_device(array, device) for array in next(batches))
-                decision, fused = model(a, b)
-                loss, parts = gacn_loss(decision.initial_map, truth, a, b, fused, qg_weight=config.qg_weight)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-                optimizer.step()
+                parts = training_step(model, optimizer, a, b, truth, config.qg_weight)
                 for key, value in parts.items():
                     sums[key] = sums.get(key, 0.0) + value.double()
             scheduler.step()
