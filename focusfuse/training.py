@@ -242,7 +242,11 @@ def check_same_run(config: TrainConfig, recorded: dict, checkpoint_path: Path) -
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write through a temporary file: a run stopped mid-write keeps its last good checkpoint."""
     temporary = path.with_name(path.name + ".partial")
-    torch.save(state, temporary)
+    try:
+        torch.save(state, temporary)
+    except BaseException:  # Ctrl-C mid-write included: leave no half file behind
+        temporary.unlink(missing_ok=True)
+        raise
     os.replace(temporary, path)
 
 
@@ -308,8 +312,6 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
                 "elapsed_s": round(elapsed, 1),
             }
             history.append(record)
-            with open(out_dir / "log.jsonl", "a") as handle:
-                handle.write(json.dumps(record) + "\n")
             save_checkpoint(
                 {
                     "model": model.state_dict(),
@@ -324,6 +326,9 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
                 },
                 checkpoint_path,
             )
+            # After the checkpoint: a logged epoch is always one a resumed run starts after.
+            with open(out_dir / "log.jsonl", "a") as handle:
+                handle.write(json.dumps(record) + "\n")
             log(
                 f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f} dice {record['train_dice']:.4f}"
                 + (f" qg {record['train_qg']:.4f}" if "train_qg" in record else "")
