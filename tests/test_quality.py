@@ -19,10 +19,12 @@ from conftest import EXAMPLES
 PAIRS26 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pairs26"
 
 # name -> (folder, {metric: floor}); floors = shipped value - 0.003 (Qg, Qcb) or - 0.002.
+# The shipped v10 reaches lytro_01 0.7249 / 0.9890 / 0.8052, gray_mwg_clock 0.6744 /
+# 0.9245 / 0.7594 and color_tid_t5 0.6761 / 0.9813 / 0.7429 (Qg / Qy / Qcb; `make evaluate`).
 FLOORS = {
-    "lytro_01": (EXAMPLES / "pair", {"Qg": 0.720, "Qy": 0.986, "Qcb": 0.803}),
-    "gray_mwg_clock": (PAIRS26, {"Qg": 0.667, "Qy": 0.920, "Qcb": 0.767}),
-    "color_tid_t5": (PAIRS26, {"Qg": 0.671, "Qy": 0.977, "Qcb": 0.737}),
+    "lytro_01": (EXAMPLES / "pair", {"Qg": 0.722, "Qy": 0.987, "Qcb": 0.802}),
+    "gray_mwg_clock": (PAIRS26, {"Qg": 0.671, "Qy": 0.922, "Qcb": 0.756}),
+    "color_tid_t5": (PAIRS26, {"Qg": 0.673, "Qy": 0.979, "Qcb": 0.739}),
 }
 
 
