@@ -85,6 +85,12 @@ def load_split(data_dir: Path, split: str) -> list[Image]:
     return images
 
 
+def training_images(config: TrainConfig) -> list[Image]:
+    """The images a run's training pairs are made from: ``config.splits`` of ``config.data_dir``."""
+    data_dir = Path(config.data_dir)
+    return [image for split in config.splits for image in load_split(data_dir, split)]
+
+
 def make_batch(images: list[Image], rng: np.random.Generator, batch_size: int, settings: PairSettings) -> list[TrainingPair]:
     picks = rng.integers(0, len(images), size=batch_size)
     return [make_training_pair(*images[i], rng, settings) for i in picks]
@@ -115,8 +121,7 @@ def _start_worker(config: TrainConfig) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
     torch.set_num_threads(1)
-    data_dir = Path(config.data_dir)
-    _worker_state["images"] = [image for split in config.splits for image in load_split(data_dir, split)]
+    _worker_state["images"] = training_images(config)
     _worker_state["config"] = config
 
 
@@ -261,7 +266,7 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
     device = torch.device(config.device)
     torch.manual_seed(config.seed)
     data_dir = Path(config.data_dir)
-    train_images = [image for split in config.splits for image in load_split(data_dir, split)]
+    train_images = training_images(config)  # also checks the data before any worker starts
     validation = validation_set(load_split(data_dir, "test"), config.seed, config.validation_pairs)
 
     model = GACN(score_sigma=config.score_sigma).to(device)
