@@ -9,7 +9,8 @@
 # exported. Each run folder is packed as OUT/NAME.tar. A run whose folder already holds
 # a checkpoint.pt resumes from it. RUNS="ours" runs a subset. Overrides for a smoke
 # test: EPOCHS, STEPS, CROP, DEVICE, WORKERS.
-# To finish the kept 13-epoch run of weights/README.md on one GPU:
+# How the kept 13-epoch run was finished to 50 on one GPU (weights/README.md; about 18 s
+# an epoch alone, so 37 epochs need about 660 s: a second call resumed at epoch 39):
 #   mkdir -p OUT/ours && cp weights/experiments/gpu-ours-e13-checkpoint.pt OUT/ours/checkpoint.pt
 #   RUNS=ours WORKERS=14 weights/train-gpu.sh DATA OUT 480
 set -uo pipefail
@@ -22,9 +23,12 @@ read -r -a names <<<"${RUNS:-paper ours dice}"
 mkdir -p "$out"
 for name in "${names[@]}"; do
     mkdir -p "$out/$name"
+    # Weights exported when an earlier call hit its limit are stale once the run goes on;
+    # without them, a run stopped again is exported again below.
+    rm -f "$out/$name/gacn.pt" "$out/$name/gacn.pt.sha256"
     # shellcheck disable=SC2086  # the loss options split into words on purpose
     timeout -s INT -k 30 "$limit" "$python" -m focusfuse train --data "$data" --out "$out/$name" \
-        "${schedule[@]}" ${loss[$name]} >"$out/$name/console.log" 2>&1 &
+        "${schedule[@]}" ${loss[$name]} >>"$out/$name/console.log" 2>&1 &
 done
 wait
 for name in "${names[@]}"; do
