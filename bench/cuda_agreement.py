@@ -15,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from focusfuse import fuse_stack, pipeline
+from focusfuse import fuse_stack
+from focusfuse.fusion import pipeline
 
 STACK = Path(__file__).resolve().parent.parent / "examples" / "stack8"
 STRATEGIES = ("calibrated", "calibrated-paper", "serial")

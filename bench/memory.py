@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from focusfuse.synthetic import make_depth_stack, procedural_texture, smooth_depth
-from focusfuse.writer import write_image
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
+from focusfuse.io.writer import write_image
 
 
 def peak_rss_mib(command: list[str]) -> float:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from focusfuse.metrics import METRICS, prepare_image
-from focusfuse.reader import read_image
+from focusfuse.io.reader import read_image
 
 PAIR = Path(__file__).resolve().parent.parent / "examples" / "pair"
 

@@ -3,7 +3,7 @@
 
 Each stack is a procedural texture with flat discs (regions with no focus cue), a
 smooth random depth surface and Gaussian defocus growing 1.5 px per slice from it
-(`focusfuse.synthetic.make_depth_stack`), written as PNGs and fused by `fuse_stack`.
+(`focusfuse.training.synthetic.make_depth_stack`), written as PNGs and fused by `fuse_stack`.
 Cases: N = 5, 10, 20 slices, each clean, with noise (std 0.01 of full range) and
 with a 10% brightness drift from the first slice to the last. Printed per strategy
 (`calibrated no-fill`: the default without filling flat regions from their rims;
@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from focusfuse.baselines import laplacian_energy
-from focusfuse.color import to_gray
-from focusfuse.pipeline import fuse_stack
-from focusfuse.synthetic import make_depth_stack, procedural_texture, smooth_depth
-from focusfuse.writer import write_image
+from focusfuse.training.baselines import laplacian_energy
+from focusfuse.io.color import to_gray
+from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
+from focusfuse.io.writer import write_image
 
 # (row label, strategy, fuse_stack options that differ from the default).
 STRATEGY_ROWS = (

@@ -18,8 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from focusfuse.pipeline import fuse_stack
-from focusfuse.writer import write_image
+from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.io.writer import write_image
 from multislice import psnr, write_case
 
 LABEL_HEIGHT = 22

@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from focusfuse.baselines import laplacian_select_pair
-from focusfuse.color import cast_like, to_gray
-from focusfuse.evaluation import PAPER_BEST, PAPER_GACN, SOURCE_PATTERN, evaluate_pairs, find_pairs, mean_scores
+from focusfuse.training.baselines import laplacian_select_pair
+from focusfuse.io.color import cast_like, to_gray
+from focusfuse.metrics.evaluation import PAPER_BEST, PAPER_GACN, SOURCE_PATTERN, evaluate_pairs, find_pairs, mean_scores
 from focusfuse.metrics import METRIC_NAMES
-from focusfuse.pipeline import fuse_stack
-from focusfuse.reader import natural_key, read_image
-from focusfuse.refinement import refine_decision_map
-from focusfuse.weights import find_weights, load_model, save_weights
-from focusfuse.writer import write_image
+from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.io.reader import natural_key, read_image
+from focusfuse.model.refinement import refine_decision_map
+from focusfuse.model.weights import find_weights, load_model, save_weights
+from focusfuse.io.writer import write_image
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("network", "network-initial", "laplacian", "laplacian-guided", "average")

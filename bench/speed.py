@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from focusfuse import fuse_stack
-from focusfuse.synthetic import make_depth_stack, procedural_texture, smooth_depth
-from focusfuse.writer import write_image
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
+from focusfuse.io.writer import write_image
 from multislice import STRATEGY_ROWS
 
 REPO = Path(__file__).resolve().parent.parent

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from focusfuse.synthetic import TEXTURE_THRESHOLD, make_training_pair
-from focusfuse.training import BORDER_MARGIN, VALIDATION_SETTINGS, evaluate_pairs, load_split
-from focusfuse.weights import find_weights, load_model
+from focusfuse.training.synthetic import TEXTURE_THRESHOLD, make_training_pair
+from focusfuse.training.trainer import BORDER_MARGIN, VALIDATION_SETTINGS, evaluate_pairs, load_split
+from focusfuse.model.weights import find_weights, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 

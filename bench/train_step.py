@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from focusfuse.network import GACN
-from focusfuse.training import training_step
+from focusfuse.model.network import GACN
+from focusfuse.training.trainer import training_step
 
 
 def seconds_per_step(

@@ -16,6 +16,6 @@ import os  # noqa: E402
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from focusfuse.errors import FocusFuseError  # noqa: E402
-from focusfuse.pipeline import FusionResult, fuse_stack  # noqa: E402
+from focusfuse.fusion.pipeline import FusionResult, fuse_stack  # noqa: E402
 
 __all__ = ["FocusFuseError", "FusionResult", "fuse_stack", "__version__"]

@@ -20,9 +20,9 @@ import click
 
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
-from focusfuse.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
-from focusfuse.reader import natural_key
-from focusfuse.strategies import STRATEGIES
+from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
+from focusfuse.io.reader import natural_key
+from focusfuse.fusion.strategies import STRATEGIES
 
 EXIT_ERROR = 1
 
@@ -159,9 +159,9 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, weigh
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
 def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning_rate, lr_decay, decay_every, qg_weight, score_sigma, seed, device, validation_pairs, workers, init_weights, resume) -> None:
     """Train GACN on synthetic multi-focus pairs made from BSDS500 (Dice + Qg loss)."""
-    from focusfuse.pipeline import resolve_device
-    from focusfuse.training import TrainConfig
-    from focusfuse.training import train as run_training
+    from focusfuse.fusion.pipeline import resolve_device
+    from focusfuse.training.trainer import TrainConfig
+    from focusfuse.training.trainer import train as run_training
 
     signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
@@ -204,9 +204,9 @@ def evaluate(images, pairs_dir, fused_dir, pattern, json_path, compare, workers)
     """
     from pathlib import Path
 
-    from focusfuse.evaluation import evaluate_files, evaluate_pairs, evaluation_record, find_pairs, format_table
+    from focusfuse.metrics.evaluation import evaluate_files, evaluate_pairs, evaluation_record, find_pairs, format_table
     from focusfuse.metrics import METRIC_NAMES
-    from focusfuse.writer import check_output_path, write_json
+    from focusfuse.io.writer import check_output_path, write_json
 
     try:
         by_folder = pairs_dir is not None or fused_dir is not None

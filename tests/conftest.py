@@ -8,12 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from focusfuse.color import unit_scale
-from focusfuse.synthetic import make_depth_stack, procedural_texture
-from focusfuse.weights import find_weights, load_model
+from focusfuse.io.color import unit_scale
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture
+from focusfuse.model.weights import find_weights, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
+SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")

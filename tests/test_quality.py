@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from focusfuse.evaluation import evaluate_files
-from focusfuse.pipeline import fuse_stack
+from focusfuse.metrics.evaluation import evaluate_files
+from focusfuse.fusion.pipeline import fuse_stack
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, SHARED
 
-PAIRS26 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "pairs26"
+PAIRS26 = SHARED / "data" / "pairs26"
 
 # name -> (folder, {metric: floor}); floors = shipped value - 0.003 (Qg, Qcb) or - 0.002.
 # The shipped v10 reaches lytro_01 0.7249 / 0.9890 / 0.8052, gray_mwg_clock 0.6744 /

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from focusfuse.refinement import boundary_band_weight, refine_decision_map
+from focusfuse.model.refinement import boundary_band_weight, refine_decision_map
 
 
 def step_map(size: int = 40) -> torch.Tensor:

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from focusfuse.filters import box_sum, gaussian_blur, gradient_energy
-from focusfuse.refinement import refine_decision_map
+from focusfuse.model.filters import box_sum, gaussian_blur, gradient_energy
+from focusfuse.model.refinement import refine_decision_map
 
 FEATURE_WIDTH = 16
 FEATURE_CHANNELS = 4 * FEATURE_WIDTH  # cat(f0, f1, f2, f3)

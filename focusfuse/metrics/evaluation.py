@@ -18,7 +18,7 @@ import numpy as np
 
 from focusfuse.errors import FocusFuseError
 from focusfuse.metrics import METRIC_NAMES, evaluate_fusion, feature_mi
-from focusfuse.reader import natural_key, read_image
+from focusfuse.io.reader import natural_key, read_image
 
 SOURCE_PATTERN = re.compile(r"^(?P<name>.+)_(?P<index>[12])\.(?P<ext>png|tif|tiff|jpg|jpeg|bmp)$", re.IGNORECASE)
 DEFAULT_FUSED_PATTERN = "{name}.png"

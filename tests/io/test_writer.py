@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.reader import read_image
-from focusfuse.writer import check_output_path, write_image
+from focusfuse.io.reader import read_image
+from focusfuse.io.writer import check_output_path, write_image
 
 
 @pytest.mark.parametrize("suffix, dtype", [(".png", np.uint8), (".png", np.uint16), (".tif", np.float32), (".tif", np.uint16), (".jpg", np.uint8)])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from focusfuse.filters import gaussian_blur, guided_filter
+from focusfuse.model.filters import gaussian_blur, guided_filter
 
 BAND_SIGMA = 8.0
 BAND_RADIUS = 4  # 9x9 kernel

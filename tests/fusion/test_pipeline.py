@@ -10,10 +10,10 @@ import pytest
 import tifffile
 
 import focusfuse
-import focusfuse.pipeline as pipeline
+import focusfuse.fusion.pipeline as pipeline
 from focusfuse import FocusFuseError, fuse_stack
-from focusfuse.synthetic import make_depth_stack, procedural_texture
-from focusfuse.writer import write_image
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture
+from focusfuse.io.writer import write_image
 
 from conftest import interior, step_depth_stack
 
@@ -234,7 +234,7 @@ def test_group_pick_takes_the_member_with_the_sharper_features(model):
     """Three slices: the second is sharp on the left, the third on the right, the first nowhere."""
     import torch
 
-    from focusfuse.strategies import _start_group
+    from focusfuse.fusion.strategies import _start_group
 
     rng = np.random.default_rng(3)
     sharp = procedural_texture(64, 64, rng)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from focusfuse.training import TrainConfig, train
-from focusfuse.synthetic import procedural_texture
-from focusfuse.weights import load_model
+from focusfuse.training.trainer import TrainConfig, train
+from focusfuse.training.synthetic import procedural_texture
+from focusfuse.model.weights import load_model
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +139,7 @@ def test_train_command_line(tiny_bsds, tmp_path):
 def test_init_starts_from_given_weights_and_records_them(tiny_bsds, tmp_path):
     from dataclasses import replace
 
-    from focusfuse.weights import sha256_of
+    from focusfuse.model.weights import sha256_of
 
     start = train(config(tiny_bsds, tmp_path / "start", 1), log=lambda line: None)
     frozen = replace(config(tiny_bsds, tmp_path / "tuned", 1), learning_rate=0.0, init_weights=str(start))

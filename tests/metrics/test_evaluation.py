@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 import focusfuse.cli as cli
 from focusfuse.errors import FocusFuseError
-from focusfuse.evaluation import PAPER_GACN, evaluate_files, evaluate_pairs, find_pairs, format_table
+from focusfuse.metrics.evaluation import PAPER_GACN, evaluate_files, evaluate_pairs, find_pairs, format_table
 from focusfuse.metrics import METRIC_NAMES
 
 from conftest import EXAMPLES

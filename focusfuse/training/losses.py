@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from focusfuse.filters import HALF_PI, fold_orientation, sobel
+from focusfuse.model.filters import HALF_PI, fold_orientation, sobel
 
 QG_STEEPNESS = 1e5
 QG_GAMMA_G, QG_KAPPA_G, QG_SIGMA_G = 1.0, -10.0, 0.5

@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.network import GACN
-from focusfuse.weights import ENV_VARIABLE, find_weights, load_model, save_weights, shipped_weights_candidates
+from focusfuse.model.network import GACN
+from focusfuse.model.weights import ENV_VARIABLE, find_weights, load_model, save_weights, shipped_weights_candidates
+from conftest import REPO
 
 
 def test_explicit_path_then_environment_then_shipped(tmp_path, monkeypatch):
@@ -71,13 +72,13 @@ def test_score_smoothing_travels_with_the_weights(tmp_path):
     # A file written before the option existed has no score_sigma: the paper's network.
     payload = {"state_dict": GACN().state_dict(), "metadata": {"epochs": 1}}
     torch.save(payload, plain)
-    from focusfuse.weights import checksum_path, sha256_of
+    from focusfuse.model.weights import checksum_path, sha256_of
 
     checksum_path(plain).write_text(f"{sha256_of(plain)}  plain.pt\n")
     assert load_model(plain).score_sigma == 0.0
 
 
-EXPERIMENTS = Path(__file__).resolve().parent.parent / "weights" / "experiments"
+EXPERIMENTS = REPO / "weights" / "experiments"
 
 
 @pytest.mark.parametrize(("name", "score_sigma"), [("v6-sigma8.pt", 8.0), ("gpu-ours-e13.pt", 4.0)])
@@ -99,7 +100,7 @@ def test_kept_gpu_checkpoint_resumes_the_paper_schedule():
     assert "NVIDIA H200" in checkpoint["machines"][0]
     assert {"model", "optimizer", "scheduler", "torch_rng"} <= set(checkpoint)
     # The settings of weights/train-gpu.sh's `ours` run resume it (others are refused).
-    from focusfuse.training import TrainConfig, check_same_run
+    from focusfuse.training.trainer import TrainConfig, check_same_run
 
     ours = TrainConfig(data_dir=".data/bsds500", out_dir="/tmp/gpu/ours", epochs=50, steps_per_epoch=250, crop=156,
                        learning_rate=1e-4, qg_weight=3.0, score_sigma=4.0, device="cuda", workers=14)

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from focusfuse.color import SUPPORTED_DTYPES
+from focusfuse.io.color import SUPPORTED_DTYPES
 from focusfuse.errors import FocusFuseError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")

@@ -33,11 +33,11 @@ from typing import Literal
 import numpy as np
 import torch
 
-from focusfuse.color import cast_like, to_gray
-from focusfuse.filters import box_sum, fill_from_known
-from focusfuse.network import GACN
-from focusfuse.reader import StackSource
-from focusfuse.timing import StageClock
+from focusfuse.io.color import cast_like, to_gray
+from focusfuse.model.filters import box_sum, fill_from_known
+from focusfuse.model.network import GACN
+from focusfuse.io.reader import StackSource
+from focusfuse.fusion.timing import StageClock
 
 Strategy = Literal["calibrated", "calibrated-paper", "serial"]
 STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")

@@ -26,13 +26,13 @@ import cv2
 import numpy as np
 import torch
 
-from focusfuse.baselines import laplacian_select_pair
-from focusfuse.color import to_gray
+from focusfuse.training.baselines import laplacian_select_pair
+from focusfuse.io.color import to_gray
 from focusfuse.errors import FocusFuseError
-from focusfuse.losses import gacn_loss, qg_index
-from focusfuse.network import GACN
-from focusfuse.synthetic import TRAIN_SIZE, PairSettings, TrainingPair, make_training_pair, texture_mask
-from focusfuse.weights import load_model, save_weights, sha256_of
+from focusfuse.training.losses import gacn_loss, qg_index
+from focusfuse.model.network import GACN
+from focusfuse.training.synthetic import TRAIN_SIZE, PairSettings, TrainingPair, make_training_pair, texture_mask
+from focusfuse.model.weights import load_model, save_weights, sha256_of
 
 # Held-out pairs: aligned (a shift would make the truth, aligned to A, wrong for B near
 # every border), no rotation, realistic noise; blur, defocus spread and jitter as in training.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from focusfuse.filters import box_mean, fill_from_known, gaussian_blur, guided_filter
+from focusfuse.model.filters import box_mean, fill_from_known, gaussian_blur, guided_filter
 
 
 def test_box_mean_clips_the_window_at_borders():

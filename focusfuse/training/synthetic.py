@@ -13,8 +13,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from focusfuse.color import unit_scale
-from focusfuse.defocus import defocus_kernel, depth_defocus, layered_defocus
+from focusfuse.io.color import unit_scale
+from focusfuse.training.defocus import defocus_kernel, depth_defocus, layered_defocus
 
 TRAIN_SIZE = 256  # images are resized to this square before cropping (gacn.md)
 TEXTURE_THRESHOLD = 0.02  # gradient magnitude (intensity per pixel) that counts as texture

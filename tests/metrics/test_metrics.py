@@ -14,10 +14,11 @@ from focusfuse.metrics import METRIC_NAMES, METRICS, evaluate_fusion, prepare_im
 from focusfuse.metrics import feature_mi
 from focusfuse.metrics.common import correlate_same
 from focusfuse.metrics.gradient import SOBEL_Y, qg
+from conftest import EXAMPLES, SHARED
 
-VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "metric_vectors"
+VECTORS = SHARED / "metric_vectors"
 TOLERANCE = {"Qg": 2e-5, "Qy": 2e-5, "Qncie": 1e-6, "Qcb": 1e-6, "FMI_EDGE": 1e-6, "FMI_DCT": 1e-6}
-EXAMPLE_PAIR = Path(__file__).resolve().parent.parent / "examples" / "pair"
+EXAMPLE_PAIR = EXAMPLES / "pair"
 
 
 def _read_rgb(path: Path) -> np.ndarray:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from focusfuse.filters import box_sum, gradient_energy
-from focusfuse.network import GACN, SF_RADIUS, compare_activity
+from focusfuse.model.filters import box_sum, gradient_energy
+from focusfuse.model.network import GACN, SF_RADIUS, compare_activity
 
 # 4 feature blocks (conv+BN) + 4 channel SE + 1 input spatial SE + 4 decision blocks + 4 spatial SE.
 EXPECTED_PARAMETERS = (

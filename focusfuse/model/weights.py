@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.network import GACN
+from focusfuse.model.network import GACN
 
 WEIGHTS_NAME = "gacn.pt"
 ENV_VARIABLE = "FOCUSFUSE_WEIGHTS"
@@ -26,7 +26,7 @@ def shipped_weights_candidates() -> list[Path]:
     """Where an installed or checked-out focusfuse keeps its own weights, in order."""
     return [
         Path(sys.prefix) / "share" / "focusfuse" / "weights" / WEIGHTS_NAME,
-        Path(__file__).resolve().parent.parent / "weights" / WEIGHTS_NAME,
+        Path(__file__).resolve().parents[2] / "weights" / WEIGHTS_NAME,
     ]
 
 

@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 import torch
 
-from focusfuse.losses import dice_loss, gacn_loss, qg_index
-from focusfuse.synthetic import procedural_texture
+from focusfuse.training.losses import dice_loss, gacn_loss, qg_index
+from focusfuse.training.synthetic import procedural_texture
 
 
 def test_dice_is_zero_for_a_perfect_map_and_high_for_the_complement():

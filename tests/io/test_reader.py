@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.reader import natural_key, open_stack, read_image
+from focusfuse.io.reader import natural_key, open_stack, read_image
 
 
 def write_png(path, image):

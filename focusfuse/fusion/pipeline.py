@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from focusfuse import __version__
-from focusfuse.color import unit_scale
+from focusfuse.io.color import unit_scale
 from focusfuse.errors import FocusFuseError
-from focusfuse.reader import open_stack
-from focusfuse.strategies import SLICES_PER_DECISION, STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated_paper, fuse_running_best, fuse_serial
-from focusfuse.timing import StageClock
-from focusfuse.weights import find_weights, load_model
-from focusfuse.writer import check_format_holds, check_output_path, write_image, write_json
+from focusfuse.io.reader import open_stack
+from focusfuse.fusion.strategies import SLICES_PER_DECISION, STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated_paper, fuse_running_best, fuse_serial
+from focusfuse.fusion.timing import StageClock
+from focusfuse.model.weights import find_weights, load_model
+from focusfuse.io.writer import check_format_holds, check_output_path, write_image, write_json
 
 DEFAULT_BATCH_SIZE = 2
 

@@ -1,0 +1,1 @@
+"""Images in and out: stack reading, atomic output writing, the gray and dtype policy."""
