@@ -1,4 +1,4 @@
-# focusfuse: `make demo` fuses the bundled stacks, `make test` runs the suite.
+# focusfuse: `make demo` fuses the bundled stacks, `make test` runs the suite, `make lint` checks the code.
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 FOCUSFUSE := $(VENV)/bin/focusfuse
@@ -38,8 +38,11 @@ evaluate: install
 	  $(FOCUSFUSE) stack "$$a" "$(PAIRS)/$${name}_2.png" -o "$(EVAL_OUT)/$$name.png" --quiet || exit 1; done
 	$(FOCUSFUSE) evaluate --pairs $(PAIRS) --fused $(EVAL_OUT) --compare paper --json $(EVAL_OUT)/scores.json
 
+# ruff (lint and format, pyproject.toml) over everything; mypy over the package.
 lint: install
-	$(PYTHON) -m compileall -q focusfuse tests bench examples
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

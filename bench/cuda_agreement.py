@@ -41,8 +41,10 @@ def main() -> None:
             finally:
                 pipeline.full_float32 = original
             agreement = float((on_cuda.index_map == on_cpu.index_map).mean())
-            print(f"{strategy:<17} cuda {name:<8} agrees on {agreement:.5f} of pixels; "
-                  f"{on_cuda.timing['total_s']:.3f} s (cpu {on_cpu.timing['total_s']:.3f} s)")
+            print(
+                f"{strategy:<17} cuda {name:<8} agrees on {agreement:.5f} of pixels; "
+                f"{on_cuda.timing['total_s']:.3f} s (cpu {on_cpu.timing['total_s']:.3f} s)"
+            )
 
 
 if __name__ == "__main__":

@@ -17,13 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 from focusfuse.io.writer import write_image
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 
 
 def peak_rss_mib(command: list[str]) -> float:
     """Run a command to completion and return the peak RSS of the process, MiB."""
-    script = "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    script = (
+        "import resource, subprocess, sys; subprocess.run(sys.argv[1:], check=True); "
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+    )
     completed = subprocess.run([sys.executable, "-c", script, *command], check=True, capture_output=True, text=True)
     return int(completed.stdout.strip()) / 1024.0
 
@@ -47,7 +50,18 @@ def main() -> None:
                 write_image(stack_dir / f"z{k}.png", image)
             row = [f"N={n:>3}"]
             for strategy in ("calibrated", "calibrated-paper", "serial"):
-                command = [focusfuse, "stack", str(stack_dir), "-o", str(Path(scratch) / "f.png"), "--strategy", strategy, "--quiet", "--device", "cpu"]
+                command = [
+                    focusfuse,
+                    "stack",
+                    str(stack_dir),
+                    "-o",
+                    str(Path(scratch) / "f.png"),
+                    "--strategy",
+                    strategy,
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                ]
                 row.append(f"{strategy} {peak_rss_mib(command):7.0f} MiB")
             print("  ".join(row))
 

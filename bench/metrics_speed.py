@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from focusfuse.metrics import METRICS, prepare_image
 from focusfuse.io.reader import read_image
+from focusfuse.metrics import METRICS, prepare_image
 
 PAIR = Path(__file__).resolve().parent.parent / "examples" / "pair"
 
@@ -26,7 +26,10 @@ def main() -> None:
     args = parser.parse_args()
     source_a, source_b = read_image(PAIR / "lytro_01_1.png"), read_image(PAIR / "lytro_01_2.png")
     fused = ((source_a.astype(np.uint16) + source_b + 1) // 2).astype(np.uint8)
-    print(f"{source_a.shape[1]}x{source_a.shape[0]} colour pair, fused = average; {os.cpu_count()} cores; best of {args.repeats}")
+    print(
+        f"{source_a.shape[1]}x{source_a.shape[0]} colour pair, fused = average; "
+        f"{os.cpu_count()} cores; best of {args.repeats}"
+    )
     total_best = float("inf")
     per_metric = {name: float("inf") for name in METRICS}
     for _ in range(args.repeats):

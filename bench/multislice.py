@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from focusfuse.training.baselines import laplacian_energy
-from focusfuse.io.color import to_gray
 from focusfuse.fusion.pipeline import fuse_stack
-from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
+from focusfuse.io.color import to_gray
 from focusfuse.io.writer import write_image
+from focusfuse.training.baselines import laplacian_energy
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 
 # (row label, strategy, fuse_stack options that differ from the default).
 STRATEGY_ROWS = (
@@ -72,7 +72,9 @@ def write_case(folder: Path, size: int, n_slices: int, variant: str, seed: int):
     sharp = textured_with_flat_discs(size, rng)
     depth = smooth_depth(size, size, n_slices, rng)
     stack = make_depth_stack(
-        sharp, depth, n_slices,
+        sharp,
+        depth,
+        n_slices,
         noise_sigma=0.01 if variant.startswith("noise") else 0.0,
         brightness_drift=0.1 if variant.startswith("drift") else 0.0,
         rng=rng,
@@ -83,11 +85,15 @@ def write_case(folder: Path, size: int, n_slices: int, variant: str, seed: int):
     return sharp, stack
 
 
-def report(label: str, fused: np.ndarray, index: np.ndarray, truth_index: np.ndarray, sharp: np.ndarray, seconds: float | None) -> str:
+def report(
+    label: str, fused: np.ndarray, index: np.ndarray, truth_index: np.ndarray, sharp: np.ndarray, seconds: float | None
+) -> str:
     exact = float((index == truth_index).mean())
     near = float((np.abs(index.astype(int) - truth_index.astype(int)) <= 1).mean())
     timing = f"{seconds:7.3f} s/slice" if seconds is not None else " " * 13
-    return f"  {label:<17} PSNR {psnr(fused, sharp):6.2f} dB   index exact {exact:.3f}, within one {near:.3f}   {timing}"
+    return (
+        f"  {label:<17} PSNR {psnr(fused, sharp):6.2f} dB   index exact {exact:.3f}, within one {near:.3f}   {timing}"
+    )
 
 
 def main() -> None:
@@ -95,18 +101,32 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--slices", default="5,10,20")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--repeats", type=int, default=5, help="Timed rounds of every strategy; the median time is printed.")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="Timed rounds of every strategy; the median time is printed."
+    )
     args = parser.parse_args()
-    cases = [(n, variant) for n in (int(v) for v in args.slices.split(",")) for variant in ("clean", "noise 0.01", "drift 10%")]
+    cases = [
+        (n, variant)
+        for n in (int(v) for v in args.slices.split(","))
+        for variant in ("clean", "noise 0.01", "drift 10%")
+    ]
     with tempfile.TemporaryDirectory() as scratch:
         for n_slices, variant in cases:
             folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
             sharp, stack = write_case(folder, args.size, n_slices, variant, args.seed)
             print(f"N={n_slices} {args.size}x{args.size}, {variant}:")
-            print(report("oracle", pick(stack.slices, stack.truth_index), stack.truth_index, stack.truth_index, sharp, None))
+            print(
+                report(
+                    "oracle", pick(stack.slices, stack.truth_index), stack.truth_index, stack.truth_index, sharp, None
+                )
+            )
             energies = np.stack([laplacian_energy(to_gray(s)) for s in stack.slices])
             laplacian_index = np.argmax(energies, axis=0)
-            print(report("laplacian", pick(stack.slices, laplacian_index), laplacian_index, stack.truth_index, sharp, None))
+            print(
+                report(
+                    "laplacian", pick(stack.slices, laplacian_index), laplacian_index, stack.truth_index, sharp, None
+                )
+            )
             seconds: dict[str, list[float]] = {label: [] for label, _, _ in STRATEGY_ROWS}
             results = {}
             # Rounds of every strategy in turn, so a drift in the machine's speed falls on
@@ -118,7 +138,16 @@ def main() -> None:
                         seconds[label].append(sum(results[label].timing["per_slice_s"]) / n_slices)
             for label, _, _ in STRATEGY_ROWS:
                 result = results[label]
-                print(report(label, result.fused, result.index_map, stack.truth_index, sharp, statistics.median(seconds[label])))
+                print(
+                    report(
+                        label,
+                        result.fused,
+                        result.index_map,
+                        stack.truth_index,
+                        sharp,
+                        statistics.median(seconds[label]),
+                    )
+                )
             calibrated_ratio = statistics.median(seconds["calibrated"]) / statistics.median(seconds["serial"])
             print(f"  time per slice / serial's: calibrated {calibrated_ratio:.2f}")
 

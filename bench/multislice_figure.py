@@ -17,10 +17,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from multislice import psnr, write_case
 
 from focusfuse.fusion.pipeline import fuse_stack
 from focusfuse.io.writer import write_image
-from multislice import psnr, write_case
 
 LABEL_HEIGHT = 22
 GAP = 4

@@ -30,15 +30,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from focusfuse.training.baselines import laplacian_select_pair
-from focusfuse.io.color import cast_like, to_gray
-from focusfuse.metrics.evaluation import PAPER_BEST, PAPER_GACN, SOURCE_PATTERN, evaluate_pairs, find_pairs, mean_scores
-from focusfuse.metrics import METRIC_NAMES
 from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.io.color import cast_like, to_gray
 from focusfuse.io.reader import natural_key, read_image
+from focusfuse.io.writer import write_image
+from focusfuse.metrics import METRIC_NAMES
+from focusfuse.metrics.evaluation import PAPER_BEST, PAPER_GACN, SOURCE_PATTERN, evaluate_pairs, find_pairs, mean_scores
 from focusfuse.model.refinement import refine_decision_map
 from focusfuse.model.weights import find_weights, load_model, save_weights
-from focusfuse.io.writer import write_image
+from focusfuse.training.baselines import laplacian_select_pair
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = ("network", "network-initial", "laplacian", "laplacian-guided", "average")
@@ -48,7 +48,9 @@ def blend(weight: np.ndarray, source_a: np.ndarray, source_b: np.ndarray) -> np.
     """p A + (1 - p) B in the sources' dtype."""
     if source_a.ndim == 3:
         weight = weight[:, :, None]
-    return cast_like(weight * source_a.astype(np.float32) + (1.0 - weight) * source_b.astype(np.float32), source_a.dtype)
+    return cast_like(
+        weight * source_a.astype(np.float32) + (1.0 - weight) * source_b.astype(np.float32), source_a.dtype
+    )
 
 
 def gray_tensor(image: np.ndarray) -> torch.Tensor:
@@ -78,7 +80,9 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--workers", type=int)
     parser.add_argument("--swap", action="store_true", help="Fuse NAME_2 with NAME_1 (input order reversed).")
-    parser.add_argument("--score-sigma", type=float, help="Pool the network's score with this sigma instead of the trained one.")
+    parser.add_argument(
+        "--score-sigma", type=float, help="Pool the network's score with this sigma instead of the trained one."
+    )
     args = parser.parse_args()
     methods = [m for m in args.methods.split(",") if m]
     unknown = set(methods) - set(METHODS)
@@ -93,8 +97,14 @@ def main() -> None:
         weights = out / f"weights-sigma-{args.score_sigma:g}.pt"
         save_weights(model, weights, {**payload["metadata"], "score_sigma_trained": trained_sigma})
         print(f"score pooled with sigma {args.score_sigma:g} (trained with {trained_sigma:g})")
-    names = sorted({SOURCE_PATTERN.match(p.name)["name"] for p in pairs_dir.iterdir() if SOURCE_PATTERN.match(p.name)}, key=natural_key)
-    print(f"{len(names)} pairs from {pairs_dir}; weights {weights}" + ("; fused in reversed order (NAME_2, NAME_1)" if args.swap else ""))
+    names = sorted(
+        {SOURCE_PATTERN.match(p.name)["name"] for p in pairs_dir.iterdir() if SOURCE_PATTERN.match(p.name)},
+        key=natural_key,
+    )
+    print(
+        f"{len(names)} pairs from {pairs_dir}; weights {weights}"
+        + ("; fused in reversed order (NAME_2, NAME_1)" if args.swap else "")
+    )
     summary = {"pairs": str(pairs_dir), "weights": str(weights), "swapped": args.swap, "methods": {}}
     for method in methods:
         folder = out / method
@@ -105,18 +115,33 @@ def main() -> None:
             target = folder / f"{name}.png"
             started = time.perf_counter()
             if method == "network":
-                fuse_stack([path_a, path_b], output=target, index_map_path=folder / f"{name}.index.png", timing_path=folder / f"{name}.timing.json", weights=weights, device="cpu")
+                fuse_stack(
+                    [path_a, path_b],
+                    output=target,
+                    index_map_path=folder / f"{name}.index.png",
+                    timing_path=folder / f"{name}.timing.json",
+                    weights=weights,
+                    device="cpu",
+                )
             else:
                 source_a, source_b = read_image(path_a), read_image(path_b)
                 write_image(target, blend(decision_map(method, model, source_a, source_b), source_a, source_b))
             seconds.append(time.perf_counter() - started)
         rows = evaluate_pairs(find_pairs(pairs_dir, folder), workers=args.workers)
         means = mean_scores(rows)
-        summary["methods"][method] = {"mean": means, "seconds_per_pair": float(np.mean(seconds)), "pairs": dict(zip(names, rows))}
+        summary["methods"][method] = {
+            "mean": means,
+            "seconds_per_pair": float(np.mean(seconds)),
+            "pairs": dict(zip(names, rows, strict=True)),
+        }
     header = f"{'method':<18}" + "".join(f"{name:>10}" for name in METRIC_NAMES) + f"{'s/pair':>9}"
     print(header)
     for method, result in summary["methods"].items():
-        print(f"{method:<18}" + "".join(f"{result['mean'][name]:>10.6f}" for name in METRIC_NAMES) + f"{result['seconds_per_pair']:>9.3f}")
+        print(
+            f"{method:<18}"
+            + "".join(f"{result['mean'][name]:>10.6f}" for name in METRIC_NAMES)
+            + f"{result['seconds_per_pair']:>9.3f}"
+        )
     print(f"{'paper GACN':<18}" + "".join(f"{PAPER_GACN[name]:>10.6f}" for name in METRIC_NAMES))
     print(f"{'paper best':<18}" + "".join(f"{PAPER_BEST[name][0]:>10.6f}" for name in METRIC_NAMES))
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

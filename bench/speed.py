@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from multislice import STRATEGY_ROWS
 
 from focusfuse import fuse_stack
-from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 from focusfuse.io.writer import write_image
-from multislice import STRATEGY_ROWS
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 
 REPO = Path(__file__).resolve().parent.parent
 PAIR = [REPO / "examples" / "pair" / "lytro_01_1.png", REPO / "examples" / "pair" / "lytro_01_2.png"]
@@ -65,7 +65,13 @@ def main() -> None:
         per_slice = {}
         for label, strategy, options in STRATEGY_ROWS:
             seconds, result = fusion_seconds(
-                [stack_dir], scratch, args.repeats, device=args.device, strategy=strategy, batch_size=args.batch_size, **options
+                [stack_dir],
+                scratch,
+                args.repeats,
+                device=args.device,
+                strategy=strategy,
+                batch_size=args.batch_size,
+                **options,
             )
             per_slice[label] = seconds / args.slices
             record = result.timing
@@ -75,7 +81,10 @@ def main() -> None:
                 f"stack {args.slices}x{args.size}x{args.size} {label:>16}: {seconds / args.slices:.3f} s per slice, "
                 f"{seconds:.2f} s in all, index exact {exact:.3f}  [{stages}]"
             )
-        print("time per slice / serial's: " + ", ".join(f"{label} {t / per_slice['serial']:.2f}" for label, t in per_slice.items() if label != "serial"))
+        print(
+            "time per slice / serial's: "
+            + ", ".join(f"{label} {t / per_slice['serial']:.2f}" for label, t in per_slice.items() if label != "serial")
+        )
 
 
 if __name__ == "__main__":

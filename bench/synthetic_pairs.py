@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from focusfuse.model.weights import find_weights, load_model
 from focusfuse.training.synthetic import TEXTURE_THRESHOLD, make_training_pair
 from focusfuse.training.trainer import BORDER_MARGIN, VALIDATION_SETTINGS, evaluate_pairs, load_split
-from focusfuse.model.weights import find_weights, load_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -35,7 +35,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=200)
     parser.add_argument("--weights")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--score-sigma", type=float, help="Pool the network's score with this sigma instead of the trained one.")
+    parser.add_argument(
+        "--score-sigma", type=float, help="Pool the network's score with this sigma instead of the trained one."
+    )
     args = parser.parse_args()
     weights = find_weights(args.weights)
     model = load_model(weights)
@@ -43,7 +45,9 @@ def main() -> None:
         print(f"score pooled with sigma {args.score_sigma:g} (trained with {model.score_sigma:g})")
         model.score_sigma = args.score_sigma
     images = load_split(Path(args.data), "test")
-    print(f"weights {weights}; {args.pairs} held-out pairs from {args.data}/test; texture: |grad| >= {TEXTURE_THRESHOLD}")
+    print(
+        f"weights {weights}; {args.pairs} held-out pairs from {args.data}/test; texture: |grad| >= {TEXTURE_THRESHOLD}"
+    )
     cases = (
         ("aligned, noise std <= 0.02", 0.02, 0),
         ("shifted <= 2 px, noise <= 0.02", 0.02, 2),
@@ -56,8 +60,10 @@ def main() -> None:
         metrics = evaluate_pairs(model, pairs, torch.device("cpu"))
         print(
             f"{label:>32}: network {metrics['accuracy_textured']:.4f} textured "
-            f"({metrics['accuracy_textured_interior']:.4f} >= {BORDER_MARGIN} px from borders), {metrics['accuracy_all']:.4f} all pixels; "
-            f"Laplacian max-select {metrics['laplacian_accuracy_textured']:.4f} textured; Qg (loss form) {metrics['qg']:.4f}"
+            f"({metrics['accuracy_textured_interior']:.4f} >= {BORDER_MARGIN} px from borders), "
+            f"{metrics['accuracy_all']:.4f} all pixels; "
+            f"Laplacian max-select {metrics['laplacian_accuracy_textured']:.4f} textured; "
+            f"Qg (loss form) {metrics['qg']:.4f}"
         )
 
 

@@ -19,7 +19,13 @@ from focusfuse.training.trainer import training_step
 
 
 def seconds_per_step(
-    device: torch.device, batch: int, crop: int, steps: int, score_sigma: float, channels_last: bool = False, bf16: bool = False
+    device: torch.device,
+    batch: int,
+    crop: int,
+    steps: int,
+    score_sigma: float,
+    channels_last: bool = False,
+    bf16: bool = False,
 ) -> float:
     torch.manual_seed(0)
     layout = torch.channels_last if channels_last else torch.contiguous_format
@@ -55,7 +61,10 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
-    print(f"torch {torch.__version__}, {device} ({name}); batch {args.batch_size}, crop {args.crop}, score sigma {args.score_sigma}")
+    print(
+        f"torch {torch.__version__}, {device} ({name}); batch {args.batch_size}, crop {args.crop}, "
+        f"score sigma {args.score_sigma}"
+    )
     cudnn = torch.backends.cudnn
     settings = [("defaults", {}, {}), ("channels-last", {}, {"channels_last": True})]
     if device.type == "cuda":
@@ -66,7 +75,13 @@ def main() -> None:
             ("bf16 + ch-last", {"benchmark": True}, {"bf16": True, "channels_last": True}),
         ]
     for label, change, layout in settings:
-        flags = {"enabled": cudnn.enabled, "benchmark": cudnn.benchmark, "deterministic": cudnn.deterministic, "allow_tf32": cudnn.allow_tf32, **change}
+        flags = {
+            "enabled": cudnn.enabled,
+            "benchmark": cudnn.benchmark,
+            "deterministic": cudnn.deterministic,
+            "allow_tf32": cudnn.allow_tf32,
+            **change,
+        }
         with cudnn.flags(**flags):
             seconds = seconds_per_step(device, args.batch_size, args.crop, args.steps, args.score_sigma, **layout)
         print(f"{label:<16} {seconds * 1000:8.1f} ms per step")

@@ -16,8 +16,8 @@ import cv2
 import numpy as np
 import tifffile
 
-from focusfuse.training.synthetic import make_depth_stack, smooth_depth
 from focusfuse.io.writer import write_image
+from focusfuse.training.synthetic import make_depth_stack, smooth_depth
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_IMAGE = HERE.parent.parent / "shared" / "data" / "bsds500" / "test" / "108004.jpg"

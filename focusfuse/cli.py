@@ -21,8 +21,8 @@ import click
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
-from focusfuse.io.reader import natural_key
 from focusfuse.fusion.strategies import STRATEGIES
+from focusfuse.io.reader import natural_key
 
 EXIT_ERROR = 1
 
@@ -68,7 +68,13 @@ def progress_reporter(mode: str, description: str) -> Iterator[Callable[[int, in
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("slices"), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("slices"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(description, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
@@ -95,13 +101,31 @@ def main() -> None:
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Fused image (.png, .tif or .jpg).")
-@click.option("--index-map", type=click.Path(dir_okay=False), help="Index map (0-based slice per pixel). [default: NAME.index.png]")
+@click.option(
+    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Fused image (.png, .tif or .jpg)."
+)
+@click.option(
+    "--index-map",
+    type=click.Path(dir_okay=False),
+    help="Index map (0-based slice per pixel). [default: NAME.index.png]",
+)
 @click.option("--timing", type=click.Path(dir_okay=False), help="Timing report, JSON. [default: NAME.timing.json]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (auto = CUDA when present).")
-@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, type=int, help="Slices whose features (calibrated-paper: also decision paths) run together.")
-@click.option("--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True, help="N-slice strategy.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]")
+@click.option(
+    "--batch-size",
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    type=int,
+    help="Slices whose features (calibrated-paper: also decision paths) run together.",
+)
+@click.option(
+    "--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True, help="N-slice strategy."
+)
+@click.option(
+    "--weights",
+    type=click.Path(dir_okay=False),
+    help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]",
+)
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack(inputs, output, index_map, timing, device, batch_size, strategy, weights, quiet) -> None:
     """Fuse a z-stack into one all-in-focus image and an index map.
@@ -133,15 +157,24 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, weigh
         record = result.timing
         written = record["outputs"]
         click.echo(
-            f"fused {record['n_slices']} slices {record['width']}x{record['height']} ({record['strategy']}, {record['device']}) "
+            f"fused {record['n_slices']} slices {record['width']}x{record['height']} "
+            f"({record['strategy']}, {record['device']}) "
             f"in {record['total_s']:.2f} s -> {written['fused']}, {written['index_map']}, {written['timing']}",
             err=True,
         )
 
 
 @main.command()
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False), help="BSDS500 folder (train/ val/ test/).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint, log, weights.")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="BSDS500 folder (train/ val/ test/).",
+)
+@click.option(
+    "--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Run folder: checkpoint, log, weights."
+)
 @click.option("--epochs", default=10, show_default=True, type=int)
 @click.option("--steps-per-epoch", default=125, show_default=True, type=int)
 @click.option("--batch-size", default=16, show_default=True, type=int)
@@ -150,14 +183,49 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, weigh
 @click.option("--lr-decay", default=0.8, show_default=True, type=float, help="LR factor every --decay-every epochs.")
 @click.option("--decay-every", default=2, show_default=True, type=int)
 @click.option("--qg-weight", default=1.0, show_default=True, type=float, help="lambda of the Qg loss (0 = Dice only).")
-@click.option("--score-sigma", default=0.0, show_default=True, type=float, help="Gaussian pooling of the decision score before the sigmoid, pixels (0 = the paper's network).")
+@click.option(
+    "--score-sigma",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Gaussian pooling of the decision score before the sigmoid, pixels (0 = the paper's network).",
+)
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--validation-pairs", default=48, show_default=True, type=int)
-@click.option("--workers", default=0, show_default=True, type=click.IntRange(min=0), help="Processes making batches ahead of the network (0 = none); for a GPU, about the free cores.")
-@click.option("--init", "init_weights", type=click.Path(exists=True, dir_okay=False), help="Start from these weights (fine-tuning).")
+@click.option(
+    "--workers",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Processes making batches ahead of the network (0 = none); for a GPU, about the free cores.",
+)
+@click.option(
+    "--init",
+    "init_weights",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Start from these weights (fine-tuning).",
+)
 @click.option("--resume/--no-resume", default=True, show_default=True, help="Continue from OUT/checkpoint.pt.")
-def train(data_dir, out_dir, epochs, steps_per_epoch, batch_size, crop, learning_rate, lr_decay, decay_every, qg_weight, score_sigma, seed, device, validation_pairs, workers, init_weights, resume) -> None:
+def train(
+    data_dir,
+    out_dir,
+    epochs,
+    steps_per_epoch,
+    batch_size,
+    crop,
+    learning_rate,
+    lr_decay,
+    decay_every,
+    qg_weight,
+    score_sigma,
+    seed,
+    device,
+    validation_pairs,
+    workers,
+    init_weights,
+    resume,
+) -> None:
     """Train GACN on synthetic multi-focus pairs made from BSDS500 (Dice + Qg loss)."""
     from focusfuse.fusion.pipeline import resolve_device
     from focusfuse.training.trainer import TrainConfig
@@ -204,9 +272,9 @@ def evaluate(images, pairs_dir, fused_dir, pattern, json_path, compare, workers)
     """
     from pathlib import Path
 
-    from focusfuse.metrics.evaluation import evaluate_files, evaluate_pairs, evaluation_record, find_pairs, format_table
-    from focusfuse.metrics import METRIC_NAMES
     from focusfuse.io.writer import check_output_path, write_json
+    from focusfuse.metrics import METRIC_NAMES
+    from focusfuse.metrics.evaluation import evaluate_files, evaluate_pairs, evaluation_record, find_pairs, format_table
 
     try:
         by_folder = pairs_dir is not None or fused_dir is not None

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from focusfuse.io.color import unit_scale
-from focusfuse.training.synthetic import make_depth_stack, procedural_texture
 from focusfuse.model.weights import find_weights, load_model
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"

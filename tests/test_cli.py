@@ -27,7 +27,9 @@ def runner():
 def test_stack_directory_writes_three_outputs(runner, tmp_path, demo_stack_dir, demo_truth, monkeypatch):
     monkeypatch.setattr(cli, "has_controlling_terminal", lambda: True)
     output = tmp_path / "fused.tif"
-    result = runner.invoke(cli.main, ["stack", str(demo_stack_dir), "-o", str(output), "--device", "cpu", "--strategy", "serial"])
+    result = runner.invoke(
+        cli.main, ["stack", str(demo_stack_dir), "-o", str(output), "--device", "cpu", "--strategy", "serial"]
+    )
     assert result.exit_code == 0, result.output
     index = cv2.imread(str(tmp_path / "fused.index.png"), cv2.IMREAD_UNCHANGED)
     assert output.is_file() and index.dtype == np.uint8 and index.shape == demo_truth.shape
@@ -36,7 +38,11 @@ def test_stack_directory_writes_three_outputs(runner, tmp_path, demo_stack_dir, 
     assert record["strategy"] == "serial" and record["n_slices"] == 8
     # Controlling terminal, stderr not a terminal (a script's log): one summary line.
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("fused 8 slices 481x321 (serial, cpu)") and "fused.index.png" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("fused 8 slices 481x321 (serial, cpu)")
+        and "fused.index.png" in lines[0]
+    )
 
 
 def test_explicit_paths_and_options(runner, tmp_path):
@@ -44,7 +50,19 @@ def test_explicit_paths_and_options(runner, tmp_path):
     index, timing = tmp_path / "depth.png", tmp_path / "t.json"
     result = runner.invoke(
         cli.main,
-        ["stack", *pair, "-o", str(tmp_path / "f.png"), "--index-map", str(index), "--timing", str(timing), "--strategy", "serial", "--quiet"],
+        [
+            "stack",
+            *pair,
+            "-o",
+            str(tmp_path / "f.png"),
+            "--index-map",
+            str(index),
+            "--timing",
+            str(timing),
+            "--strategy",
+            "serial",
+            "--quiet",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert result.output == "" and index.is_file() and json.loads(timing.read_text())["strategy"] == "pair"
@@ -63,7 +81,10 @@ def test_quoted_glob_is_expanded_in_natural_order(runner, tmp_path, demo_stack_d
     [
         (["missing_dir/", "-o", "{tmp}/f.png"], "missing_dir: no such file or directory"),
         (["{demo}", "-o", "{tmp}/nowhere/f.png"], "f.png: directory {tmp}/nowhere does not exist"),
-        (["{demo}/z1.png", "{demo}/z2.png", "-o", "{demo}/z1.png"], "z1.png: is one of the inputs; refusing to overwrite it"),
+        (
+            ["{demo}/z1.png", "{demo}/z2.png", "-o", "{demo}/z1.png"],
+            "z1.png: is one of the inputs; refusing to overwrite it",
+        ),
         (["{demo}/z1.png", "-o", "{tmp}/f.png"], "z1.png: a stack needs at least 2 slices, got 1"),
         (["{demo}", "-o", "{tmp}/f.png", "--weights", "{tmp}/none.pt"], "none.pt: weights file not found"),
         (["{demo}", "-o", "{tmp}/f.bmp"], "f.bmp: unsupported output format .bmp"),
@@ -85,7 +106,9 @@ def test_corrupt_weights_are_refused(runner, tmp_path, demo_stack_dir):
     weights = tmp_path / "w.pt"
     weights.write_bytes(b"garbage")
     (tmp_path / "w.pt.sha256").write_text("0" * 64 + "  w.pt\n")
-    result = runner.invoke(cli.main, ["stack", str(demo_stack_dir), "-o", str(tmp_path / "f.png"), "--weights", str(weights)])
+    result = runner.invoke(
+        cli.main, ["stack", str(demo_stack_dir), "-o", str(tmp_path / "f.png"), "--weights", str(weights)]
+    )
     assert result.exit_code == 1 and "w.pt: sha256" in result.stderr and "does not match" in result.stderr
 
 

@@ -7,12 +7,10 @@ the pipeline or the weights that costs quality fails here.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from focusfuse.metrics.evaluation import evaluate_files
 from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.metrics.evaluation import evaluate_files
 
 from conftest import EXAMPLES, SHARED
 

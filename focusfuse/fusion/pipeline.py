@@ -18,13 +18,22 @@ import numpy as np
 import torch
 
 from focusfuse import __version__
-from focusfuse.io.color import unit_scale
 from focusfuse.errors import FocusFuseError
-from focusfuse.io.reader import open_stack
-from focusfuse.fusion.strategies import SLICES_PER_DECISION, STRATEGIES, Progress, StackContext, Strategy, fuse_calibrated_paper, fuse_running_best, fuse_serial
+from focusfuse.fusion.strategies import (
+    SLICES_PER_DECISION,
+    STRATEGIES,
+    Progress,
+    StackContext,
+    Strategy,
+    fuse_calibrated_paper,
+    fuse_running_best,
+    fuse_serial,
+)
 from focusfuse.fusion.timing import StageClock
-from focusfuse.model.weights import find_weights, load_model
+from focusfuse.io.color import unit_scale
+from focusfuse.io.reader import open_stack
 from focusfuse.io.writer import check_format_holds, check_output_path, write_image, write_json
+from focusfuse.model.weights import find_weights, load_model
 
 DEFAULT_BATCH_SIZE = 2
 
@@ -58,7 +67,9 @@ def full_float32() -> Iterator[None]:
     ties differently, so a GPU would pick other slices than the CPU.
     """
     cudnn = torch.backends.cudnn
-    with cudnn.flags(enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False):
+    with cudnn.flags(
+        enabled=cudnn.enabled, benchmark=cudnn.benchmark, deterministic=cudnn.deterministic, allow_tf32=False
+    ):
         yield
 
 
@@ -141,7 +152,7 @@ def fuse_stack(
         index_map_path = Path(index_map_path) if index_map_path else default_index_map_path(output)
         timing_path = Path(timing_path) if timing_path else default_timing_path(output)
         targets = [output, index_map_path, timing_path]
-        if len(set(p.resolve() for p in targets)) < 3:
+        if len({p.resolve() for p in targets}) < 3:
             raise FocusFuseError(f"{output}: the fused image, index map and timing report need three different paths")
         for path in targets:
             check_output_path(path, inputs=source.paths)
@@ -167,7 +178,9 @@ def fuse_stack(
     used_strategy = "pair" if len(source) == 2 else strategy
     with torch.inference_mode(), full_float32():
         if used_strategy == "calibrated":
-            fused, index_map = fuse_running_best(context, batch_size, slices_per_decision, adjacent_by_sharpness, fill_flat)
+            fused, index_map = fuse_running_best(
+                context, batch_size, slices_per_decision, adjacent_by_sharpness, fill_flat
+            )
         elif used_strategy == "calibrated-paper":
             fused, index_map = fuse_calibrated_paper(context, batch_size)
         else:
@@ -196,13 +209,14 @@ def fuse_stack(
         "total_s": 0.0,
     }
     result = FusionResult(fused=fused, index_map=index_map, timing=timing)
-    if output is not None:
+    if targets:
+        fused_path, index_path, timing_file = targets
         with clock.stage("write"):
-            write_image(output, fused)
-            write_image(index_map_path, index_map)
-        timing["outputs"] = {"fused": str(output), "index_map": str(index_map_path), "timing": str(timing_path)}
+            write_image(fused_path, fused)
+            write_image(index_path, index_map)
+        timing["outputs"] = {"fused": str(fused_path), "index_map": str(index_path), "timing": str(timing_file)}
     timing["stages_s"] = {name: round(seconds, 6) for name, seconds in clock.stages.items()}
     timing["total_s"] = round(clock.total(), 6)
-    if output is not None:
-        write_json(timing_path, timing)
+    if targets:
+        write_json(timing_file, timing)
     return result

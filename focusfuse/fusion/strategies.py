@@ -33,11 +33,11 @@ from typing import Literal
 import numpy as np
 import torch
 
+from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import cast_like, to_gray
+from focusfuse.io.reader import StackSource
 from focusfuse.model.filters import box_sum, fill_from_known
 from focusfuse.model.network import GACN
-from focusfuse.io.reader import StackSource
-from focusfuse.fusion.timing import StageClock
 
 Strategy = Literal["calibrated", "calibrated-paper", "serial"]
 STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
@@ -97,7 +97,7 @@ def fuse_serial(context: StackContext) -> tuple[np.ndarray, np.ndarray]:
     model, clock, source = context.model, context.clock, context.source
     started = clock.now()
     first = context.first_slice
-    fused = first.astype(np.float32)
+    fused: np.ndarray = first.astype(np.float32)
     fused_gray = context.gray([first])
     index_map = np.zeros(first.shape[:2], _index_dtype(len(source)))
     clock.per_slice.append(clock.now() - started)
@@ -136,7 +136,9 @@ def _start_calibrated(context: StackContext) -> tuple[torch.Tensor, torch.Tensor
     return gray, activity, first.copy(), index_map
 
 
-def _slice_batches(context: StackContext, batch_size: int) -> Iterator[tuple[list[int], list[np.ndarray], torch.Tensor, torch.Tensor]]:
+def _slice_batches(
+    context: StackContext, batch_size: int
+) -> Iterator[tuple[list[int], list[np.ndarray], torch.Tensor, torch.Tensor]]:
     """Slices 1..N-1 in batches: (indices, images, grays, activities), one feature extraction each.
 
     Books each batch's time (shared evenly by its slices) and reports progress once
@@ -297,7 +299,9 @@ def fuse_running_best(
     return fused, index_map
 
 
-def _fill_flat_regions(context: StackContext, fused: np.ndarray, index_map: np.ndarray, peak_sharpness: torch.Tensor) -> None:
+def _fill_flat_regions(
+    context: StackContext, fused: np.ndarray, index_map: np.ndarray, peak_sharpness: torch.Tensor
+) -> None:
     """Give pixels that no slice shows textured the slice of the textured pixels around them.
 
     Inside a flat region every comparison is a coin toss on noise, and each group's

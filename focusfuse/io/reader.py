@@ -10,16 +10,16 @@ from __future__ import annotations
 import itertools
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import cv2
 import numpy as np
 import tifffile
 
-from focusfuse.io.color import SUPPORTED_DTYPES
 from focusfuse.errors import FocusFuseError
+from focusfuse.io.color import SUPPORTED_DTYPES
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -54,17 +54,21 @@ def read_image(path: Path) -> np.ndarray:
         except Exception as error:  # tifffile raises many types for damaged files
             raise FocusFuseError(f"{label}: not a readable TIFF ({error})") from error
         if image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4):
-            raise FocusFuseError(f"{label}: holds {image.shape[0]} planes; pass it alone to fuse it as a multipage stack")
+            raise FocusFuseError(
+                f"{label}: holds {image.shape[0]} planes; pass it alone to fuse it as a multipage stack"
+            )
         return _check_array(image, label)
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
+    decoded: np.ndarray | None = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if decoded is not None:
+        image = decoded
+    else:
         try:
             import imageio.v3 as iio
 
             image = np.asarray(iio.imread(path))
         except Exception as error:
             raise FocusFuseError(f"{label}: not a readable image (damaged file or unknown format)") from error
-    elif image.ndim == 3:
+    if decoded is not None and image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return _check_array(image, label)
 
@@ -118,12 +122,15 @@ def _tiff_stack(path: Path) -> StackSource | None:
         return None
     extra = [a for a in page_axes if a not in (stack_axis, "C") and shape[axes.index(a)] > 1]
     if extra:
-        raise FocusFuseError(f"{path}: axes {axes!r} {shape}: only a Z stack (with optional channels C) is supported, not {''.join(extra)}")
+        raise FocusFuseError(
+            f"{path}: axes {axes!r} {shape}: only a Z stack (with optional channels C) is supported, "
+            f"not {''.join(extra)}"
+        )
     page_shape = shape[: len(page_axes)]
     stack_position = page_axes.index(stack_axis)
     depth = shape[stack_position]
     contiguous_pages = int(np.prod(page_shape)) == page_count
-    image_shape = tuple(shape[len(page_axes):])
+    image_shape = tuple(shape[len(page_axes) :])
 
     def read_plane(index: int) -> np.ndarray:
         label = f"{path}[z={index}]"
@@ -164,7 +171,11 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         files = sorted(
-            (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")),
+            (
+                p
+                for p in folder.iterdir()
+                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+            ),
             key=lambda p: natural_key(p.name),
         )
         if not files:

@@ -37,4 +37,15 @@ def evaluate_fusion(source_a: np.ndarray, source_b: np.ndarray, fused: np.ndarra
     return {name: metric(*prepared) for name, metric in METRICS.items()}
 
 
-__all__ = ["METRICS", "METRIC_NAMES", "evaluate_fusion", "prepare_image", "qg", "qy", "qncie", "qcb", "fmi_edge", "fmi_dct"]
+__all__ = [
+    "METRICS",
+    "METRIC_NAMES",
+    "evaluate_fusion",
+    "prepare_image",
+    "qg",
+    "qy",
+    "qncie",
+    "qcb",
+    "fmi_edge",
+    "fmi_dct",
+]

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.metrics import METRIC_NAMES, evaluate_fusion, feature_mi
 from focusfuse.io.reader import natural_key, read_image
+from focusfuse.metrics import METRIC_NAMES, evaluate_fusion, feature_mi
 
 SOURCE_PATTERN = re.compile(r"^(?P<name>.+)_(?P<index>[12])\.(?P<ext>png|tif|tiff|jpg|jpeg|bmp)$", re.IGNORECASE)
 DEFAULT_FUSED_PATTERN = "{name}.png"
@@ -48,14 +48,22 @@ class FusedPair:
 def _same_kind(images: list[np.ndarray], paths: list[Path]) -> None:
     """Validate once at the edge: equal sizes, and all gray or all colour."""
     first = images[0]
-    for image, path in zip(images[1:], paths[1:]):
+    for image, path in zip(images[1:], paths[1:], strict=True):
         if image.shape[:2] != first.shape[:2]:
-            raise FocusFuseError(f"{path}: size {image.shape[1]}x{image.shape[0]} differs from {paths[0]} ({first.shape[1]}x{first.shape[0]})")
+            raise FocusFuseError(
+                f"{path}: size {image.shape[1]}x{image.shape[0]} differs from {paths[0]} "
+                f"({first.shape[1]}x{first.shape[0]})"
+            )
         if (image.ndim == 3) != (first.ndim == 3):
-            raise FocusFuseError(f"{path}: {'colour' if image.ndim == 3 else 'gray'} but {paths[0]} is {'colour' if first.ndim == 3 else 'gray'}; the metrics compare like with like")
+            raise FocusFuseError(
+                f"{path}: {'colour' if image.ndim == 3 else 'gray'} but {paths[0]} is "
+                f"{'colour' if first.ndim == 3 else 'gray'}; the metrics compare like with like"
+            )
 
 
-def evaluate_files(source_a: str | os.PathLike, source_b: str | os.PathLike, fused: str | os.PathLike) -> dict[str, float]:
+def evaluate_files(
+    source_a: str | os.PathLike, source_b: str | os.PathLike, fused: str | os.PathLike
+) -> dict[str, float]:
     """The six metrics of a fused image file against two source files."""
     paths = [Path(source_a), Path(source_b), Path(fused)]
     images = [read_image(path) for path in paths]
@@ -63,7 +71,9 @@ def evaluate_files(source_a: str | os.PathLike, source_b: str | os.PathLike, fus
     return evaluate_fusion(*images)
 
 
-def find_pairs(pairs_dir: str | os.PathLike, fused_dir: str | os.PathLike, pattern: str = DEFAULT_FUSED_PATTERN) -> list[FusedPair]:
+def find_pairs(
+    pairs_dir: str | os.PathLike, fused_dir: str | os.PathLike, pattern: str = DEFAULT_FUSED_PATTERN
+) -> list[FusedPair]:
     """Every ``NAME_1``/``NAME_2`` pair in ``pairs_dir`` with its fused result ``fused_dir/pattern``.
 
     Raises:
@@ -119,16 +129,23 @@ def format_table(names: list[str], rows: list[dict[str, float]], *, compare_pape
     width = max([len(name) for name in names] + [len("paper best (method)")])
     header = f"{'pair':<{width}}  " + "  ".join(f"{name:>9}" for name in METRIC_NAMES)
     lines = [header, "-" * len(header)]
-    for name, row in zip(names, rows):
+    for name, row in zip(names, rows, strict=True):
         lines.append(f"{name:<{width}}  " + "  ".join(f"{row[metric]:>9.6f}" for metric in METRIC_NAMES))
     lines.append("-" * len(header))
     means = mean_scores(rows)
-    lines.append(f"{f'mean ({len(rows)} pairs)':<{width}}  " + "  ".join(f"{means[metric]:>9.6f}" for metric in METRIC_NAMES))
+    lines.append(
+        f"{f'mean ({len(rows)} pairs)':<{width}}  " + "  ".join(f"{means[metric]:>9.6f}" for metric in METRIC_NAMES)
+    )
     if compare_paper:
         lines.append(f"{'paper GACN':<{width}}  " + "  ".join(f"{PAPER_GACN[metric]:>9.6f}" for metric in METRIC_NAMES))
-        lines.append(f"{'paper best':<{width}}  " + "  ".join(f"{PAPER_BEST[metric][0]:>9.6f}" for metric in METRIC_NAMES))
+        lines.append(
+            f"{'paper best':<{width}}  " + "  ".join(f"{PAPER_BEST[metric][0]:>9.6f}" for metric in METRIC_NAMES)
+        )
         lines.append(f"{'(method)':<{width}}  " + "  ".join(f"{PAPER_BEST[metric][1]:>9}" for metric in METRIC_NAMES))
-        lines.append(f"{'mean >= GACN':<{width}}  " + "  ".join(f"{'yes' if means[metric] >= PAPER_GACN[metric] else 'no':>9}" for metric in METRIC_NAMES))
+        lines.append(
+            f"{'mean >= GACN':<{width}}  "
+            + "  ".join(f"{'yes' if means[metric] >= PAPER_GACN[metric] else 'no':>9}" for metric in METRIC_NAMES)
+        )
     return "\n".join(lines)
 
 
@@ -136,9 +153,21 @@ def evaluation_record(pairs: list[FusedPair], rows: list[dict[str, float]], *, c
     """The JSON form of an evaluation: per-pair values with their files, and the means."""
     record = {
         "metrics": list(METRIC_NAMES),
-        "pairs": [{"name": pair.name, "source_a": str(pair.source_a), "source_b": str(pair.source_b), "fused": str(pair.fused), **row} for pair, row in zip(pairs, rows)],
+        "pairs": [
+            {
+                "name": pair.name,
+                "source_a": str(pair.source_a),
+                "source_b": str(pair.source_b),
+                "fused": str(pair.fused),
+                **row,
+            }
+            for pair, row in zip(pairs, rows, strict=True)
+        ],
         "mean": mean_scores(rows),
     }
     if compare_paper:
-        record["paper"] = {"GACN": PAPER_GACN, "best": {metric: {"value": value, "method": method} for metric, (value, method) in PAPER_BEST.items()}}
+        record["paper"] = {
+            "GACN": PAPER_GACN,
+            "best": {metric: {"value": value, "method": method} for metric, (value, method) in PAPER_BEST.items()},
+        }
     return record

@@ -127,7 +127,9 @@ def _pearson(source_pdf: np.ndarray, fused_pdf: np.ndarray) -> np.ndarray:
         return np.where(numerator == 0, 0.0, numerator / scale)
 
 
-def _joint_entropy(source_pdf, fused_pdf, source_cdf, fused_cdf, correlation, source_sd, fused_sd, *, comonotone: bool) -> np.ndarray:
+def _joint_entropy(
+    source_pdf, fused_pdf, source_cdf, fused_cdf, correlation, source_sd, fused_sd, *, comonotone: bool
+) -> np.ndarray:
     """Entropy of the copula-mixed joint PDF of each window pair.
 
     The joint is phi * (Frechet bound) + (1 - phi) * (independence), with phi chosen so
@@ -167,8 +169,14 @@ def _window_fmi(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
     for comonotone, rows in ((True, correlation >= 0), (False, correlation < 0)):
         if rows.any():
             joint_entropy[rows] = _joint_entropy(
-                source_pdf[rows], fused_pdf[rows], source_cdf[rows], fused_cdf[rows],
-                correlation[rows], source_sd[rows], fused_sd[rows], comonotone=comonotone,
+                source_pdf[rows],
+                fused_pdf[rows],
+                source_cdf[rows],
+                fused_cdf[rows],
+                correlation[rows],
+                source_sd[rows],
+                fused_sd[rows],
+                comonotone=comonotone,
             )
     source_entropy, fused_entropy = _entropy(source_pdf), _entropy(fused_pdf)
     mutual_information = source_entropy + fused_entropy - joint_entropy

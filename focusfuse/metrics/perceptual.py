@@ -60,7 +60,9 @@ def _preservation(source: np.ndarray, fused: np.ndarray) -> np.ndarray:
 def qcb(source_a: np.ndarray, source_b: np.ndarray, fused: np.ndarray) -> float:
     """Qcb of ``fused`` against two sources; all three are prepared 2-D float64 arrays."""
     sensitivity = _contrast_sensitivity(*source_a.shape)
-    contrast_a, contrast_b, contrast_f = (_masked_contrast(stretch_to_8bit(image), sensitivity) for image in (source_a, source_b, fused))
+    contrast_a, contrast_b, contrast_f = (
+        _masked_contrast(stretch_to_8bit(image), sensitivity) for image in (source_a, source_b, fused)
+    )
     with np.errstate(divide="ignore", invalid="ignore"):
         saliency_a, saliency_b = contrast_a**2, contrast_b**2
         weight_a = saliency_a / (saliency_a + saliency_b)

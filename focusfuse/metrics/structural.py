@@ -74,9 +74,15 @@ def qy(source_a: np.ndarray, source_b: np.ndarray, fused: np.ndarray) -> float:
     def covariance(x, y, mean_x, mean_y, flat_x, flat_y) -> np.ndarray:
         return np.where(flat_x | flat_y, 0.0, _filter_valid(x * y) - mean_x * mean_y)
 
-    ssim_ab = _ssim_map(mean_a, variance_a, mean_b, variance_b, covariance(source_a, source_b, mean_a, mean_b, flat_a, flat_b))
-    ssim_af = _ssim_map(mean_a, variance_a, mean_f, variance_f, covariance(source_a, fused, mean_a, mean_f, flat_a, flat_f))
-    ssim_bf = _ssim_map(mean_b, variance_b, mean_f, variance_f, covariance(source_b, fused, mean_b, mean_f, flat_b, flat_f))
+    ssim_ab = _ssim_map(
+        mean_a, variance_a, mean_b, variance_b, covariance(source_a, source_b, mean_a, mean_b, flat_a, flat_b)
+    )
+    ssim_af = _ssim_map(
+        mean_a, variance_a, mean_f, variance_f, covariance(source_a, fused, mean_a, mean_f, flat_a, flat_f)
+    )
+    ssim_bf = _ssim_map(
+        mean_b, variance_b, mean_f, variance_f, covariance(source_b, fused, mean_b, mean_f, flat_b, flat_f)
+    )
     weight_a = variance_a / (variance_a + variance_b + 1e-10)
     similar = ssim_ab >= SIMILARITY_SWITCH
     quality = np.where(similar, weight_a * ssim_af + (1 - weight_a) * ssim_bf, np.maximum(ssim_af, ssim_bf))

@@ -95,13 +95,13 @@ class DecisionPath(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.input_excitation = SpatialSE(FEATURE_CHANNELS)
-        self.blocks = nn.ModuleList([conv_block(a, b) for a, b in zip(self.WIDTHS[:-1], self.WIDTHS[1:])])
+        self.blocks = nn.ModuleList([conv_block(a, b) for a, b in zip(self.WIDTHS[:-1], self.WIDTHS[1:], strict=True)])
         self.excitations = nn.ModuleList([SpatialSE(width) for width in self.WIDTHS[1:]])
 
     def forward(self, comparison: torch.Tensor) -> torch.Tensor:
         """``(N, 64, H, W)`` comparison map -> ``(N, 1, H, W)`` pre-sigmoid score z."""
         x = self.input_excitation(comparison)
-        for block, excitation in zip(self.blocks, self.excitations):
+        for block, excitation in zip(self.blocks, self.excitations, strict=True):
             x = excitation(block(x))
         return x
 

@@ -70,7 +70,10 @@ def verify_checksum(path: Path) -> None:
     expected = sidecar.read_text().split()[0].strip().lower()
     actual = sha256_of(path)
     if actual != expected:
-        raise FocusFuseError(f"{path}: sha256 {actual[:12]}... does not match {sidecar.name} ({expected[:12]}...); the file is corrupt or was replaced")
+        raise FocusFuseError(
+            f"{path}: sha256 {actual[:12]}... does not match {sidecar.name} ({expected[:12]}...); "
+            "the file is corrupt or was replaced"
+        )
 
 
 def save_weights(model: GACN, path: Path, metadata: dict) -> None:
@@ -96,4 +99,4 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> GACN:
         raise FocusFuseError(f"{path}: not a focusfuse weights file ({error.__class__.__name__})") from error
     # Channels-last lets the CPU and GPU conv kernels skip layout conversions
     # (bench/speed.py times the whole network).
-    return model.to(device, memory_format=torch.channels_last).eval()
+    return model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # not in torch's stubs

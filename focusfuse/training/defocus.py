@@ -75,7 +75,10 @@ def depth_defocus(sharp: np.ndarray, blur_map: np.ndarray, levels: np.ndarray) -
         blur_map: float32 ``(H, W)`` sigma per pixel, within [levels[0], levels[-1]].
         levels: increasing sigmas at which whole-image blurs are computed.
     """
-    blurred = [sharp if sigma < 0.25 else cv2.GaussianBlur(sharp, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT) for sigma in levels]
+    blurred = [
+        sharp if sigma < 0.25 else cv2.GaussianBlur(sharp, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
+        for sigma in levels
+    ]
     position = np.interp(blur_map, levels, np.arange(len(levels), dtype=np.float32))
     lower = np.clip(np.floor(position).astype(np.int32), 0, len(levels) - 2)
     frac = (position - lower).astype(np.float32)

@@ -70,7 +70,9 @@ def _rotate(image: np.ndarray, labels: np.ndarray, degrees: float) -> tuple[np.n
     size = image.shape[0]
     matrix = cv2.getRotationMatrix2D(((size - 1) / 2, (size - 1) / 2), degrees, 1.0)
     rotated = cv2.warpAffine(image, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    rotated_labels = cv2.warpAffine(labels, matrix, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)
+    rotated_labels = cv2.warpAffine(
+        labels, matrix, (size, size), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT
+    )
     radians = np.deg2rad(degrees)
     valid = int(size / (abs(np.cos(radians)) + abs(np.sin(radians))))
     return rotated, rotated_labels, valid
@@ -89,7 +91,9 @@ def _kernel(kind: str, sigma: float) -> np.ndarray | None:
     return defocus_kernel("gaussian", sigma) if kind == "gaussian" else defocus_kernel("disc", 2.0 * sigma)
 
 
-def make_training_pair(gray: np.ndarray, labels: np.ndarray, rng: np.random.Generator, settings: PairSettings) -> TrainingPair:
+def make_training_pair(
+    gray: np.ndarray, labels: np.ndarray, rng: np.random.Generator, settings: PairSettings
+) -> TrainingPair:
     """One multi-focus pair from a ``(TRAIN_SIZE, TRAIN_SIZE)`` gray image and its label map.
 
     Augmentations (gacn.md, issue 5): rotation by a multiple of 30 degrees, a region
@@ -114,7 +118,9 @@ def make_training_pair(gray: np.ndarray, labels: np.ndarray, rng: np.random.Gene
         yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
         angle = rng.uniform(0, 2 * np.pi)
         centre_y, centre_x = top + window / 2, left + window / 2
-        mask = ((yy - centre_y) * np.sin(angle) + (xx - centre_x) * np.cos(angle) > rng.uniform(-0.2, 0.2) * settings.crop).astype(np.float32)
+        mask = (
+            (yy - centre_y) * np.sin(angle) + (xx - centre_x) * np.cos(angle) > rng.uniform(-0.2, 0.2) * settings.crop
+        ).astype(np.float32)
     else:
         mask = np.isin(labels, chosen).astype(np.float32)
 
@@ -138,8 +144,14 @@ def make_training_pair(gray: np.ndarray, labels: np.ndarray, rng: np.random.Gene
     source_a = layered_defocus(gray[rows, cols], near_mask[rows, cols], *kernels_a)
     source_b = layered_defocus(gray[rows, cols], near_mask[rows, cols], *kernels_b)
     shift_y, shift_x = rng.integers(-margin, margin + 1, size=2)
-    local = (slice(inner[0].start - rows.start, inner[0].stop - rows.start), slice(inner[1].start - cols.start, inner[1].stop - cols.start))
-    shifted = (slice(local[0].start + shift_y, local[0].stop + shift_y), slice(local[1].start + shift_x, local[1].stop + shift_x))
+    local = (
+        slice(inner[0].start - rows.start, inner[0].stop - rows.start),
+        slice(inner[1].start - cols.start, inner[1].stop - cols.start),
+    )
+    shifted = (
+        slice(local[0].start + shift_y, local[0].stop + shift_y),
+        slice(local[1].start + shift_x, local[1].stop + shift_x),
+    )
     source_a, source_b, truth, sharp = source_a[local], source_b[shifted], mask[inner], gray[inner]
 
     noise_sigma = rng.uniform(0.0, settings.noise_max)
@@ -248,4 +260,3 @@ def procedural_texture(height: int, width: int, rng: np.random.Generator) -> np.
         texture += weight * cv2.GaussianBlur(noise, (0, 0), scale)
     texture -= texture.min()
     return texture / max(float(texture.max()), 1e-6)
-

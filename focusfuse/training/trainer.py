@@ -17,7 +17,7 @@ import platform
 import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -26,13 +26,13 @@ import cv2
 import numpy as np
 import torch
 
-from focusfuse.training.baselines import laplacian_select_pair
-from focusfuse.io.color import to_gray
 from focusfuse.errors import FocusFuseError
-from focusfuse.training.losses import gacn_loss, qg_index
+from focusfuse.io.color import to_gray
 from focusfuse.model.network import GACN
-from focusfuse.training.synthetic import TRAIN_SIZE, PairSettings, TrainingPair, make_training_pair, texture_mask
 from focusfuse.model.weights import load_model, save_weights, sha256_of
+from focusfuse.training.baselines import laplacian_select_pair
+from focusfuse.training.losses import gacn_loss, qg_index
+from focusfuse.training.synthetic import TRAIN_SIZE, PairSettings, TrainingPair, make_training_pair, texture_mask
 
 # Held-out pairs: aligned (a shift would make the truth, aligned to A, wrong for B near
 # every border), no rotation, realistic noise; blur, defocus spread and jitter as in training.
@@ -91,9 +91,11 @@ def training_images(config: TrainConfig) -> list[Image]:
     return [image for split in config.splits for image in load_split(data_dir, split)]
 
 
-def make_batch(images: list[Image], rng: np.random.Generator, batch_size: int, settings: PairSettings) -> list[TrainingPair]:
+def make_batch(
+    images: list[Image], rng: np.random.Generator, batch_size: int, settings: PairSettings
+) -> list[TrainingPair]:
     picks = rng.integers(0, len(images), size=batch_size)
-    return [make_training_pair(*images[i], rng, settings) for i in picks]
+    return [make_training_pair(*images[int(i)], rng, settings) for i in picks]
 
 
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray]  # A, B, truth: float32 (B, 1, H, W)
@@ -129,7 +131,9 @@ def _worker_batch(step: int) -> Batch:
     return step_batch(_worker_state["images"], _worker_state["config"], step)
 
 
-def training_batches(images: list[Image], config: TrainConfig, first_step: int, last_step: int) -> Iterator[Batch]:
+def training_batches(
+    images: list[Image], config: TrainConfig, first_step: int, last_step: int
+) -> Generator[Batch, None, None]:
     """Batches of steps first_step..last_step-1 in order, made by ``config.workers`` processes.
 
     The workers run ahead by at most two batches each, so memory stays bounded when
@@ -218,7 +222,12 @@ GRADIENT_CLIP = 5.0  # max global gradient norm
 
 
 def training_step(
-    model: GACN, optimizer: torch.optim.Optimizer, a: torch.Tensor, b: torch.Tensor, truth: torch.Tensor, qg_weight: float
+    model: GACN,
+    optimizer: torch.optim.Optimizer,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    truth: torch.Tensor,
+    qg_weight: float,
 ) -> dict[str, torch.Tensor]:
     """One optimisation step on a batch; returns the loss parts (detached, on the device)."""
     decision, fused = model(a, b)
@@ -238,10 +247,16 @@ RESUMABLE_CHANGES = {"epochs", "device", "workers", "out_dir", "data_dir", "init
 def check_same_run(config: TrainConfig, recorded: dict, checkpoint_path: Path) -> None:
     """Refuse to resume a checkpoint under settings that would make it another run."""
     current = asdict(config)
-    changed = [name for name, value in recorded.items() if name not in RESUMABLE_CHANGES and current.get(name, value) != value]
+    changed = [
+        name for name, value in recorded.items() if name not in RESUMABLE_CHANGES and current.get(name, value) != value
+    ]
     if changed:
-        differences = ", ".join(f"--{name.replace('_', '-')} {current[name]} (checkpoint: {recorded[name]})" for name in changed)
-        raise FocusFuseError(f"{checkpoint_path}: was made with other settings: {differences}; use them, or --no-resume to start over")
+        differences = ", ".join(
+            f"--{name.replace('_', '-')} {current[name]} (checkpoint: {recorded[name]})" for name in changed
+        )
+        raise FocusFuseError(
+            f"{checkpoint_path}: was made with other settings: {differences}; use them, or --no-resume to start over"
+        )
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
@@ -337,7 +352,8 @@ def train(config: TrainConfig, log: Callable[[str], None] = print, resume: bool 
             log(
                 f"epoch {epoch + 1}/{config.epochs} loss {record['train_loss']:.4f} dice {record['train_dice']:.4f}"
                 + (f" qg {record['train_qg']:.4f}" if "train_qg" in record else "")
-                + f" | val acc(textured) {metrics['accuracy_textured']:.4f} laplacian {metrics['laplacian_accuracy_textured']:.4f}"
+                + f" | val acc(textured) {metrics['accuracy_textured']:.4f}"
+                + f" laplacian {metrics['laplacian_accuracy_textured']:.4f}"
                 f" qg {metrics['qg']:.4f} | {elapsed:.0f} s"
             )
 

@@ -12,8 +12,8 @@ import tifffile
 import focusfuse
 import focusfuse.fusion.pipeline as pipeline
 from focusfuse import FocusFuseError, fuse_stack
-from focusfuse.training.synthetic import make_depth_stack, procedural_texture
 from focusfuse.io.writer import write_image
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture
 
 from conftest import interior, step_depth_stack
 
@@ -124,7 +124,9 @@ def test_calibrated_output_keeps_dtype_and_takes_source_pixels(tmp_path, dtype, 
     stack = step_depth_stack(dtype=dtype, n_slices=3, size=64, colour=colour)
     result = fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy=strategy, device="cpu")
     assert result.fused.dtype == dtype and result.fused.shape == stack.slices[0].shape
-    chosen = np.take_along_axis(np.stack(stack.slices), result.index_map[None, ..., None] if colour else result.index_map[None], 0)[0]
+    chosen = np.take_along_axis(
+        np.stack(stack.slices), result.index_map[None, ..., None] if colour else result.index_map[None], 0
+    )[0]
     np.testing.assert_array_equal(result.fused, chosen)
 
 
@@ -160,10 +162,16 @@ def test_more_than_256_slices_give_a_uint16_index(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "strategy, expected_extractions, expected_decisions", [("calibrated", 9, 2), ("calibrated-paper", 9, 8), ("serial", 16, 8)]
+    "strategy, expected_extractions, expected_decisions",
+    [("calibrated", 9, 2), ("calibrated-paper", 9, 8), ("serial", 16, 8)],
 )
-def test_feature_extractions_and_decision_paths_per_strategy(tmp_path, model, monkeypatch, strategy, expected_extractions, expected_decisions):
-    """Calibration: N extractions; serial: 2(N - 1) (gacn.md, cost). Running best: a decision path per four new slices."""
+def test_feature_extractions_and_decision_paths_per_strategy(
+    tmp_path, model, monkeypatch, strategy, expected_extractions, expected_decisions
+):
+    """Calibration: N extractions; serial: 2(N - 1) (gacn.md, cost).
+
+    Running best: a decision path per four new slices.
+    """
     stack = step_depth_stack(n_slices=9, size=48)
     extracted, decided = [], []
     hooks = [
@@ -241,7 +249,10 @@ def test_group_pick_takes_the_member_with_the_sharper_features(model):
     blurred = cv2.GaussianBlur(sharp, (0, 0), 3.0)
     left_sharp, right_sharp = blurred.copy(), blurred.copy()
     left_sharp[:, :32], right_sharp[:, 32:] = sharp[:, :32], sharp[:, 32:]
-    grays = [torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None] for image in (blurred, left_sharp, right_sharp)]
+    grays = [
+        torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
+        for image in (blurred, left_sharp, right_sharp)
+    ]
     with torch.inference_mode():
         activities = [model.activity(gray) for gray in grays]
         group = _start_group(1, blurred, grays[0], activities[0])

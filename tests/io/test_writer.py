@@ -10,7 +10,10 @@ from focusfuse.io.reader import read_image
 from focusfuse.io.writer import check_output_path, write_image
 
 
-@pytest.mark.parametrize("suffix, dtype", [(".png", np.uint8), (".png", np.uint16), (".tif", np.float32), (".tif", np.uint16), (".jpg", np.uint8)])
+@pytest.mark.parametrize(
+    "suffix, dtype",
+    [(".png", np.uint8), (".png", np.uint16), (".tif", np.float32), (".tif", np.uint16), (".jpg", np.uint8)],
+)
 def test_round_trip_keeps_dtype(tmp_path, suffix, dtype):
     image = (np.arange(5 * 6 * 3).reshape(5, 6, 3) * 3).astype(dtype)
     path = tmp_path / f"out{suffix}"

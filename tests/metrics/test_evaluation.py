@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 import focusfuse.cli as cli
 from focusfuse.errors import FocusFuseError
-from focusfuse.metrics.evaluation import PAPER_GACN, evaluate_files, evaluate_pairs, find_pairs, format_table
 from focusfuse.metrics import METRIC_NAMES
+from focusfuse.metrics.evaluation import PAPER_GACN, evaluate_files, evaluate_pairs, find_pairs, format_table
 
 from conftest import EXAMPLES
 
@@ -76,7 +76,17 @@ def test_mixed_gray_and_colour_or_sizes_are_refused(pairs_and_fused, tmp_path):
 def test_cli_evaluate_three_images_prints_six_values(tmp_path, pairs_and_fused):
     pairs, fused = pairs_and_fused
     output = tmp_path / "scores.json"
-    result = CliRunner().invoke(cli.main, ["evaluate", str(pairs / "crop_2_1.png"), str(pairs / "crop_2_2.png"), str(fused / "crop_2.png"), "--json", str(output)])
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "evaluate",
+            str(pairs / "crop_2_1.png"),
+            str(pairs / "crop_2_2.png"),
+            str(fused / "crop_2.png"),
+            "--json",
+            str(output),
+        ],
+    )
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert [line.split()[0] for line in lines] == list(METRIC_NAMES)
@@ -89,7 +99,22 @@ def test_cli_evaluate_three_images_prints_six_values(tmp_path, pairs_and_fused):
 def test_cli_evaluate_pairs_table_and_json(tmp_path, pairs_and_fused):
     pairs, fused = pairs_and_fused
     output = tmp_path / "table.json"
-    result = CliRunner().invoke(cli.main, ["evaluate", "--pairs", str(pairs), "--fused", str(fused), "--compare", "paper", "--json", str(output), "--workers", "1"])
+    result = CliRunner().invoke(
+        cli.main,
+        [
+            "evaluate",
+            "--pairs",
+            str(pairs),
+            "--fused",
+            str(fused),
+            "--compare",
+            "paper",
+            "--json",
+            str(output),
+            "--workers",
+            "1",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "crop_10" in result.stdout and "paper GACN" in result.stdout
     record = json.loads(output.read_text())
@@ -118,6 +143,8 @@ def test_cli_evaluate_refuses_to_write_json_over_an_input(pairs_and_fused):
     before = target.read_bytes()
     copy = target.with_suffix(".json")
     shutil.copy(target, copy)
-    result = CliRunner().invoke(cli.main, ["evaluate", str(pairs / "crop_2_1.png"), str(pairs / "crop_2_2.png"), str(copy), "--json", str(copy)])
+    result = CliRunner().invoke(
+        cli.main, ["evaluate", str(pairs / "crop_2_1.png"), str(pairs / "crop_2_2.png"), str(copy), "--json", str(copy)]
+    )
     assert result.exit_code == 1 and "is one of the inputs" in result.stderr
     assert target.read_bytes() == before

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from focusfuse.metrics import METRIC_NAMES, METRICS, evaluate_fusion, prepare_image
-from focusfuse.metrics import feature_mi
+from focusfuse.metrics import METRIC_NAMES, METRICS, evaluate_fusion, feature_mi, prepare_image
 from focusfuse.metrics.common import correlate_same
 from focusfuse.metrics.gradient import SOBEL_Y, qg
+
 from conftest import EXAMPLES, SHARED
 
 VECTORS = SHARED / "metric_vectors"

@@ -9,10 +9,16 @@ from focusfuse.model.network import GACN, SF_RADIUS, compare_activity
 
 # 4 feature blocks (conv+BN) + 4 channel SE + 1 input spatial SE + 4 decision blocks + 4 spatial SE.
 EXPECTED_PARAMETERS = (
-    (1 * 9 * 16 + 16 + 32) + (16 * 9 * 16 + 16 + 32) + (32 * 9 * 16 + 16 + 32) + (48 * 9 * 16 + 16 + 32)
+    (1 * 9 * 16 + 16 + 32)
+    + (16 * 9 * 16 + 16 + 32)
+    + (32 * 9 * 16 + 16 + 32)
+    + (48 * 9 * 16 + 16 + 32)
     + 4 * (16 * 2 + 2 * 16)
     + 64 * 49
-    + (64 * 9 * 48 + 48 + 96) + (48 * 9 * 32 + 32 + 64) + (32 * 9 * 16 + 16 + 32) + (16 * 9 * 1 + 1 + 2)
+    + (64 * 9 * 48 + 48 + 96)
+    + (48 * 9 * 32 + 32 + 64)
+    + (32 * 9 * 16 + 16 + 32)
+    + (16 * 9 * 1 + 1 + 2)
     + (48 + 32 + 16 + 1) * 49
 )
 
@@ -37,6 +43,7 @@ def test_output_shapes_follow_the_input():
 def test_comparison_is_sigmoid_of_spatial_frequency_difference():
     torch.manual_seed(0)
     features_a, features_b = torch.rand(1, 3, 20, 24), torch.rand(1, 3, 20, 24)
+
     # Naive pixel-wise spatial frequency: zero outside the image, 11x11 window.
     def naive_sf(f):
         padded = torch.nn.functional.pad(f, (1, 0, 1, 0))

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from focusfuse.errors import FocusFuseError
 from focusfuse.model.network import GACN
 from focusfuse.model.weights import ENV_VARIABLE, find_weights, load_model, save_weights, shipped_weights_candidates
+
 from conftest import REPO
 
 
@@ -102,6 +101,16 @@ def test_kept_gpu_checkpoint_resumes_the_paper_schedule():
     # The settings of weights/train-gpu.sh's `ours` run resume it (others are refused).
     from focusfuse.training.trainer import TrainConfig, check_same_run
 
-    ours = TrainConfig(data_dir=".data/bsds500", out_dir="/tmp/gpu/ours", epochs=50, steps_per_epoch=250, crop=156,
-                       learning_rate=1e-4, qg_weight=3.0, score_sigma=4.0, device="cuda", workers=14)
+    ours = TrainConfig(
+        data_dir=".data/bsds500",
+        out_dir="/tmp/gpu/ours",
+        epochs=50,
+        steps_per_epoch=250,
+        crop=156,
+        learning_rate=1e-4,
+        qg_weight=3.0,
+        score_sigma=4.0,
+        device="cuda",
+        workers=14,
+    )
     check_same_run(ours, checkpoint["config"], EXPERIMENTS / "gpu-ours-e13-checkpoint.pt")

@@ -20,8 +20,10 @@ def test_dice_is_zero_for_a_perfect_map_and_high_for_the_complement():
 def test_qg_prefers_the_sharp_composite_to_the_average():
     sharp = procedural_texture(64, 64, np.random.default_rng(1))
     blurred = cv2.GaussianBlur(sharp, (0, 0), 2.0)
-    a = sharp.copy(); a[:, 32:] = blurred[:, 32:]
-    b = sharp.copy(); b[:, :32] = blurred[:, :32]
+    a = sharp.copy()
+    a[:, 32:] = blurred[:, 32:]
+    b = sharp.copy()
+    b[:, :32] = blurred[:, :32]
     to = lambda x: torch.from_numpy(x)[None, None]  # noqa: E731
     selected = qg_index(to(a), to(b), to(sharp))
     average = qg_index(to(a), to(b), to((a + b) / 2))

@@ -6,7 +6,14 @@ import numpy as np
 
 from focusfuse.training.baselines import laplacian_energy
 from focusfuse.training.defocus import defocus_kernel, layered_defocus
-from focusfuse.training.synthetic import PairSettings, choose_region, make_depth_stack, make_training_pair, procedural_texture, smooth_depth
+from focusfuse.training.synthetic import (
+    PairSettings,
+    choose_region,
+    make_depth_stack,
+    make_training_pair,
+    procedural_texture,
+    smooth_depth,
+)
 
 
 def labels_and_image(size=64, seed=0):

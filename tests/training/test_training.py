@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from focusfuse.training.trainer import TrainConfig, train
-from focusfuse.training.synthetic import procedural_texture
 from focusfuse.model.weights import load_model
+from focusfuse.training.synthetic import procedural_texture
+from focusfuse.training.trainer import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,15 @@ def tiny_bsds(tmp_path_factory):
 
 
 def config(data, out, epochs):
-    return TrainConfig(data_dir=str(data), out_dir=str(out), epochs=epochs, steps_per_epoch=2, batch_size=2, crop=32, validation_pairs=2)
+    return TrainConfig(
+        data_dir=str(data),
+        out_dir=str(out),
+        epochs=epochs,
+        steps_per_epoch=2,
+        batch_size=2,
+        crop=32,
+        validation_pairs=2,
+    )
 
 
 def test_training_runs_resumes_and_is_deterministic(tiny_bsds, tmp_path):
@@ -45,7 +53,14 @@ def test_training_runs_resumes_and_is_deterministic(tiny_bsds, tmp_path):
         assert torch.equal(tensor, second.state_dict()[name]), name
     log = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [1, 2]
-    assert {"train_loss", "train_dice", "train_qg", "val_accuracy_textured", "val_laplacian_accuracy_textured", "val_qg"} <= set(log[0])
+    assert {
+        "train_loss",
+        "train_dice",
+        "train_qg",
+        "val_accuracy_textured",
+        "val_laplacian_accuracy_textured",
+        "val_qg",
+    } <= set(log[0])
     metadata = torch.load(straight, weights_only=True)["metadata"]
     assert metadata["config"]["seed"] == 0 and len(metadata["history"]) == 2
     resumed_machine = torch.load(resumed, weights_only=True)["metadata"]["machine"]
@@ -58,7 +73,9 @@ def test_resume_refuses_other_settings(tiny_bsds, tmp_path):
     from focusfuse.errors import FocusFuseError
 
     train(config(tiny_bsds, tmp_path / "run", 1), log=lambda line: None)
-    with pytest.raises(FocusFuseError, match=r"checkpoint.pt: was made with other settings: --crop 40 \(checkpoint: 32\)"):
+    with pytest.raises(
+        FocusFuseError, match=r"checkpoint.pt: was made with other settings: --crop 40 \(checkpoint: 32\)"
+    ):
         train(replace(config(tiny_bsds, tmp_path / "run", 2), crop=40), log=lambda line: None)
     # How long and where it runs may change: more epochs, other workers.
     train(replace(config(tiny_bsds, tmp_path / "run", 2), workers=1), log=lambda line: None)
@@ -89,8 +106,32 @@ def test_ctrl_c_or_sigterm_stops_training_and_its_workers(tiny_bsds, tmp_path, s
     import time
 
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "focusfuse", "train", "--data", str(tiny_bsds), "--out", str(out), "--epochs", "1000"]
-    command += ["--steps-per-epoch", "2", "--batch-size", "2", "--crop", "32", "--validation-pairs", "1", "--device", "cpu", "--workers", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "focusfuse",
+        "train",
+        "--data",
+        str(tiny_bsds),
+        "--out",
+        str(out),
+        "--epochs",
+        "1000",
+    ]
+    command += [
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--validation-pairs",
+        "1",
+        "--device",
+        "cpu",
+        "--workers",
+        "2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -110,7 +151,9 @@ def test_ctrl_c_or_sigterm_stops_training_and_its_workers(tiny_bsds, tmp_path, s
                 break
             time.sleep(0.1)
         else:
-            left = subprocess.run(["ps", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True).stdout
+            left = subprocess.run(
+                ["ps", "-o", "pid,args", "-g", str(process.pid)], capture_output=True, text=True
+            ).stdout
             raise AssertionError(f"processes left after Ctrl-C:\n{left}")
     finally:
         if process.poll() is None:
@@ -125,7 +168,20 @@ def test_train_command_line(tiny_bsds, tmp_path):
 
     out = tmp_path / "run"
     arguments = ["train", "--data", str(tiny_bsds), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1"]
-    arguments += ["--batch-size", "2", "--crop", "32", "--validation-pairs", "1", "--device", "cpu", "--qg-weight", "0", "--workers", "1"]
+    arguments += [
+        "--batch-size",
+        "2",
+        "--crop",
+        "32",
+        "--validation-pairs",
+        "1",
+        "--device",
+        "cpu",
+        "--qg-weight",
+        "0",
+        "--workers",
+        "1",
+    ]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert "epoch 1/1 loss" in result.stderr and (out / "gacn.pt").is_file() and (out / "gacn.pt.sha256").is_file()
@@ -150,7 +206,10 @@ def test_init_starts_from_given_weights_and_records_them(tiny_bsds, tmp_path):
     metadata = torch.load(tuned, weights_only=True)["metadata"]
     assert metadata["config"]["init_sha256"] == sha256_of(start)
     fresh = train(replace(frozen, out_dir=str(tmp_path / "fresh"), init_weights=None), log=lambda line: None)
-    assert not torch.equal(load_model(fresh).state_dict()["features.blocks.0.0.weight"], load_model(start).state_dict()["features.blocks.0.0.weight"])
+    assert not torch.equal(
+        load_model(fresh).state_dict()["features.blocks.0.0.weight"],
+        load_model(start).state_dict()["features.blocks.0.0.weight"],
+    )
 
 
 def test_score_smoothing_is_trained_with_and_exported(tiny_bsds, tmp_path):
