@@ -6,7 +6,8 @@ smooth random depth surface and Gaussian defocus growing 1.5 px per slice from i
 (`focusfuse.training.synthetic.make_depth_stack`), written as PNGs and fused by `fuse_stack`.
 Cases: N = 5, 10, 20 slices, each clean, with noise (std 0.01 of full range) and
 with a 10% brightness drift from the first slice to the last. Printed per strategy
-(`calibrated no-fill`: the default without filling flat regions from their rims;
+(`calibrated select`: the default with every pixel copied from its slice, no pyramid
+blend; `calibrated no-fill`: the default without filling flat regions from their rims;
 `calibrated dp-adj`: the default with the decision path also choosing between
 adjacent slices; `calibrated 1/dp`: the default without its feature-sharpness
 pre-selection, one decision path per slice; `calibrated 3/dp`: pre-selection among
@@ -38,6 +39,7 @@ from focusfuse.training.synthetic import make_depth_stack, procedural_texture, s
 # (row label, strategy, fuse_stack options that differ from the default).
 STRATEGY_ROWS = (
     ("calibrated", "calibrated", {}),
+    ("calibrated select", "calibrated", {"composite": "select"}),
     ("calibrated no-fill", "calibrated", {"fill_flat": False}),
     ("calibrated dp-adj", "calibrated", {"adjacent_by_sharpness": False}),
     ("calibrated 3/dp", "calibrated", {"slices_per_decision": 3}),
@@ -92,7 +94,7 @@ def report(
     near = float((np.abs(index.astype(int) - truth_index.astype(int)) <= 1).mean())
     timing = f"{seconds:7.3f} s/slice" if seconds is not None else " " * 13
     return (
-        f"  {label:<17} PSNR {psnr(fused, sharp):6.2f} dB   index exact {exact:.3f}, within one {near:.3f}   {timing}"
+        f"  {label:<18} PSNR {psnr(fused, sharp):6.2f} dB   index exact {exact:.3f}, within one {near:.3f}   {timing}"
     )
 
 

@@ -20,6 +20,7 @@ import click
 
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
+from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.fusion.strategies import STRATEGIES
 from focusfuse.io.reader import natural_key
@@ -122,12 +123,20 @@ def main() -> None:
     "--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True, help="N-slice strategy."
 )
 @click.option(
+    "--composite",
+    type=click.Choice(COMPOSITES),
+    default="pyramid",
+    show_default=True,
+    help="Calibrated strategies: blend the chosen slices in a Laplacian pyramid (no seams), "
+    "or select each pixel from its slice (exact source intensities).",
+)
+@click.option(
     "--weights",
     type=click.Path(dir_okay=False),
     help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def stack(inputs, output, index_map, timing, device, batch_size, strategy, weights, quiet) -> None:
+def stack(inputs, output, index_map, timing, device, batch_size, strategy, composite, weights, quiet) -> None:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
     INPUTS is a directory (images in natural order), image files (order kept), or
@@ -143,6 +152,7 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, weigh
                 index_map_path=index_map,
                 timing_path=timing,
                 strategy=strategy,
+                composite=composite,
                 device=device,
                 batch_size=batch_size,
                 weights=weights,

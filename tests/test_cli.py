@@ -153,3 +153,22 @@ def test_python_dash_m_reports_errors_with_status_1(tmp_path):
     )
     assert completed.returncode == 1
     assert completed.stderr.strip() == f"focusfuse: error: {tmp_path / 'nothing'}: no such file or directory"
+
+
+def test_composite_select_writes_source_pixels_and_says_so(runner, tmp_path, demo_stack_dir):
+    output = tmp_path / "fused.png"
+    result = runner.invoke(
+        cli.main, ["stack", str(demo_stack_dir), "-o", str(output), "--device", "cpu", "--composite", "select", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    fused = cv2.imread(str(output), cv2.IMREAD_UNCHANGED)
+    index = cv2.imread(str(tmp_path / "fused.index.png"), cv2.IMREAD_UNCHANGED)
+    slices = [cv2.imread(str(p), cv2.IMREAD_UNCHANGED) for p in sorted(demo_stack_dir.iterdir())]
+    picked = np.take_along_axis(np.stack(slices), index[None, ..., None].astype(np.int64), 0)[0]
+    np.testing.assert_array_equal(fused, picked)
+    assert json.loads((tmp_path / "fused.timing.json").read_text())["composite"] == "select"
+
+
+def test_unknown_composite_is_refused(runner, tmp_path, demo_stack_dir):
+    result = runner.invoke(cli.main, ["stack", str(demo_stack_dir), "-o", str(tmp_path / "f.png"), "--composite", "x"])
+    assert result.exit_code != 0 and not (tmp_path / "f.png").exists()

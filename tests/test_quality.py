@@ -1,6 +1,6 @@
 """Regression guard: the shipped weights keep their fusion quality on real pairs.
 
-Floors sit a little under what the shipped weights reach (weights/README.md has the
+Floors sit a little under what the shipped weights reach (docs/training.md has the
 full 26-pair table from bench/pairs26.py); a change to the network, the refinement,
 the pipeline or the weights that costs quality fails here.
 """

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU runs of weights/README.md, side by side on one GPU, each the paper's schedule
+# The GPU runs of docs/training.md, side by side on one GPU, each the paper's schedule
 # (50 epochs x 250 steps of 16 pairs, 156x156 crops, Adam 1e-4 x 0.8 every 2 epochs):
 #   paper: the paper's network and loss (Dice + 1 x (1 - Qg));
 #   ours:  the decision score pooled over a Gaussian of 4 px, Dice + 3 x (1 - Qg);
@@ -9,7 +9,7 @@
 # exported. Each run folder is packed as OUT/NAME.tar. A run whose folder already holds
 # a checkpoint.pt resumes from it. RUNS="ours" runs a subset. Overrides for a smoke
 # test: EPOCHS, STEPS, CROP, DEVICE, WORKERS.
-# How the kept 13-epoch run was finished to 50 on one GPU (weights/README.md; about 18 s
+# How the kept 13-epoch run was finished to 50 on one GPU (docs/training.md; about 18 s
 # an epoch alone, so 37 epochs need about 660 s: a second call resumed at epoch 39):
 #   mkdir -p OUT/ours && cp weights/experiments/gpu-ours-e13-checkpoint.pt OUT/ours/checkpoint.pt
 #   RUNS=ours WORKERS=14 weights/train-gpu.sh DATA OUT 480

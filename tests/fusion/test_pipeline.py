@@ -120,9 +120,10 @@ def test_demo_stack_calibrated_paper_eq19_collapses_onto_slice_1(demo_stack_dir,
 @pytest.mark.parametrize("strategy", ["calibrated", "calibrated-paper"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 @pytest.mark.parametrize("colour", [False, True])
-def test_calibrated_output_keeps_dtype_and_takes_source_pixels(tmp_path, dtype, colour, strategy):
+def test_calibrated_select_keeps_dtype_and_takes_source_pixels(tmp_path, dtype, colour, strategy):
     stack = step_depth_stack(dtype=dtype, n_slices=3, size=64, colour=colour)
-    result = fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy=strategy, device="cpu")
+    result = fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy=strategy, device="cpu", composite="select")
+    assert result.timing["composite"] == "select"
     assert result.fused.dtype == dtype and result.fused.shape == stack.slices[0].shape
     chosen = np.take_along_axis(
         np.stack(stack.slices), result.index_map[None, ..., None] if colour else result.index_map[None], 0
@@ -304,8 +305,8 @@ def test_a_flat_region_takes_its_depth_from_its_rim(tmp_path):
     stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=0.01, rng=rng)
     folder = write_stack(tmp_path / "disc", stack.slices)
     truth = stack.truth_index.astype(int)
-    filled = fuse_stack(folder, device="cpu")
-    unfilled = fuse_stack(folder, device="cpu", fill_flat=False)
+    filled = fuse_stack(folder, device="cpu", composite="select")
+    unfilled = fuse_stack(folder, device="cpu", fill_flat=False, composite="select")
     assert filled.timing["fill_flat"] and not unfilled.timing["fill_flat"]
     miss = np.abs(filled.index_map.astype(int) - truth)
     assert (miss[disc] <= 1).mean() >= 0.98 and (miss[~disc] <= 1).mean() >= 0.98

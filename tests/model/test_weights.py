@@ -82,7 +82,7 @@ EXPERIMENTS = REPO / "weights" / "experiments"
 
 @pytest.mark.parametrize(("name", "score_sigma"), [("v6-sigma8.pt", 8.0), ("gpu-ours-e13.pt", 4.0)])
 def test_kept_experiment_weights_load_with_their_checksum_and_pooling_width(name, score_sigma):
-    # weights/experiments/ holds runs that were not shipped (weights/README.md); they
+    # weights/experiments/ holds runs that were not shipped (docs/training.md); they
     # must stay loadable as starting points, with the architecture they were trained with.
     path = EXPERIMENTS / name
     model = load_model(path)

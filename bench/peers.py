@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""focusfuse beside enfuse and focus-stack on the same stacks, in one run: seconds, peak memory, PSNR.
+
+Stacks: a synthetic 10-slice 1024x1024 stack with known depth (bench/multislice.py's
+generator, noise std 0.01; PSNR against the all-in-focus truth), and the real stacks
+../shared/data/stacks/pcb10 (10 x 2048x1536 JPEG) and plankton5 (5 x 20 Mpx), which
+have no truth (time and memory only). Each tool runs as its own process on the
+stack's files; wall seconds include reading and writing, peak RSS is the process's
+(os.wait4). Peers: Debian's enfuse with its focus-stacking flags, and focus-stack
+with its defaults (it aligns slices; --align-keep-size keeps the frame) from $FOCUS_STACK or the PATH. A missing peer or
+stack is a row that says why. focusfuse runs with at most --memory-limit GiB of
+address space, so a stack it cannot fit fails as a row instead of taking the machine.
+Usage: python bench/peers.py [--stacks synthetic,pcb10,plankton5] [--memory-limit 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from multislice import psnr, write_case
+
+from focusfuse.io.color import to_gray
+from focusfuse.io.reader import open_stack, read_image
+
+REPO = Path(__file__).resolve().parent.parent
+REAL_STACKS = REPO.parent / "shared" / "data" / "stacks"
+ENFUSE_FLAGS = ["--exposure-weight=0", "--saturation-weight=0", "--contrast-weight=1", "--hard-mask"]
+
+
+@dataclass
+class Run:
+    seconds: float
+    peak_mib: float
+    error: str | None
+
+
+def run_measured(command: list[str], memory_limit: int | None = None) -> Run:
+    """Run one command; its wall seconds, its peak RSS (MiB) and, if it failed, its last stderr line."""
+
+    def limit() -> None:
+        if memory_limit:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit)
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - started
+        process.returncode = os.waitstatus_to_exitcode(status)
+        stderr.seek(0)
+        lines = stderr.read().decode(errors="replace").strip().splitlines()
+    error = None
+    if process.returncode != 0:
+        error = f"exit {process.returncode}: {lines[-1][:90] if lines else 'no message'}"
+    return Run(seconds, usage.ru_maxrss / 1024.0, error)
+
+
+def tools(focus_stack: str | None) -> dict[str, tuple[list[str] | None, str]]:
+    """Per tool: the command prefix (None when absent) and why it is absent."""
+    focusfuse = str(Path(sys.executable).parent / "focusfuse")
+    enfuse = shutil.which("enfuse")
+    return {  # enfuse first: the others' ratios are to its time
+        "enfuse": (
+            ([enfuse, *ENFUSE_FLAGS], "") if enfuse else (None, "enfuse not installed (apt-get install enfuse)")
+        ),
+        "focus-stack": (
+            ([focus_stack], "")
+            if focus_stack
+            else (None, "focus-stack not found ($FOCUS_STACK or PATH; build it from its source with make)")
+        ),
+        "focusfuse": ([focusfuse, "stack", "--quiet", "--device", "cpu"], ""),
+    }
+
+
+def command_for(tool: str, prefix: list[str], files: list[Path], output: Path) -> list[str]:
+    names = [str(f) for f in files]
+    if tool == "focusfuse":
+        return [*prefix, *names, "-o", str(output)]
+    if tool == "enfuse":
+        return [*prefix, "-o", str(output), *names]
+    return [*prefix, "--align-keep-size", f"--output={output}", *names]
+
+
+def stacks(names: list[str], scratch: Path):
+    """(label, slice files, all-in-focus truth or None, why absent or None) per requested stack."""
+    for name in names:
+        if name == "synthetic":
+            folder = scratch / "synthetic"
+            sharp, _ = write_case(folder, 1024, 10, "noise", 0)
+            yield "synthetic 10x1024x1024", sorted(folder.iterdir()), sharp, None
+            continue
+        folder = REAL_STACKS / name
+        if not folder.is_dir():
+            yield name, [], None, f"{folder} not found"
+            continue
+        source = open_stack([folder])
+        first = source.read(0)
+        label = f"{name} {len(source)}x{first.shape[1]}x{first.shape[0]}"
+        yield label, [Path(p) for p in source.paths], None, None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stacks", default="synthetic,pcb10,plankton5")
+    parser.add_argument("--memory-limit", type=float, default=16.0, help="GiB of address space for focusfuse")
+    args = parser.parse_args()
+    focus_stack = os.environ.get("FOCUS_STACK") or shutil.which("focus-stack")
+    available = tools(focus_stack)
+    memory_limit = int(args.memory_limit * 2**30)
+    print(f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack")
+    print(f"{'stack':<26} {'tool':<12} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
+    with tempfile.TemporaryDirectory() as scratch_name:
+        scratch = Path(scratch_name)
+        for label, files, truth, absent in stacks(args.stacks.split(","), scratch):
+            if absent:
+                print(f"{label:<26} skipped: {absent}")
+                continue
+            results: dict[str, Run] = {}
+            for tool, (prefix, why) in available.items():
+                if prefix is None:
+                    print(f"{label:<26} {tool:<12} skipped: {why}")
+                    continue
+                output = scratch / f"{tool}.png"
+                limit = memory_limit if tool == "focusfuse" else None
+                run = results[tool] = run_measured(command_for(tool, prefix, files, output), limit)
+                if run.error:
+                    print(f"{label:<26} {tool:<12} {run.seconds:>8.1f} {run.peak_mib:>9.0f}  failed ({run.error})")
+                    continue
+                quality = "-"
+                if truth is not None:
+                    fused = read_image(output)
+                    fused = fused[..., :3] if fused.ndim == 3 else fused
+                    quality = f"{psnr(np.rint(to_gray(fused) * 255), truth):.2f}"
+                enfuse = results.get("enfuse")
+                ratio = f"{run.seconds / enfuse.seconds:.1f}" if enfuse and not enfuse.error else "-"
+                if tool == "enfuse":
+                    ratio = "1.0"
+                print(f"{label:<26} {tool:<12} {run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6}")
+                output.unlink(missing_ok=True)
+
+
+if __name__ == "__main__":
+    main()
