@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """README picture: a region of a real z-stack, two of its slices, the fused image and the index map.
 
-The region is cut from every slice of the stack (losslessly, as decoded), the cut
-slices are fused by ``fuse_stack`` with the default options, and four panels are
+With ``--align`` (default similarity) the whole slices are aligned first (``estimate_alignment``
+on the full frames, as ``focusfuse stack --align`` does); the region is then cut from
+every slice, the cut slices are fused by ``fuse_stack`` with the default options, and four panels are
 drawn side by side at 100%: the first slice, the last slice, the fused image and the
 index map (viridis, slice 1 dark, slice N bright). The stack itself is not changed.
 Usage: python bench/real_stack_figure.py [--stack ../shared/data/stacks/plankton5]
-       [--region X Y W H] [--out docs/figures/plankton5.png]
+       [--region X Y W H] [--align similarity] [--out docs/figures/plankton5.png]
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from pathlib import Path
 import numpy as np
 from multislice_figure import GAP, colour_index, panel
 
+from focusfuse.fusion.alignment import estimate_alignment
 from focusfuse.fusion.pipeline import fuse_stack
-from focusfuse.io.reader import open_stack
+from focusfuse.io.reader import open_stack, read_image
 from focusfuse.io.writer import write_image
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,20 +32,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stack", type=Path, default=REPO.parent / "shared" / "data" / "stacks" / "plankton5")
     parser.add_argument("--region", type=int, nargs=4, default=[3880, 1750, 400, 300], metavar=("X", "Y", "W", "H"))
+    parser.add_argument("--align", default="similarity")
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures" / "plankton5.png")
     args = parser.parse_args()
     x, y, width, height = args.region
     source = open_stack([args.stack])
+    alignment = estimate_alignment(source.read, len(source), args.align)
+    for warning in alignment.warnings:
+        print(f"warning: {warning}")
     with tempfile.TemporaryDirectory() as scratch:
         cut_paths = []
         for index in range(len(source)):
-            cut = np.ascontiguousarray(source.read(index)[y : y + height, x : x + width])
+            cut = np.ascontiguousarray(alignment.warp(index, source.read(index))[y : y + height, x : x + width])
             cut_paths.append(Path(scratch) / f"slice_{index:03d}.png")
             write_image(cut_paths[-1], cut)
-        first, last = (
-            source.read(0)[y : y + height, x : x + width],
-            source.read(len(source) - 1)[y : y + height, x : x + width],
-        )
+        first, last = read_image(cut_paths[0]), read_image(cut_paths[-1])
         started = time.perf_counter()
         result = fuse_stack(cut_paths, device="cpu")
         seconds = time.perf_counter() - started
@@ -60,8 +63,11 @@ def main() -> None:
     counts = np.bincount(result.index_map.ravel(), minlength=len(source)) / result.index_map.size
     print(
         f"{args.out}: {args.stack.name}, region {width}x{height} at ({x}, {y}) of {len(source)} slices, "
-        f"fused in {seconds:.2f} s; share of pixels per slice: " + " ".join(f"{share:.2f}" for share in counts)
+        f"fused with --align {args.align} in {seconds:.2f} s; share of pixels per slice: "
+        + " ".join(f"{share:.2f}" for share in counts)
     )
+    for entry in alignment.report()["slices"]:
+        print(f"  slice {entry['slice'] + 1}: shift {entry['shift_px']} px, scale {entry['scale']:.4f}")
 
 
 if __name__ == "__main__":

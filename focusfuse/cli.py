@@ -4,7 +4,9 @@ Output policy (a microscopist at a terminal, a shell script, cron):
 - stderr is a terminal: a progress bar, then one summary line;
 - a controlling terminal but stderr redirected (a script's log): one summary line;
 - no terminal at all (cron, CI) or ``--quiet``: nothing but errors.
-Errors are one line on stderr, ``focusfuse: error: FILE: problem``, exit status 1.
+Warnings (a result that is written but may not be what was asked for: slices that
+could not be aligned) are one line each, ``focusfuse: warning: STACK: problem``,
+everywhere but under ``--quiet``. Errors are one line on stderr, ``focusfuse: error: FILE: problem``, exit status 1.
 """
 
 from __future__ import annotations
@@ -20,12 +22,17 @@ import click
 
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
+from focusfuse.fusion.alignment import ALIGN_MODES
 from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.fusion.strategies import STRATEGIES
 from focusfuse.io.reader import natural_key
 
-EXIT_ERROR = 1
+EXIT_ERROR = 1  # a bad input or setting
+EXIT_OUT_OF_MEMORY = 3
+EXIT_INTERNAL = 4  # a bug: the message says so, --debug shows the traceback
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 
 def has_controlling_terminal() -> bool:
@@ -81,12 +88,17 @@ def progress_reporter(mode: str, description: str) -> Iterator[Callable[[int, in
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
-def stop_like_ctrl_c(signum, frame) -> None:
-    """SIGTERM handler (``kill``, a cron timeout): the clean stop of Ctrl-C, not an instant death.
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the program is, so that it stops as cleanly as on Ctrl-C."""
 
-    A training run then stops its batch workers and keeps its last whole checkpoint.
+
+def stop_like_ctrl_c(signum, frame) -> None:
+    """SIGTERM handler (``kill``, a cron or batch-system timeout): the clean stop of Ctrl-C, not an instant death.
+
+    Outputs being written are removed (atomic writes), a training run stops its batch
+    workers and keeps its last whole checkpoint.
     """
-    raise KeyboardInterrupt
+    raise Terminated
 
 
 def fail(error: Exception) -> None:
@@ -94,23 +106,60 @@ def fail(error: Exception) -> None:
     sys.exit(EXIT_ERROR)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class FocusFuseGroup(click.Group):
+    """Every command under one policy: SIGTERM stops cleanly, every failure is one line with its exit status."""
+
+    def invoke(self, ctx: click.Context):
+        signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+        debug = bool(ctx.params.get("debug")) or os.environ.get("FOCUSFUSE_DEBUG") == "1"
+        try:
+            return super().invoke(ctx)
+        except FocusFuseError as error:
+            fail(error)
+        except KeyboardInterrupt as interrupt:
+            kept = {"train": "; the last whole checkpoint is kept"}.get(
+                ctx.invoked_subcommand or "", "; no output written"
+            )
+            click.echo(f"focusfuse: interrupted{kept}", err=True)
+            sys.exit(EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED)
+        except MemoryError:
+            if debug:
+                raise
+            click.echo("focusfuse: error: out of memory (the image is too large for this machine)", err=True)
+            sys.exit(EXIT_OUT_OF_MEMORY)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as error:
+            if debug:
+                raise
+            message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            if isinstance(error, RuntimeError) and ("alloc" in message or "out of memory" in message):
+                click.echo("focusfuse: error: out of memory (the image is too large for this machine)", err=True)
+                sys.exit(EXIT_OUT_OF_MEMORY)
+            click.echo(
+                f"focusfuse: error: internal error ({type(error).__name__}: {message[:200]}); "
+                "run with --debug for the traceback",
+                err=True,
+            )
+            sys.exit(EXIT_INTERNAL)
+
+
+@click.group(cls=FocusFuseGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="focusfuse")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
+def main(debug: bool) -> None:
     """Focus stacking for microscopy z-stacks (GACN with decision calibration)."""
 
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option(
-    "-o", "--output", required=True, type=click.Path(dir_okay=False), help="Fused image (.png, .tif or .jpg)."
-)
+@click.option("-o", "--output", required=True, type=click.Path(), help="Fused image (.png, .tif or .jpg).")
 @click.option(
     "--index-map",
-    type=click.Path(dir_okay=False),
+    type=click.Path(),
     help="Index map (0-based slice per pixel). [default: NAME.index.png]",
 )
-@click.option("--timing", type=click.Path(dir_okay=False), help="Timing report, JSON. [default: NAME.timing.json]")
+@click.option("--timing", type=click.Path(), help="Timing report, JSON. [default: NAME.timing.json]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (auto = CUDA when present).")
 @click.option(
     "--batch-size",
@@ -131,12 +180,23 @@ def main() -> None:
     "or select each pixel from its slice (exact source intensities).",
 )
 @click.option(
+    "--align",
+    type=click.Choice(ALIGN_MODES),
+    default="none",
+    show_default=True,
+    help="Register every slice to the middle one (neighbour to neighbour, chained): "
+    "similarity for drift and focus breathing.",
+)
+@click.option("--crop", is_flag=True, help="Crop the result to the area every aligned slice covers.")
+@click.option(
     "--weights",
     type=click.Path(dir_okay=False),
     help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def stack(inputs, output, index_map, timing, device, batch_size, strategy, composite, weights, quiet) -> None:
+def stack(
+    inputs, output, index_map, timing, device, batch_size, strategy, composite, align, crop, weights, quiet
+) -> None:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
     INPUTS is a directory (images in natural order), image files (order kept), or
@@ -153,6 +213,8 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, compo
                 timing_path=timing,
                 strategy=strategy,
                 composite=composite,
+                align=align,
+                crop=crop,
                 device=device,
                 batch_size=batch_size,
                 weights=weights,
@@ -160,11 +222,11 @@ def stack(inputs, output, index_map, timing, device, batch_size, strategy, compo
             )
     except FocusFuseError as error:
         fail(error)
-    except KeyboardInterrupt:
-        click.echo("focusfuse: interrupted; no output written", err=True)
-        sys.exit(130)
+    record = result.timing
+    if not quiet:
+        for warning in record["alignment"]["warnings"]:
+            click.echo(f"focusfuse: warning: {record['stack']}: {warning}", err=True)
     if mode != "silent":
-        record = result.timing
         written = record["outputs"]
         click.echo(
             f"fused {record['n_slices']} slices {record['width']}x{record['height']} "
@@ -241,7 +303,6 @@ def train(
     from focusfuse.training.trainer import TrainConfig
     from focusfuse.training.trainer import train as run_training
 
-    signal.signal(signal.SIGTERM, stop_like_ctrl_c)
     try:
         config = TrainConfig(
             data_dir=data_dir,
@@ -271,7 +332,7 @@ def train(
 @click.option("--pairs", "pairs_dir", type=click.Path(), help="Folder of NAME_1 / NAME_2 source pairs.")
 @click.option("--fused", "fused_dir", type=click.Path(), help="Folder of fused results, one per pair.")
 @click.option("--pattern", default="{name}.png", show_default=True, help="Fused file name for pair NAME.")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the values as JSON.")
+@click.option("--json", "json_path", type=click.Path(), help="Also write the values as JSON.")
 @click.option("--compare", type=click.Choice(["paper"]), help="Add the paper's Table 1 rows (GACN, best per metric).")
 @click.option("--workers", type=int, help="Processes for --pairs. [default: all cores]")
 def evaluate(images, pairs_dir, fused_dir, pattern, json_path, compare, workers) -> None:
@@ -296,7 +357,7 @@ def evaluate(images, pairs_dir, fused_dir, pattern, json_path, compare, workers)
             raise FocusFuseError(f"expected SOURCE_A SOURCE_B FUSED (three images), got {len(images)}")
         if json_path:
             inputs = [Path(image) for image in images]
-            check_output_path(Path(json_path), inputs=inputs)
+            check_output_path(Path(json_path), inputs=inputs, report=True)
         if by_folder:
             pairs = find_pairs(pairs_dir, fused_dir, pattern)
             rows = evaluate_pairs(pairs, workers=workers)

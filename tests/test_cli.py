@@ -89,6 +89,8 @@ def test_quoted_glob_is_expanded_in_natural_order(runner, tmp_path, demo_stack_d
         (["{demo}", "-o", "{tmp}/f.png", "--weights", "{tmp}/none.pt"], "none.pt: weights file not found"),
         (["{demo}", "-o", "{tmp}/f.bmp"], "f.bmp: unsupported output format .bmp"),
         (["{tmp}/z*.png", "-o", "{tmp}/f.png"], "z*.png: the pattern matches no file"),
+        (["{demo}", "-o", "{tmp}"], "{tmp}: is a directory; name a file"),
+        (["/dev/null", "{demo}/z1.png", "-o", "{tmp}/f.png"], "/dev/null: not a regular file"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_1(runner, tmp_path, demo_stack_dir, arguments, message):
@@ -172,3 +174,76 @@ def test_composite_select_writes_source_pixels_and_says_so(runner, tmp_path, dem
 def test_unknown_composite_is_refused(runner, tmp_path, demo_stack_dir):
     result = runner.invoke(cli.main, ["stack", str(demo_stack_dir), "-o", str(tmp_path / "f.png"), "--composite", "x"])
     assert result.exit_code != 0 and not (tmp_path / "f.png").exists()
+
+
+def test_a_timing_report_may_have_any_name(runner, tmp_path, demo_stack_dir):
+    result = runner.invoke(
+        cli.main, ["stack", str(demo_stack_dir), "-o", str(tmp_path / "f.png"), "--timing", str(tmp_path / "t.txt")]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t.txt").read_text())["n_slices"] == 8
+
+
+def test_a_format_that_cannot_hold_the_result_is_refused_before_fusing(runner, tmp_path, monkeypatch):
+    import tifffile
+
+    import focusfuse.fusion.pipeline as pipeline
+
+    for k in range(3):
+        tifffile.imwrite(tmp_path / f"z{k}.tif", np.full((32, 32, 2), 40 * k, np.uint8), photometric="minisblack")
+    monkeypatch.setattr(pipeline, "fuse_running_best", lambda *a, **k: pytest.fail("fused before refusing"))
+    result = runner.invoke(
+        cli.main, ["stack", *(str(tmp_path / f"z{k}.tif") for k in range(3)), "-o", str(tmp_path / "f.png")]
+    )
+    assert result.exit_code == 1 and "PNG cannot hold 2 channels" in result.stderr
+
+
+def test_an_unexpected_error_is_one_line_with_its_own_status_and_debug_shows_it(runner, tmp_path, monkeypatch):
+    import focusfuse.fusion.pipeline as pipeline
+
+    def broken(*args, **kwargs):
+        raise ValueError("something inside broke")
+
+    monkeypatch.setattr(pipeline, "fuse_running_best", broken)
+    arguments = ["stack", str(EXAMPLES / "stack8"), "-o", str(tmp_path / "f.png")]
+    result = runner.invoke(cli.main, arguments)
+    assert result.exit_code == 4 and result.stderr.count("\n") == 1
+    assert "internal error (ValueError: something inside broke); run with --debug" in result.stderr
+    debug = runner.invoke(cli.main, ["--debug", *arguments])
+    assert isinstance(debug.exception, ValueError)
+    assert not list(tmp_path.iterdir())
+
+
+def test_sigterm_while_writing_leaves_nothing_behind(runner, tmp_path, monkeypatch):
+    """A real SIGTERM arrives in the middle of writing the fused image: no output, no hidden temporary."""
+    import signal
+
+    import focusfuse.io.writer as writer
+
+    real_imwrite = cv2.imwrite
+
+    def imwrite_then_terminated(path, pixels, *args):
+        real_imwrite(path, pixels, *args)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return True
+
+    monkeypatch.setattr(writer.cv2, "imwrite", imwrite_then_terminated)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        result = runner.invoke(cli.main, ["stack", str(EXAMPLES / "stack8"), "-o", str(tmp_path / "f.png")])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert result.exit_code == 143 and "interrupted; no output written" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o002, 0o664)])
+def test_outputs_are_readable_as_the_umask_allows(runner, tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        result = runner.invoke(cli.main, ["stack", str(EXAMPLES / "stack8"), "-o", str(tmp_path / "f.png")])
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    for name in ("f.png", "f.index.png", "f.timing.json"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == mode, name

@@ -53,10 +53,19 @@ def _laplacian_pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
     return bands
 
 
-def _gaussian_pyramid(mask: np.ndarray, levels: int) -> list[np.ndarray]:
+def _mask_pyramid(mask: np.ndarray, levels: int) -> list[np.ndarray]:
+    """A slice's weight at every level: its Gaussian pyramid, with the half-resolution level
+    a plain 2x2 average instead, so the two finest bands switch slices within a pixel or
+    two and only coarser ones blend. With the 5-tap Gaussian at that level too, the
+    finest detail mixed across every boundary: 0.03 dB below ``select`` on clean 20-slice
+    stacks, against 0.01 above (bench/multislice.py's stacks, seed 1, probe).
+    """
     pyramid = [mask]
     for _ in range(levels):
         pyramid.append(cv2.pyrDown(pyramid[-1]))
+    if levels >= 1:
+        height, width = pyramid[1].shape[:2]
+        pyramid[1] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
     return pyramid
 
 
@@ -98,7 +107,7 @@ class PyramidBlend:
         """Fold in slice ``index``, ``(H, W)`` or ``(H, W, C)``."""
         self.dtype = image.dtype
         bands = _laplacian_pyramid(image.astype(np.float32), self.levels)
-        weights = _gaussian_pyramid((self.index_map == index).astype(np.float32), self.levels)
+        weights = _mask_pyramid((self.index_map == index).astype(np.float32), self.levels)
         if image.ndim == 3:
             weights = [weight[:, :, None] for weight in weights]
         if self.accumulator is None:

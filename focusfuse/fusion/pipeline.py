@@ -19,6 +19,7 @@ import torch
 
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
+from focusfuse.fusion.alignment import ALIGN_MODES, AlignMode, StackAlignment, estimate_alignment
 from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, PyramidBlend
 from focusfuse.fusion.strategies import (
     SLICES_PER_DECISION,
@@ -32,8 +33,8 @@ from focusfuse.fusion.strategies import (
 )
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import unit_scale
-from focusfuse.io.reader import open_stack
-from focusfuse.io.writer import check_format_holds, check_output_path, write_image, write_json
+from focusfuse.io.reader import StackSource, open_stack
+from focusfuse.io.writer import check_format_holds, check_free_space, check_output_path, write_image, write_json
 from focusfuse.model.weights import find_weights, load_model
 
 DEFAULT_BATCH_SIZE = 2
@@ -99,6 +100,14 @@ def default_timing_path(output: Path) -> Path:
     return output.with_name(output.stem + ".timing.json")
 
 
+def aligned_source(source: StackSource, alignment: StackAlignment) -> StackSource:
+    """The stack as the strategies see it: every slice warped into the reference frame (and cropped)."""
+    if not alignment.active:
+        return source
+    original = source.read
+    return StackSource(labels=source.labels, paths=source.paths, reader=lambda j: alignment.warp(j, original(j)))
+
+
 def _composite_by_pyramid(context: StackContext, index_map: np.ndarray, levels: int) -> np.ndarray:
     """The pyramid blend, reading each used slice once more.
 
@@ -132,6 +141,8 @@ def fuse_stack(
     fill_flat: bool = True,
     composite: Composite = "pyramid",
     pyramid_levels: int = PYRAMID_LEVELS,
+    align: AlignMode = "none",
+    crop: bool = False,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -156,6 +167,10 @@ def fuse_stack(
             the choice changes), ``select`` copies each pixel from its slice (exact
             source intensities). Serial and pair fusion blend by their decision maps.
         pyramid_levels: levels of the ``pyramid`` blend below full resolution.
+        align: register every slice to the middle one before fusing (neighbour to
+            neighbour, chained): ``translation``, ``similarity`` (scale, rotation and
+            shift: drift and focus breathing), ``affine``, or ``none``.
+        crop: crop the result to the area that every aligned slice covers.
     Returns:
         FusionResult with the fused array in the input dtype.
     """
@@ -163,6 +178,8 @@ def fuse_stack(
         raise FocusFuseError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
     if batch_size < 1:
         raise FocusFuseError(f"--batch-size {batch_size}: must be at least 1")
+    if align not in ALIGN_MODES:
+        raise FocusFuseError(f"--align {align}: use one of {', '.join(ALIGN_MODES)}")
     if composite not in COMPOSITES:
         raise FocusFuseError(f"--composite {composite}: use one of {', '.join(COMPOSITES)}")
     if pyramid_levels < 0:
@@ -184,15 +201,23 @@ def fuse_stack(
         if len({p.resolve() for p in targets}) < 3:
             raise FocusFuseError(f"{output}: the fused image, index map and timing report need three different paths")
         for path in targets:
-            check_output_path(path, inputs=source.paths)
+            check_output_path(path, inputs=source.paths, report=path == timing_path)
 
     with clock.stage("load_weights"):
         weights_path = find_weights(weights)
         model = load_model(weights_path, torch_device)
+    with clock.stage("align"):
+        alignment = estimate_alignment(source.read, len(source), align, crop=crop)
+    source = aligned_source(source, alignment)
     with clock.stage("read"):
         first_slice = source.read(0)
     if output is not None:
-        check_format_holds(output, first_slice.dtype)
+        fused_path, index_path, _ = targets
+        channels = 1 if first_slice.ndim == 2 else first_slice.shape[2]
+        check_format_holds(fused_path, first_slice.dtype, channels)
+        check_format_holds(index_path, np.dtype(np.uint16 if len(source) > 256 else np.uint8), 1)
+        # Uncompressed sizes bound what the fused image and the index map can take.
+        check_free_space(targets, first_slice.nbytes + 2 * first_slice.shape[0] * first_slice.shape[1] + 2**20)
     offset, scale = intensity_mapping(first_slice)
     context = StackContext(
         model=model,
@@ -220,6 +245,7 @@ def fuse_stack(
 
     height, width = first_slice.shape[:2]
     timing = {
+        "stack": source.labels[0] if len(source.paths) == 1 else str(Path(source.labels[0]).parent),
         "n_slices": len(source),
         "height": height,
         "width": width,
@@ -232,6 +258,7 @@ def fuse_stack(
         "adjacent_by_sharpness": adjacent_by_sharpness and used_strategy == "calibrated",
         "fill_flat": fill_flat and used_strategy == "calibrated",
         "composite": used_composite,
+        "alignment": alignment.report(),
         "pyramid_levels": pyramid_levels if used_composite == "pyramid" else None,
         "weights": str(weights_path),
         "focusfuse_version": __version__,

@@ -8,22 +8,37 @@ the file and what is wrong with it.
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
+import cv2.utils.logging as cv2_logging
 import numpy as np
 import tifffile
 
 from focusfuse.errors import FocusFuseError
 from focusfuse.io.color import SUPPORTED_DTYPES
+from focusfuse.io.filecheck import (
+    check_complete,
+    check_fits_memory,
+    check_readable,
+    declared_size,
+    decoder_messages,
+    sniff_format,
+)
+
+# OpenCV's own warnings would print a second, library-worded line beside ours.
+cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 TIFF_SUFFIXES = (".tif", ".tiff")
 STACK_AXES = ("Z", "I", "Q")  # tifffile's names for the axis that runs through the slices
+AXIS_NAMES = {"T": "time series", "Z": "z-stack", "C": "channels", "R": "tile grid", "V": "views", "E": "lambda stack"}
 
 
 def natural_key(name: str) -> list:
@@ -43,22 +58,80 @@ def _check_array(image: np.ndarray, label: str) -> np.ndarray:
     return image
 
 
+class _TiffWarnings(logging.Handler):
+    """Collects what tifffile logs while a file is read: its warnings mean a damaged file."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def tiff_warnings_as_errors(label: str) -> Iterator[None]:
+    """A TIFF that tifffile reads only with warnings (cut short, bad offsets) is refused, naming the damage."""
+    logger = logging.getLogger("tifffile")
+    handler = _TiffWarnings()
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if handler.messages:
+        first = handler.messages[0].splitlines()[0]
+        raise FocusFuseError(f"{label}: damaged TIFF ({first})")
+
+
+def _series_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
+def _read_tiff_image(path: Path, label: str) -> np.ndarray:
+    try:
+        with tiff_warnings_as_errors(label), tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes, shape = series.axes, series.shape
+            check_fits_memory(label, _series_nbytes(shape, series.dtype), f"a {'x'.join(map(str, shape))} TIFF")
+            image = series.asarray()
+    except FocusFuseError:
+        raise
+    except Exception as error:  # tifffile raises many types for damaged files
+        raise FocusFuseError(f"{label}: not a readable TIFF ({error})") from error
+    if axes.endswith("SYX") and image.ndim == 3:  # planar configuration: one plane per colour
+        image = np.ascontiguousarray(np.moveaxis(image, 0, -1))
+    if image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4):
+        raise FocusFuseError(f"{label}: holds {image.shape[0]} planes; pass it alone to fuse it as a multipage stack")
+    return _check_array(image, label)
+
+
 def read_image(path: Path) -> np.ndarray:
-    """One 2-D image, ``(H, W)`` or ``(H, W, C)`` with channels in RGB(A) order."""
+    """One 2-D image, ``(H, W)`` or ``(H, W, C)`` with channels in RGB(A) order.
+
+    The format is read from the file's first bytes, not its name. Truncated PNG and
+    JPEG files and images too large for memory are refused before decoding; JPEGs are
+    turned upright by their EXIF orientation, as viewers show them.
+    """
     label = str(path)
-    if not path.is_file():
-        raise FocusFuseError(f"{label}: no such file")
-    if path.suffix.lower() in TIFF_SUFFIXES:
-        try:
-            image = tifffile.imread(path)
-        except Exception as error:  # tifffile raises many types for damaged files
-            raise FocusFuseError(f"{label}: not a readable TIFF ({error})") from error
-        if image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4):
-            raise FocusFuseError(
-                f"{label}: holds {image.shape[0]} planes; pass it alone to fuse it as a multipage stack"
-            )
-        return _check_array(image, label)
-    decoded: np.ndarray | None = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    check_readable(path)
+    kind = sniff_format(path)
+    if kind == "tiff":
+        return _read_tiff_image(path, label)
+    check_complete(path, kind)
+    size = declared_size(path, kind)
+    if size is not None:
+        height, width, pixel_bytes = size
+        check_fits_memory(label, height * width * pixel_bytes, f"a {width}x{height} image")
+    # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation; JPEG has
+    # neither alpha nor 16 bits, so it is read with orientation applied.
+    flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "jpeg" else cv2.IMREAD_UNCHANGED
+    with decoder_messages() as complaints:
+        decoded: np.ndarray | None = cv2.imread(str(path), flags)
+    if complaints:
+        raise FocusFuseError(f"{label}: damaged {(kind or 'image').upper()} file ({complaints[0]})")
     if decoded is not None:
         image = decoded
     else:
@@ -67,7 +140,8 @@ def read_image(path: Path) -> np.ndarray:
 
             image = np.asarray(iio.imread(path))
         except Exception as error:
-            raise FocusFuseError(f"{label}: not a readable image (damaged file or unknown format)") from error
+            what = f"damaged {kind.upper()} file" if kind else "unknown format"
+            raise FocusFuseError(f"{label}: not a readable image ({what})") from error
     if decoded is not None and image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return _check_array(image, label)
@@ -107,10 +181,13 @@ class StackSource:
 def _tiff_stack(path: Path) -> StackSource | None:
     """The multipage stack in a TIFF, or None when the file holds a single image."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with tiff_warnings_as_errors(str(path)), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes, shape = series.axes, series.shape
             page_count = len(series.pages)
+            dtype = series.dtype
+    except FocusFuseError:
+        raise
     except Exception as error:
         raise FocusFuseError(f"{path}: not a readable TIFF ({error})") from error
     image_axes = "YXS" if axes.endswith("S") else "YX"
@@ -119,8 +196,15 @@ def _tiff_stack(path: Path) -> StackSource | None:
         raise FocusFuseError(f"{path}: unsupported TIFF axis order {axes!r}")
     stack_axis = next((a for a in STACK_AXES if a in page_axes and shape[page_axes.index(a)] > 1), None)
     if stack_axis is None:
+        others = {a: shape[page_axes.index(a)] for a in page_axes if a not in "CS" and shape[page_axes.index(a)] > 1}
+        if others:
+            named = ", ".join(f"{AXIS_NAMES.get(a, a)} ({a}={n})" for a, n in others.items())
+            raise FocusFuseError(f"{path}: holds a {named}, not a z-stack (no Z axis)")
         return None
-    extra = [a for a in page_axes if a not in (stack_axis, "C") and shape[axes.index(a)] > 1]
+    check_fits_memory(
+        f"{path}[z=0]", _series_nbytes(shape, dtype) // shape[page_axes.index(stack_axis)], "one plane of this TIFF"
+    )
+    extra = [a for a in page_axes if a not in (stack_axis, "C", "S") and shape[axes.index(a)] > 1]
     if extra:
         raise FocusFuseError(
             f"{path}: axes {axes!r} {shape}: only a Z stack (with optional channels C) is supported, "
@@ -139,11 +223,14 @@ def _tiff_stack(path: Path) -> StackSource | None:
                 ranges = [range(n) for n in page_shape]
                 ranges[stack_position] = range(index, index + 1)
                 keys = [int(np.ravel_multi_index(combo, page_shape)) for combo in itertools.product(*ranges)]
-                with tifffile.TiffFile(path) as tif:
+                with tiff_warnings_as_errors(label), tifffile.TiffFile(path) as tif:
                     plane = tif.asarray(key=keys, series=0)
             else:
                 # Pages do not map one-to-one to planes: read the series, keep one plane.
-                plane = np.take(tifffile.imread(path, series=0), index, axis=stack_position)
+                with tiff_warnings_as_errors(label):
+                    plane = np.take(tifffile.imread(path, series=0), index, axis=stack_position)
+        except FocusFuseError:
+            raise
         except Exception as error:
             raise FocusFuseError(f"{label}: cannot read this plane ({error})") from error
         # Leading axes are the page axes other than Z (at most C), then Y, X (and S).
@@ -168,6 +255,8 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
     for path in paths:
         if not path.exists():
             raise FocusFuseError(f"{path}: no such file or directory")
+        if not path.is_dir():
+            check_readable(path)
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
         files = sorted(
@@ -181,11 +270,36 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
         if not files:
             raise FocusFuseError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
         paths = files
-    elif len(paths) == 1 and paths[0].suffix.lower() in TIFF_SUFFIXES:
+    elif len(paths) == 1 and sniff_format(paths[0]) == "tiff":
         stack = _tiff_stack(paths[0])
         if stack is not None:
             return stack
     for path in paths:
         if path.is_dir():
             raise FocusFuseError(f"{path}: is a directory; pass either one directory or a list of image files")
+    precheck_files(paths)
     return StackSource(labels=[str(p) for p in paths], paths=paths, reader=lambda i: read_image(paths[i]))
+
+
+def precheck_files(paths: list[Path]) -> None:
+    """Every slice file readable, whole and of the first one's declared size, before any is decoded.
+
+    Reads a few bytes at each file's start and end, so a cut-off last slice fails the
+    run in milliseconds instead of after the slices before it were fused.
+    """
+    first_size: tuple[int, int] | None = None
+    for path in paths:
+        check_readable(path)
+        kind = sniff_format(path)
+        check_complete(path, kind)
+        size = declared_size(path, kind)
+        if size is None:
+            continue
+        height, width, pixel_bytes = size
+        check_fits_memory(str(path), height * width * pixel_bytes, f"a {width}x{height} image")
+        if first_size is None:
+            first_size = (height, width)
+        elif (height, width) != first_size and sniff_format(paths[0]) == kind:
+            raise FocusFuseError(
+                f"{path}: {width}x{height} differs from the first slice {paths[0]} ({first_size[1]}x{first_size[0]})"
+            )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,15 +22,24 @@ from focusfuse.errors import FocusFuseError
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
 
-def check_output_path(path: Path, image: np.ndarray | None = None, *, inputs: Iterable[Path] = ()) -> None:
-    """Refuse, before any work, outputs that cannot be written or would replace an input."""
+def check_output_path(
+    path: Path, image: np.ndarray | None = None, *, inputs: Iterable[Path] = (), report: bool = False
+) -> None:
+    """Refuse, before any work, outputs that cannot be written or would replace an input.
+
+    ``report``: the path is for a JSON report, whatever its name, not an image.
+    """
+    if path.is_dir():
+        raise FocusFuseError(f"{path}: is a directory; name a file")
     suffix = path.suffix.lower()
-    if suffix not in FORMATS and suffix != ".json":
+    if not report and suffix not in FORMATS:
         raise FocusFuseError(f"{path}: unsupported output format {suffix or '(none)'} (use .png, .tif or .jpg)")
     if not path.parent.is_dir():
         raise FocusFuseError(f"{path}: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise FocusFuseError(f"{path}: is a directory")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise FocusFuseError(f"{path}: directory {path.parent} is not writable (permission denied)")
+    if path.exists() and not os.access(path, os.W_OK) and not os.access(path.parent, os.W_OK):
+        raise FocusFuseError(f"{path}: exists and cannot be replaced (permission denied)")
     resolved = path.resolve()
     for source in inputs:
         if source.resolve() == resolved:
@@ -38,20 +48,43 @@ def check_output_path(path: Path, image: np.ndarray | None = None, *, inputs: It
         check_format_holds(path, image.dtype)
 
 
-def check_format_holds(path: Path, dtype: np.dtype) -> None:
+def check_format_holds(path: Path, dtype: np.dtype, channels: int | None = None) -> None:
+    """Refuse an image format that cannot hold these pixels (checked before fusing, not after)."""
     kind = FORMATS.get(path.suffix.lower())
     dtype = np.dtype(dtype)
     if kind == "PNG" and dtype not in (np.uint8, np.uint16):
         raise FocusFuseError(f"{path}: PNG cannot hold {dtype} pixels; write a .tif instead")
     if kind == "JPEG" and dtype != np.uint8:
         raise FocusFuseError(f"{path}: JPEG holds only 8-bit pixels, not {dtype}; write a .tif or .png instead")
+    if kind == "PNG" and channels == 2:
+        raise FocusFuseError(f"{path}: PNG cannot hold 2 channels; write a .tif instead")
+    if kind == "JPEG" and channels not in (None, 1, 3):
+        raise FocusFuseError(f"{path}: JPEG holds 1 or 3 channels, not {channels}; write a .tif or .png instead")
+
+
+def check_free_space(paths: Iterable[Path], nbytes: int) -> None:
+    """Refuse to start when the outputs' file system has less than ``nbytes`` free."""
+    for folder in {path.parent.resolve() for path in paths}:
+        free = shutil.disk_usage(folder).free
+        if free < nbytes:
+            raise FocusFuseError(
+                f"{folder}: {free / 2**20:.0f} MiB free, the outputs need up to {nbytes / 2**20:.0f} MiB"
+            )
+
+
+def _readable_as_umask_allows(path: Path) -> None:
+    """mkstemp creates 0600; an output should get the mode any new file gets here (0644 under umask 022)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _atomic(path: Path, write) -> None:
     handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
     try:
+        os.close(handle)
         write(Path(temporary))
+        _readable_as_umask_allows(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -260,3 +260,69 @@ def procedural_texture(height: int, width: int, rng: np.random.Generator) -> np.
         texture += weight * cv2.GaussianBlur(noise, (0, 0), scale)
     texture -= texture.min()
     return texture / max(float(texture.max()), 1e-6)
+
+
+@dataclass
+class DriftingStack:
+    """A depth stack seen through known per-slice transforms, as a drifting, breathing camera sees it.
+
+    Attributes:
+        slices: the observed slices, ``(size, size)`` uint8.
+        transforms: per slice, the true (2, 3) map from the reference (middle) slice's
+            coordinates to that slice's coordinates (the reference's is the identity).
+        sharp: the all-in-focus image in the reference frame.
+        truth_index: nearest slice to the true depth, in the reference frame.
+    """
+
+    slices: list[np.ndarray]
+    transforms: list[np.ndarray]
+    sharp: np.ndarray
+    truth_index: np.ndarray
+
+
+def drifting_render_side(size: int, max_shift: float = 10.0, scale_span: float = 0.015) -> int:
+    """The side a drifting stack of ``size`` is rendered at before its slices are cut."""
+    return size + 2 * (int(np.ceil(max_shift + scale_span * size)) + 8)
+
+
+def make_drifting_stack(
+    size: int,
+    n_slices: int,
+    rng: np.random.Generator,
+    *,
+    max_shift: float = 10.0,
+    scale_span: float = 0.015,
+    jitter: float = 0.3,
+    noise_sigma: float = 0.005,
+    texture: np.ndarray | None = None,
+) -> DriftingStack:
+    """A depth stack warped per slice: a linear drift of ``max_shift`` px end to end (plus
+    ``jitter`` px of random shake per slice) and a scale change of ``scale_span`` over the
+    stack about the centre. Slices are rendered larger (``drifting_render_side``) and cut
+    after warping, so their borders hold real content, as a camera's do. ``texture``, in
+    [0, 1], must be at least that large.
+    """
+    big = drifting_render_side(size, max_shift, scale_span)
+    pad = (big - size) // 2
+    if texture is None:
+        texture = procedural_texture(big, big, rng)
+    elif min(texture.shape[:2]) < big:
+        raise ValueError(f"texture {texture.shape[:2]} is smaller than the {big}x{big} the stack is rendered at")
+    texture = texture[:big, :big]
+    sharp = np.rint(np.clip(texture, 0, 1) * 255).astype(np.uint8)
+    stack = make_depth_stack(sharp, smooth_depth(big, big, n_slices, rng), n_slices, noise_sigma=noise_sigma, rng=rng)
+    reference = (n_slices - 1) // 2
+    direction = rng.uniform(-1, 1, 2)
+    drift = direction / np.abs(direction).max() * max_shift / max(n_slices - 1, 1)
+    centre = (big - 1) / 2
+    into_big = np.array([[1, 0, pad], [0, 1, pad], [0, 0, 1.0]])
+    slices, transforms = [], []
+    for k, image in enumerate(stack.slices):
+        scale = 1 + scale_span * (k - reference) / max(n_slices - 1, 1)
+        shift = drift * (k - reference) + (rng.uniform(-jitter, jitter, 2) if k != reference else 0.0)
+        matrix = np.array([[scale, 0, shift[0] + centre * (1 - scale)], [0, scale, shift[1] + centre * (1 - scale)]])
+        warped = cv2.warpAffine(image, matrix, (big, big), flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REFLECT)
+        slices.append(np.ascontiguousarray(warped[pad:-pad, pad:-pad]))
+        transforms.append((np.linalg.inv(into_big) @ np.vstack((matrix, [0, 0, 1])) @ into_big)[:2])
+    inner = (slice(pad, pad + size), slice(pad, pad + size))
+    return DriftingStack(slices, transforms, sharp[inner], stack.truth_index[inner])

@@ -81,9 +81,12 @@ def test_time_series_tiff_is_refused_with_its_axes(tmp_path):
 def test_mismatched_slice_names_the_file(tmp_path):
     first = write_png(tmp_path / "a.png", np.zeros((4, 5), np.uint8))
     second = write_png(tmp_path / "b.png", np.zeros((6, 5), np.uint8))
-    stack = open_stack([first, second])
+    with pytest.raises(FocusFuseError, match=r"b\.png: 5x6 differs from the first slice .*a\.png \(5x4\)"):
+        open_stack([first, second])  # from the headers, before decoding
+    deeper = write_png(tmp_path / "c.png", np.zeros((4, 5), np.uint16))
+    stack = open_stack([first, deeper])
     stack.read(0)
-    with pytest.raises(FocusFuseError, match=r"b\.png: shape \(6, 5\) uint8 differs from the first slice"):
+    with pytest.raises(FocusFuseError, match=r"c\.png: shape \(4, 5\) uint16 differs from the first slice"):
         stack.read(1)
 
 
