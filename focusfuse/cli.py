@@ -17,6 +17,7 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import NoReturn
 
 import click
 
@@ -106,6 +107,11 @@ def fail(error: Exception) -> None:
     sys.exit(EXIT_ERROR)
 
 
+def out_of_memory() -> NoReturn:
+    click.echo("focusfuse: error: out of memory (the image is too large for this machine)", err=True)
+    sys.exit(EXIT_OUT_OF_MEMORY)
+
+
 class FocusFuseGroup(click.Group):
     """Every command under one policy: SIGTERM stops cleanly, every failure is one line with its exit status."""
 
@@ -125,8 +131,7 @@ class FocusFuseGroup(click.Group):
         except MemoryError:
             if debug:
                 raise
-            click.echo("focusfuse: error: out of memory (the image is too large for this machine)", err=True)
-            sys.exit(EXIT_OUT_OF_MEMORY)
+            out_of_memory()
         except (click.ClickException, click.exceptions.Exit, click.Abort):
             raise
         except Exception as error:
@@ -134,8 +139,7 @@ class FocusFuseGroup(click.Group):
                 raise
             message = str(error).strip().splitlines()[0] if str(error).strip() else ""
             if isinstance(error, RuntimeError) and ("alloc" in message or "out of memory" in message):
-                click.echo("focusfuse: error: out of memory (the image is too large for this machine)", err=True)
-                sys.exit(EXIT_OUT_OF_MEMORY)
+                out_of_memory()
             click.echo(
                 f"focusfuse: error: internal error ({type(error).__name__}: {message[:200]}); "
                 "run with --debug for the traceback",
