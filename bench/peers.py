@@ -61,7 +61,10 @@ def run_measured(command: list[str], memory_limit: int | None = None) -> Run:
         lines = stderr.read().decode(errors="replace").strip().splitlines()
     error = None
     if process.returncode != 0:
-        error = f"exit {process.returncode}: {lines[-1][:90] if lines else 'no message'}"
+        last = lines[-1] if lines else "no message"
+        if last.startswith("focusfuse: error: "):  # the problem, without the file it names
+            last = last.split(": ", 3)[-1]
+        error = f"exit {process.returncode}: {last[:110]}"
     return Run(seconds, usage.ru_maxrss / 1024.0, error)
 
 

@@ -33,6 +33,7 @@ from focusfuse.fusion.strategies import (
 )
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import unit_scale
+from focusfuse.io.filecheck import available_memory
 from focusfuse.io.reader import StackSource, open_stack
 from focusfuse.io.writer import check_format_holds, check_free_space, check_output_path, write_image, write_json
 from focusfuse.model.weights import find_weights, load_model
@@ -88,6 +89,29 @@ def intensity_mapping(first_slice: np.ndarray) -> tuple[float, float]:
     if low >= 0.0 and high <= 1.0:
         return 0.0, 1.0
     return low, max(high - low, 1e-12)
+
+
+# Peak resident memory of a CPU fusion per pixel of one slice: the 64-channel activities
+# (256 bytes a pixel each) of the slices, mosaics and decision paths held at once
+# (bench/peers.py: pcb10, 3.1 Mpx, peaks at 7.0 GB; bench/memory.py: 0.26 Mpx at
+# 0.8 GB), plus what torch and the process hold anyway.
+PLAN_BYTES_PER_PIXEL = {"calibrated": 2300, "serial": 2300, "calibrated-paper": 3300}
+PLAN_BASE_BYTES = 400 * 2**20
+
+
+def check_plan_fits_memory(label: str, height: int, width: int, strategy: str) -> None:
+    """Refuse, in seconds, a fusion whose activities cannot fit the memory available.
+
+    The whole image goes through the network at once, so a 20-megapixel slice needs
+    about 45 GB; without this check it would run for a minute and die allocating.
+    """
+    available = available_memory()
+    needed = PLAN_BASE_BYTES + PLAN_BYTES_PER_PIXEL.get(strategy, 3300) * height * width
+    if available is not None and needed > available:
+        raise FocusFuseError(
+            f"{label}: fusing {width}x{height} slices needs about {needed / 2**30:.1f} GiB of memory, "
+            f"{available / 2**30:.1f} GiB are available (fusion in tiles is not built yet)"
+        )
 
 
 def default_index_map_path(output: Path) -> Path:
@@ -218,6 +242,8 @@ def fuse_stack(
         check_format_holds(index_path, np.dtype(np.uint16 if len(source) > 256 else np.uint8), 1)
         # Uncompressed sizes bound what the fused image and the index map can take.
         check_free_space(targets, first_slice.nbytes + 2 * first_slice.shape[0] * first_slice.shape[1] + 2**20)
+    if torch_device.type == "cpu":
+        check_plan_fits_memory(source.labels[0], first_slice.shape[0], first_slice.shape[1], strategy)
     offset, scale = intensity_mapping(first_slice)
     context = StackContext(
         model=model,

@@ -287,7 +287,7 @@ def precheck_files(paths: list[Path]) -> None:
     Reads a few bytes at each file's start and end, so a cut-off last slice fails the
     run in milliseconds instead of after the slices before it were fused.
     """
-    first_size: tuple[int, int] | None = None
+    first: tuple[int, int, int] | None = None
     for path in paths:
         check_readable(path)
         kind = sniff_format(path)
@@ -297,9 +297,12 @@ def precheck_files(paths: list[Path]) -> None:
             continue
         height, width, pixel_bytes = size
         check_fits_memory(str(path), height * width * pixel_bytes, f"a {width}x{height} image")
-        if first_size is None:
-            first_size = (height, width)
-        elif (height, width) != first_size and sniff_format(paths[0]) == kind:
+        if first is None:
+            first = size
+        elif size != first and sniff_format(paths[0]) == kind:
+            depth = f", {pixel_bytes} bytes a pixel" if pixel_bytes != first[2] else ""
+            first_depth = f", {first[2]} bytes a pixel" if depth else ""
             raise FocusFuseError(
-                f"{path}: {width}x{height} differs from the first slice {paths[0]} ({first_size[1]}x{first_size[0]})"
+                f"{path}: {width}x{height}{depth} differs from the first slice {paths[0]} "
+                f"({first[1]}x{first[0]}{first_depth})"
             )

@@ -15,7 +15,7 @@ from focusfuse import FocusFuseError, fuse_stack
 from focusfuse.io.writer import write_image
 from focusfuse.training.synthetic import make_depth_stack, procedural_texture
 
-from conftest import interior, step_depth_stack
+from conftest import EXAMPLES, interior, step_depth_stack
 
 
 def write_stack(folder, slices, suffix=".tif"):
@@ -313,3 +313,12 @@ def test_a_flat_region_takes_its_depth_from_its_rim(tmp_path):
     assert (np.abs(unfilled.index_map.astype(int) - truth)[disc] <= 1).mean() < 0.8
     picked = np.take_along_axis(np.stack(stack.slices), filled.index_map[None].astype(np.int64), 0)[0]
     np.testing.assert_array_equal(filled.fused, picked)
+
+
+def test_a_stack_too_large_for_the_memory_is_refused_before_fusing(tmp_path, monkeypatch):
+    """The whole slice goes through the network: a plan that cannot fit fails in seconds, not after a minute."""
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 512 * 2**20)
+    monkeypatch.setattr(pipeline, "fuse_running_best", lambda *a, **k: pytest.fail("fused before refusing"))
+    with pytest.raises(FocusFuseError, match=r"fusing 481x321 slices needs about 0\.7 GiB of memory, 0\.5 GiB are"):
+        fuse_stack([EXAMPLES / "stack8"], device="cpu", output=tmp_path / "f.png")
+    assert list(tmp_path.iterdir()) == []
