@@ -227,6 +227,8 @@ def fuse_stack(
         for path in targets:
             check_output_path(path, inputs=source.paths, report=path == timing_path)
 
+    if torch_device.type == "cpu" and source.declared_size is not None:  # before any pixel is decoded
+        check_plan_fits_memory(source.labels[0], *source.declared_size, strategy)
     with clock.stage("load_weights"):
         weights_path = find_weights(weights)
         model = load_model(weights_path, torch_device)

@@ -161,6 +161,7 @@ class StackSource:
     reader: Callable[[int], np.ndarray]
     shape: tuple[int, ...] | None = None
     dtype: np.dtype | None = None
+    declared_size: tuple[int, int] | None = None  # (height, width) from the headers, before decoding
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -241,7 +242,12 @@ def _tiff_stack(path: Path) -> StackSource | None:
             plane = np.moveaxis(plane, 0, -1).reshape(image_shape[:2] + (-1,))
         return _check_array(np.ascontiguousarray(plane), label)
 
-    return StackSource(labels=[f"{path}[z={i}]" for i in range(depth)], paths=[path], reader=read_plane)
+    return StackSource(
+        labels=[f"{path}[z={i}]" for i in range(depth)],
+        paths=[path],
+        reader=read_plane,
+        declared_size=(int(image_shape[0]), int(image_shape[1])),
+    )
 
 
 def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
@@ -277,15 +283,18 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
     for path in paths:
         if path.is_dir():
             raise FocusFuseError(f"{path}: is a directory; pass either one directory or a list of image files")
-    precheck_files(paths)
-    return StackSource(labels=[str(p) for p in paths], paths=paths, reader=lambda i: read_image(paths[i]))
+    size = precheck_files(paths)
+    return StackSource(
+        labels=[str(p) for p in paths], paths=paths, reader=lambda i: read_image(paths[i]), declared_size=size
+    )
 
 
-def precheck_files(paths: list[Path]) -> None:
+def precheck_files(paths: list[Path]) -> tuple[int, int] | None:
     """Every slice file readable, whole and of the first one's declared size, before any is decoded.
 
     Reads a few bytes at each file's start and end, so a cut-off last slice fails the
-    run in milliseconds instead of after the slices before it were fused.
+    run in milliseconds instead of after the slices before it were fused. Returns the
+    first slice's (height, width) where its header tells it.
     """
     first: tuple[int, int, int] | None = None
     for path in paths:
@@ -306,3 +315,4 @@ def precheck_files(paths: list[Path]) -> None:
                 f"{path}: {width}x{height}{depth} differs from the first slice {paths[0]} "
                 f"({first[1]}x{first[0]}{first_depth})"
             )
+    return None if first is None else (first[0], first[1])

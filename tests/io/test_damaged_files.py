@@ -311,3 +311,27 @@ def test_a_jpeg_damaged_inside_is_refused_though_it_would_decode(tmp_path, capfd
     path.write_bytes(bytes(data))
     assert "damaged JPEG file (Corrupt JPEG data" in refused(path)
     assert "Corrupt JPEG" not in capfd.readouterr().err, "the decoder's own line is not passed on"
+
+
+def test_a_stack_declaring_huge_slices_is_refused_before_any_pixel_is_decoded(tmp_path, monkeypatch):
+    """Each file alone would decode (2.5 GiB in 64), but fusing such slices whole cannot fit."""
+    import focusfuse.fusion.pipeline as pipeline
+    import focusfuse.io.reader as reader
+    from focusfuse import fuse_stack
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)  # RGB, 8 bits
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"z{k}.png")
+        paths[-1].write_bytes(data + chunk(b"IEND", b""))
+    monkeypatch.setattr(filecheck, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(reader.cv2, "imread", lambda *a: pytest.fail("decoded before refusing"))
+    with pytest.raises(
+        FocusFuseError, match=r"z0\.png: fusing 30000x30000 slices needs about 1928\.2 GiB of memory, 64\.0 GiB are"
+    ):
+        fuse_stack(paths, device="cpu")
