@@ -207,25 +207,22 @@ def stack(
     one multipage TIFF (also ImageJ hyperstacks and OME-TIFF with a Z axis).
     """
     mode = output_mode(quiet)
-    try:
-        paths = expand_inputs(inputs)
-        with progress_reporter(mode, "fusing") as progress:
-            result = fuse_stack(
-                paths,
-                output=output,
-                index_map_path=index_map,
-                timing_path=timing,
-                strategy=strategy,
-                composite=composite,
-                align=align,
-                crop=crop,
-                device=device,
-                batch_size=batch_size,
-                weights=weights,
-                progress=progress,
-            )
-    except FocusFuseError as error:
-        fail(error)
+    paths = expand_inputs(inputs)
+    with progress_reporter(mode, "fusing") as progress:
+        result = fuse_stack(
+            paths,
+            output=output,
+            index_map_path=index_map,
+            timing_path=timing,
+            strategy=strategy,
+            composite=composite,
+            align=align,
+            crop=crop,
+            device=device,
+            batch_size=batch_size,
+            weights=weights,
+            progress=progress,
+        )
     record = result.timing
     if not quiet:
         for warning in record["alignment"]["warnings"]:
@@ -307,28 +304,25 @@ def train(
     from focusfuse.training.trainer import TrainConfig
     from focusfuse.training.trainer import train as run_training
 
-    try:
-        config = TrainConfig(
-            data_dir=data_dir,
-            out_dir=out_dir,
-            epochs=epochs,
-            steps_per_epoch=steps_per_epoch,
-            batch_size=batch_size,
-            crop=crop,
-            learning_rate=learning_rate,
-            lr_decay=lr_decay,
-            decay_every=decay_every,
-            qg_weight=qg_weight,
-            score_sigma=score_sigma,
-            seed=seed,
-            device=str(resolve_device(device)),
-            validation_pairs=validation_pairs,
-            workers=workers,
-            init_weights=init_weights,
-        )
-        run_training(config, log=lambda line: click.echo(line, err=True), resume=resume)
-    except FocusFuseError as error:
-        fail(error)
+    config = TrainConfig(
+        data_dir=data_dir,
+        out_dir=out_dir,
+        epochs=epochs,
+        steps_per_epoch=steps_per_epoch,
+        batch_size=batch_size,
+        crop=crop,
+        learning_rate=learning_rate,
+        lr_decay=lr_decay,
+        decay_every=decay_every,
+        qg_weight=qg_weight,
+        score_sigma=score_sigma,
+        seed=seed,
+        device=str(resolve_device(device)),
+        validation_pairs=validation_pairs,
+        workers=workers,
+        init_weights=init_weights,
+    )
+    run_training(config, log=lambda line: click.echo(line, err=True), resume=resume)
 
 
 @main.command()
@@ -351,28 +345,25 @@ def evaluate(images, pairs_dir, fused_dir, pattern, json_path, compare, workers)
     from focusfuse.metrics import METRIC_NAMES
     from focusfuse.metrics.evaluation import evaluate_files, evaluate_pairs, evaluation_record, find_pairs, format_table
 
-    try:
-        by_folder = pairs_dir is not None or fused_dir is not None
-        if by_folder and images:
-            raise FocusFuseError("give either three images or --pairs and --fused, not both")
-        if by_folder and (pairs_dir is None or fused_dir is None):
-            raise FocusFuseError("--pairs and --fused go together")
-        if not by_folder and len(images) != 3:
-            raise FocusFuseError(f"expected SOURCE_A SOURCE_B FUSED (three images), got {len(images)}")
-        if json_path:
-            inputs = [Path(image) for image in images]
-            check_output_path(Path(json_path), inputs=inputs, report=True)
-        if by_folder:
-            pairs = find_pairs(pairs_dir, fused_dir, pattern)
-            rows = evaluate_pairs(pairs, workers=workers)
-            click.echo(format_table([pair.name for pair in pairs], rows, compare_paper=compare == "paper"))
-            record = evaluation_record(pairs, rows, compare_paper=compare == "paper")
-        else:
-            scores = evaluate_files(*images)
-            for name in METRIC_NAMES:
-                click.echo(f"{name:<9} {scores[name]:.6f}")
-            record = {"source_a": images[0], "source_b": images[1], "fused": images[2], **scores}
-        if json_path:
-            write_json(Path(json_path), record)
-    except FocusFuseError as error:
-        fail(error)
+    by_folder = pairs_dir is not None or fused_dir is not None
+    if by_folder and images:
+        raise FocusFuseError("give either three images or --pairs and --fused, not both")
+    if by_folder and (pairs_dir is None or fused_dir is None):
+        raise FocusFuseError("--pairs and --fused go together")
+    if not by_folder and len(images) != 3:
+        raise FocusFuseError(f"expected SOURCE_A SOURCE_B FUSED (three images), got {len(images)}")
+    if json_path:
+        inputs = [Path(image) for image in images]
+        check_output_path(Path(json_path), inputs=inputs, report=True)
+    if by_folder:
+        pairs = find_pairs(pairs_dir, fused_dir, pattern)
+        rows = evaluate_pairs(pairs, workers=workers)
+        click.echo(format_table([pair.name for pair in pairs], rows, compare_paper=compare == "paper"))
+        record = evaluation_record(pairs, rows, compare_paper=compare == "paper")
+    else:
+        scores = evaluate_files(*images)
+        for name in METRIC_NAMES:
+            click.echo(f"{name:<9} {scores[name]:.6f}")
+        record = {"source_a": images[0], "source_b": images[1], "fused": images[2], **scores}
+    if json_path:
+        write_json(Path(json_path), record)

@@ -57,9 +57,6 @@ class SliceTransform:
     registered: bool = True  # False: its pair with the neighbour could not be registered
     applied: bool = True  # False: left unwarped (the reference, or alignment off)
 
-    def full(self) -> np.ndarray:
-        return np.vstack((self.matrix, [0.0, 0.0, 1.0]))
-
     def corner_displacement(self, height: int, width: int) -> float:
         """The largest distance any image corner moves, px."""
         corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], float)
@@ -135,9 +132,14 @@ def _registration_image(image: np.ndarray) -> np.ndarray:
     return gray - cv2.GaussianBlur(gray, (0, 0), HIGH_PASS_SIGMA)
 
 
+def _scale_factor(height: int, width: int, side: int) -> float:
+    """The factor that brings the long side of a height x width image to at most ``side`` px."""
+    return min(1.0, side / max(height, width))
+
+
 def _downscaled(gray: np.ndarray, side: int) -> tuple[np.ndarray, float]:
     """The gray image with its long side at most ``side`` px, and the factor applied."""
-    factor = min(1.0, side / max(gray.shape))
+    factor = _scale_factor(gray.shape[0], gray.shape[1], side)
     if factor == 1.0:
         return gray, 1.0
     size = (max(1, round(gray.shape[1] * factor)), max(1, round(gray.shape[0] * factor)))
@@ -270,7 +272,7 @@ def estimate_alignment(
         assert template is not None and moving is not None
         pairs.append(register_pair(template, moving, mode))
         grays[j - 1] = None  # only the neighbour is needed
-    fine_factor = _downscaled(np.zeros((height, width), np.uint8), FINE_SIDE)[1]
+    fine_factor = _scale_factor(height, width, FINE_SIDE)
     full = [None if p is None else np.vstack((_rescaled(p, fine_factor), [0, 0, 1])) for p in pairs]
     chained = [np.eye(3) for _ in range(n_slices)]
     for j in range(reference + 1, n_slices):

@@ -126,8 +126,6 @@ def default_timing_path(output: Path) -> Path:
 
 def aligned_source(source: StackSource, alignment: StackAlignment) -> StackSource:
     """The stack as the strategies see it: every slice warped into the reference frame (and cropped)."""
-    if not alignment.active:
-        return source
     original = source.read
     return StackSource(labels=source.labels, paths=source.paths, reader=lambda j: alignment.warp(j, original(j)))
 
@@ -227,16 +225,14 @@ def fuse_stack(
         for path in targets:
             check_output_path(path, inputs=source.paths, report=path == timing_path)
 
-    if torch_device.type == "cpu" and source.declared_size is not None:  # before any pixel is decoded
+    if torch_device.type == "cpu" and source.declared_size is not None:  # from the headers, before decoding
         check_plan_fits_memory(source.labels[0], *source.declared_size, strategy)
     with clock.stage("load_weights"):
         weights_path = find_weights(weights)
         model = load_model(weights_path, torch_device)
-    with clock.stage("align"):
-        alignment = estimate_alignment(source.read, len(source), align, crop=crop)
-    source = aligned_source(source, alignment)
     with clock.stage("read"):
         first_slice = source.read(0)
+    # What the first slice tells is checked before alignment reads the whole stack.
     if output is not None:
         fused_path, index_path, _ = targets
         channels = 1 if first_slice.ndim == 2 else first_slice.shape[2]
@@ -244,8 +240,14 @@ def fuse_stack(
         check_format_holds(index_path, np.dtype(np.uint16 if len(source) > 256 else np.uint8), 1)
         # Uncompressed sizes bound what the fused image and the index map can take.
         check_free_space(targets, first_slice.nbytes + 2 * first_slice.shape[0] * first_slice.shape[1] + 2**20)
-    if torch_device.type == "cpu":
+    if torch_device.type == "cpu" and source.declared_size is None:
         check_plan_fits_memory(source.labels[0], first_slice.shape[0], first_slice.shape[1], strategy)
+    with clock.stage("align"):
+        alignment = estimate_alignment(source.read, len(source), align, crop=crop)
+    if alignment.active:
+        source = aligned_source(source, alignment)
+        with clock.stage("read"):
+            first_slice = source.read(0)
     offset, scale = intensity_mapping(first_slice)
     context = StackContext(
         model=model,

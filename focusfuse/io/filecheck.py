@@ -59,12 +59,14 @@ def decoder_messages() -> Iterator[list[str]]:
             os.dup2(saved, 2)
             os.close(saved)
             sink.seek(0)
-            text = sink.read().decode(errors="replace")
-            for line in text.splitlines():
-                (messages if DECODER_COMPLAINT.search(line) else []).append(line.strip())
-            others = "".join(line for line in text.splitlines(keepends=True) if not DECODER_COMPLAINT.search(line))
+            others = []
+            for line in sink.read().decode(errors="replace").splitlines(keepends=True):
+                if DECODER_COMPLAINT.search(line):
+                    messages.append(line.strip())
+                else:
+                    others.append(line)
             if others:
-                sys.stderr.write(others)
+                sys.stderr.write("".join(others))
 
 
 def check_readable(path: Path) -> None:

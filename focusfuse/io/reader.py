@@ -70,14 +70,23 @@ class _TiffWarnings(logging.Handler):
 
 
 @contextmanager
-def tiff_warnings_as_errors(label: str) -> Iterator[None]:
-    """A TIFF that tifffile reads only with warnings (cut short, bad offsets) is refused, naming the damage."""
+def tiff_errors(label: str, problem: str = "not a readable TIFF") -> Iterator[None]:
+    """Everything tifffile objects to while a file is read, as one FocusFuseError naming the file.
+
+    tifffile raises many types for damaged files (``problem``, with its message); a
+    TIFF it reads only with warnings (cut short, bad offsets) is refused too, naming
+    the damage.
+    """
     logger = logging.getLogger("tifffile")
     handler = _TiffWarnings()
     logger.addHandler(handler)
     propagate, logger.propagate = logger.propagate, False
     try:
         yield
+    except FocusFuseError:
+        raise
+    except Exception as error:
+        raise FocusFuseError(f"{label}: {problem} ({error})") from error
     finally:
         logger.removeHandler(handler)
         logger.propagate = propagate
@@ -91,21 +100,34 @@ def _series_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 def _read_tiff_image(path: Path, label: str) -> np.ndarray:
-    try:
-        with tiff_warnings_as_errors(label), tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape = series.axes, series.shape
-            check_fits_memory(label, _series_nbytes(shape, series.dtype), f"a {'x'.join(map(str, shape))} TIFF")
-            image = series.asarray()
-    except FocusFuseError:
-        raise
-    except Exception as error:  # tifffile raises many types for damaged files
-        raise FocusFuseError(f"{label}: not a readable TIFF ({error})") from error
+    with tiff_errors(label), tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, shape = series.axes, series.shape
+        check_fits_memory(label, _series_nbytes(shape, series.dtype), f"a {'x'.join(map(str, shape))} TIFF")
+        image = series.asarray()
     if axes.endswith("SYX") and image.ndim == 3:  # planar configuration: one plane per colour
         image = np.ascontiguousarray(np.moveaxis(image, 0, -1))
     if image.ndim == 3 and image.shape[-1] not in (1, 2, 3, 4):
         raise FocusFuseError(f"{label}: holds {image.shape[0]} planes; pass it alone to fuse it as a multipage stack")
     return _check_array(image, label)
+
+
+def check_file(path: Path) -> tuple[str | None, tuple[int, int, int] | None]:
+    """Readable, whole and decodable within memory, from a few bytes at its start and end.
+
+    Returns the format found in the first bytes and, where the header tells it,
+    (height, width, bytes per pixel). TIFFs are checked as tifffile opens them.
+    """
+    check_readable(path)
+    kind = sniff_format(path)
+    if kind == "tiff":
+        return kind, None
+    check_complete(path, kind)
+    size = declared_size(path, kind)
+    if size is not None:
+        height, width, pixel_bytes = size
+        check_fits_memory(str(path), height * width * pixel_bytes, f"a {width}x{height} image")
+    return kind, size
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -116,15 +138,9 @@ def read_image(path: Path) -> np.ndarray:
     turned upright by their EXIF orientation, as viewers show them.
     """
     label = str(path)
-    check_readable(path)
-    kind = sniff_format(path)
+    kind, _ = check_file(path)
     if kind == "tiff":
         return _read_tiff_image(path, label)
-    check_complete(path, kind)
-    size = declared_size(path, kind)
-    if size is not None:
-        height, width, pixel_bytes = size
-        check_fits_memory(label, height * width * pixel_bytes, f"a {width}x{height} image")
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation; JPEG has
     # neither alpha nor 16 bits, so it is read with orientation applied.
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "jpeg" else cv2.IMREAD_UNCHANGED
@@ -181,16 +197,11 @@ class StackSource:
 
 def _tiff_stack(path: Path) -> StackSource | None:
     """The multipage stack in a TIFF, or None when the file holds a single image."""
-    try:
-        with tiff_warnings_as_errors(str(path)), tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            axes, shape = series.axes, series.shape
-            page_count = len(series.pages)
-            dtype = series.dtype
-    except FocusFuseError:
-        raise
-    except Exception as error:
-        raise FocusFuseError(f"{path}: not a readable TIFF ({error})") from error
+    with tiff_errors(str(path)), tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        axes, shape = series.axes, series.shape
+        page_count = len(series.pages)
+        dtype = series.dtype
     image_axes = "YXS" if axes.endswith("S") else "YX"
     page_axes = axes[: len(axes) - len(image_axes)]
     if not axes.endswith(image_axes):
@@ -219,21 +230,16 @@ def _tiff_stack(path: Path) -> StackSource | None:
 
     def read_plane(index: int) -> np.ndarray:
         label = f"{path}[z={index}]"
-        try:
+        with tiff_errors(label, "cannot read this plane"):
             if contiguous_pages:
                 ranges = [range(n) for n in page_shape]
                 ranges[stack_position] = range(index, index + 1)
                 keys = [int(np.ravel_multi_index(combo, page_shape)) for combo in itertools.product(*ranges)]
-                with tiff_warnings_as_errors(label), tifffile.TiffFile(path) as tif:
+                with tifffile.TiffFile(path) as tif:
                     plane = tif.asarray(key=keys, series=0)
             else:
                 # Pages do not map one-to-one to planes: read the series, keep one plane.
-                with tiff_warnings_as_errors(label):
-                    plane = np.take(tifffile.imread(path, series=0), index, axis=stack_position)
-        except FocusFuseError:
-            raise
-        except Exception as error:
-            raise FocusFuseError(f"{label}: cannot read this plane ({error})") from error
+                plane = np.take(tifffile.imread(path, series=0), index, axis=stack_position)
         # Leading axes are the page axes other than Z (at most C), then Y, X (and S).
         plane = plane.reshape((-1,) + image_shape)
         if plane.shape[0] == 1:
@@ -297,18 +303,17 @@ def precheck_files(paths: list[Path]) -> tuple[int, int] | None:
     first slice's (height, width) where its header tells it.
     """
     first: tuple[int, int, int] | None = None
-    for path in paths:
-        check_readable(path)
-        kind = sniff_format(path)
-        check_complete(path, kind)
-        size = declared_size(path, kind)
+    first_kind: str | None = None  # the format of paths[0]: headers are compared within one format
+    for number, path in enumerate(paths):
+        kind, size = check_file(path)
+        if number == 0:
+            first_kind = kind
         if size is None:
             continue
         height, width, pixel_bytes = size
-        check_fits_memory(str(path), height * width * pixel_bytes, f"a {width}x{height} image")
         if first is None:
             first = size
-        elif size != first and sniff_format(paths[0]) == kind:
+        elif size != first and kind == first_kind:
             depth = f", {pixel_bytes} bytes a pixel" if pixel_bytes != first[2] else ""
             first_depth = f", {first[2]} bytes a pixel" if depth else ""
             raise FocusFuseError(
