@@ -21,9 +21,6 @@ Usage: python bench/alignment.py [--size 512] [--seed 0] [--figure docs/figures/
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +29,7 @@ import cv2
 import numpy as np
 from multislice import psnr, textured_with_flat_discs
 from multislice_figure import GAP, panel
+from peers import REAL_STACKS, run_peer
 
 from focusfuse.fusion.alignment import estimate_alignment
 from focusfuse.fusion.pipeline import fuse_stack
@@ -40,13 +38,7 @@ from focusfuse.io.writer import write_image
 from focusfuse.training.synthetic import drifting_render_side, make_drifting_stack
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_STACKS = REPO.parent / "shared" / "data" / "stacks"
 SW1 = (slice(130, 430), slice(880, 1280))
-
-
-def corner_error(estimated: np.ndarray, truth: np.ndarray, height: int, width: int) -> float:
-    corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], float)
-    return float(np.max(np.hypot(*(corners @ estimated.T - corners @ truth.T).T)))
 
 
 def write_slices(folder: Path, slices: list[np.ndarray]) -> list[Path]:
@@ -74,8 +66,7 @@ def synthetic(size: int, seed: int, scratch: Path) -> None:
     alignment = estimate_alignment(lambda j: read_image(paths[j]), len(paths), "similarity")
     seconds = time.perf_counter() - started
     errors = [
-        corner_error(t.matrix, truth, size, size)
-        for t, truth in zip(alignment.transforms, stack.transforms, strict=True)
+        t.corner_error(truth, size, size) for t, truth in zip(alignment.transforms, stack.transforms, strict=True)
     ]
     print(f"synthetic 10x{size}x{size}, seed {seed}: estimated in {seconds:.2f} s")
     print("  corner error per slice, px: " + " ".join(f"{e:.2f}" for e in errors))
@@ -132,14 +123,9 @@ def pcb10(figure: Path, scratch: Path) -> None:
         "unaligned": results["none"].fused,
         "--align similarity": results["similarity"].fused,
     }
-    focus_stack = os.environ.get("FOCUS_STACK") or shutil.which("focus-stack")
-    if focus_stack:
-        output = scratch / "focus-stack.png"
-        files = [str(p) for p in open_stack([folder]).paths]
-        subprocess.run(
-            [focus_stack, "--align-keep-size", f"--output={output}", *files], check=True, capture_output=True
-        )
-        images["focus-stack (aligns)"] = read_image(output)
+    focus_stack = run_peer("focus-stack", [Path(p) for p in open_stack([folder]).paths], scratch / "focus-stack.png")
+    if not isinstance(focus_stack, str):
+        images["focus-stack (aligns)"] = focus_stack
     tiles = [panel(np.ascontiguousarray(image[SW1]), f"pcb10: {name}") for name, image in images.items()]
     spacer = np.full((tiles[0].shape[0], GAP, 3), 255, np.uint8)
     figure.parent.mkdir(parents=True, exist_ok=True)

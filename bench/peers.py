@@ -68,19 +68,23 @@ def run_measured(command: list[str], memory_limit: int | None = None) -> Run:
     return Run(seconds, usage.ru_maxrss / 1024.0, error)
 
 
-def tools(focus_stack: str | None) -> dict[str, tuple[list[str] | None, str]]:
+def peer_prefix(tool: str) -> tuple[list[str] | None, str]:
+    """A peer's command prefix, or None and why it is absent (``enfuse`` or ``focus-stack``)."""
+    if tool == "enfuse":
+        enfuse = shutil.which("enfuse")
+        return ([enfuse, *ENFUSE_FLAGS], "") if enfuse else (None, "enfuse not installed (apt-get install enfuse)")
+    focus_stack = os.environ.get("FOCUS_STACK") or shutil.which("focus-stack")
+    if focus_stack:
+        return [focus_stack], ""
+    return None, "focus-stack not found ($FOCUS_STACK or PATH; build it from its source with make)"
+
+
+def tools() -> dict[str, tuple[list[str] | None, str]]:
     """Per tool: the command prefix (None when absent) and why it is absent."""
     focusfuse = str(Path(sys.executable).parent / "focusfuse")
-    enfuse = shutil.which("enfuse")
     return {  # enfuse first: the others' ratios are to its time
-        "enfuse": (
-            ([enfuse, *ENFUSE_FLAGS], "") if enfuse else (None, "enfuse not installed (apt-get install enfuse)")
-        ),
-        "focus-stack": (
-            ([focus_stack], "")
-            if focus_stack
-            else (None, "focus-stack not found ($FOCUS_STACK or PATH; build it from its source with make)")
-        ),
+        "enfuse": peer_prefix("enfuse"),
+        "focus-stack": peer_prefix("focus-stack"),
         "focusfuse": ([focusfuse, "stack", "--quiet", "--device", "cpu"], ""),
     }
 
@@ -92,6 +96,21 @@ def command_for(tool: str, prefix: list[str], files: list[Path], output: Path) -
     if tool == "enfuse":
         return [*prefix, "-o", str(output), *names]
     return [*prefix, "--align-keep-size", f"--output={output}", *names]
+
+
+def read_output(path: Path) -> np.ndarray:
+    """A fused image as a tool wrote it, without the alpha channel enfuse adds."""
+    fused = read_image(path)
+    return fused[..., :3] if fused.ndim == 3 else fused
+
+
+def run_peer(tool: str, files: list[Path], output: Path) -> np.ndarray | str:
+    """A peer's fused image of ``files`` (written to ``output``), or why there is none."""
+    prefix, why = peer_prefix(tool)
+    if prefix is None:
+        return why
+    subprocess.run(command_for(tool, prefix, files, output), check=True, capture_output=True)
+    return read_output(output)
 
 
 def stacks(names: list[str], scratch: Path):
@@ -117,8 +136,7 @@ def main() -> None:
     parser.add_argument("--stacks", default="synthetic,pcb10,plankton5")
     parser.add_argument("--memory-limit", type=float, default=16.0, help="GiB of address space for focusfuse")
     args = parser.parse_args()
-    focus_stack = os.environ.get("FOCUS_STACK") or shutil.which("focus-stack")
-    available = tools(focus_stack)
+    available = tools()
     memory_limit = int(args.memory_limit * 2**30)
     print(f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack")
     print(f"{'stack':<26} {'tool':<12} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
@@ -141,8 +159,7 @@ def main() -> None:
                     continue
                 quality = "-"
                 if truth is not None:
-                    fused = read_image(output)
-                    fused = fused[..., :3] if fused.ndim == 3 else fused
+                    fused = read_output(output)
                     quality = f"{psnr(np.rint(to_gray(fused) * 255), truth):.2f}"
                 enfuse = results.get("enfuse")
                 ratio = f"{run.seconds / enfuse.seconds:.1f}" if enfuse and not enfuse.error else "-"

@@ -22,15 +22,13 @@ Usage: python bench/seams.py [--stacks nuisance,clean,pcb10] [--size 512] [--see
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from multislice import psnr, textured_with_flat_discs
+from peers import REAL_STACKS, run_peer
 
 from focusfuse.fusion.pipeline import fuse_stack
 from focusfuse.io.color import to_gray
@@ -40,8 +38,6 @@ from focusfuse.metrics.seams import SeamMeter
 from focusfuse.training.synthetic import make_depth_stack, smooth_depth
 
 REPO = Path(__file__).resolve().parent.parent
-REAL_STACKS = REPO.parent / "shared" / "data" / "stacks"
-ENFUSE_FLAGS = ["--exposure-weight=0", "--saturation-weight=0", "--contrast-weight=1", "--hard-mask"]
 N_SLICES = 10
 
 
@@ -88,25 +84,7 @@ def synthetic_stack(folder: Path, size: int, seed: int, nuisances: bool) -> tupl
 
 def peer_outputs(files: list[Path], scratch: Path) -> dict[str, np.ndarray | str]:
     """enfuse's and focus-stack's fused images, or why there is none."""
-    outputs: dict[str, np.ndarray | str] = {}
-    enfuse = shutil.which("enfuse")
-    focus_stack = os.environ.get("FOCUS_STACK") or shutil.which("focus-stack")
-    commands = {
-        "enfuse": [enfuse, *ENFUSE_FLAGS, "-o", str(scratch / "enfuse.png"), *map(str, files)] if enfuse else None,
-        "focus-stack": (
-            [focus_stack, "--align-keep-size", f"--output={scratch / 'focus-stack.png'}", *map(str, files)]
-            if focus_stack
-            else None
-        ),
-    }
-    for tool, command in commands.items():
-        if command is None:
-            outputs[tool] = "not installed"
-            continue
-        subprocess.run(command, check=True, capture_output=True)
-        fused = read_image(scratch / f"{tool}.png")
-        outputs[tool] = fused[..., :3] if fused.ndim == 3 and fused.shape[2] in (2, 4) else fused
-    return outputs
+    return {tool: run_peer(tool, files, scratch / f"{tool}.png") for tool in ("enfuse", "focus-stack")}
 
 
 def select(slices: list[np.ndarray], index_map: np.ndarray) -> np.ndarray:

@@ -12,14 +12,13 @@ Usage: python bench/seams_figure.py [--out docs/figures/seams.png]
 from __future__ import annotations
 
 import argparse
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 from multislice_figure import GAP, panel
-from seams import ENFUSE_FLAGS, REAL_STACKS, select, synthetic_stack
+from peers import REAL_STACKS, run_peer
+from seams import select, synthetic_stack
 
 from focusfuse.fusion.pipeline import fuse_stack
 from focusfuse.io.reader import open_stack, read_image
@@ -33,12 +32,9 @@ def row(files: list[Path], window: tuple[slice, slice], label: str, scratch: Pat
     slices = [read_image(f) for f in files]
     result = fuse_stack(files, device="cpu")
     images = {"--composite select": select(slices, result.index_map), "pyramid (default)": result.fused}
-    enfuse = shutil.which("enfuse")
-    if enfuse:
-        output = scratch / "enfuse.png"
-        subprocess.run([enfuse, *ENFUSE_FLAGS, "-o", str(output), *map(str, files)], check=True, capture_output=True)
-        fused = read_image(output)
-        images["enfuse --hard-mask"] = fused[..., :3] if fused.ndim == 3 and fused.shape[2] in (2, 4) else fused
+    enfuse = run_peer("enfuse", files, scratch / "enfuse.png")
+    if not isinstance(enfuse, str):
+        images["enfuse --hard-mask"] = enfuse
     tiles = []
     for name, image in images.items():
         crop = np.ascontiguousarray(image[window])

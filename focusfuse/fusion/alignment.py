@@ -57,11 +57,10 @@ class SliceTransform:
     registered: bool = True  # False: its pair with the neighbour could not be registered
     applied: bool = True  # False: left unwarped (the reference, or alignment off)
 
-    def corner_displacement(self, height: int, width: int) -> float:
-        """The largest distance any image corner moves, px."""
+    def corner_error(self, truth: np.ndarray, height: int, width: int) -> float:
+        """The largest distance, px, between where this transform and ``truth`` (2x3) put an image corner."""
         corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], float)
-        moved = corners @ self.matrix.T
-        return float(np.max(np.hypot(*(moved - corners[:, :2]).T)))
+        return float(np.max(np.hypot(*(corners @ self.matrix.T - corners @ truth.T).T)))
 
     def describe(self, height: int, width: int) -> dict:
         """Shift of the image centre (px), scale and rotation (degrees), as the report states them."""

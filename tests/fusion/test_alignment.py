@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import focusfuse.cli as cli
 from focusfuse import fuse_stack
-from focusfuse.fusion.alignment import SliceTransform, estimate_alignment
+from focusfuse.fusion.alignment import estimate_alignment
 from focusfuse.io.writer import write_image
 from focusfuse.training.synthetic import make_drifting_stack
 
@@ -21,11 +21,6 @@ from conftest import EXAMPLES
 def drifting_stack(size=256, n=6, seed=0, max_shift=10.0, scale_span=0.015):
     stack = make_drifting_stack(size, n, np.random.default_rng(seed), max_shift=max_shift, scale_span=scale_span)
     return stack.slices, stack.transforms, stack.sharp
-
-
-def corner_error(estimated: SliceTransform, truth: np.ndarray, size: int) -> float:
-    corners = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], float)
-    return float(np.max(np.hypot(*(corners @ estimated.matrix.T - corners @ truth.T).T)))
 
 
 def write_slices(folder, slices):
@@ -40,7 +35,7 @@ def test_drift_and_breathing_are_recovered_at_the_corners():
     observed, truths, _ = drifting_stack()
     alignment = estimate_alignment(lambda j: observed[j], len(observed), "similarity")
     assert alignment.reference == 2 and not alignment.warnings
-    errors = [corner_error(t, truth, 256) for t, truth in zip(alignment.transforms, truths, strict=True)]
+    errors = [t.corner_error(truth, 256, 256) for t, truth in zip(alignment.transforms, truths, strict=True)]
     # Chained pairs add up the motion that defocus differences fake (alignment.py);
     # the slices next to the reference are within 0.1 px.
     assert max(errors) < 0.5, errors
@@ -52,7 +47,7 @@ def test_other_motion_models_recover_a_pure_drift(mode, bound):
     """Affine's six parameters fit the defocused pairs less tightly than the similarity's four."""
     observed, truths, _ = drifting_stack(scale_span=0.0, seed=1)
     alignment = estimate_alignment(lambda j: observed[j], len(observed), mode)
-    errors = [corner_error(t, truth, 256) for t, truth in zip(alignment.transforms, truths, strict=True)]
+    errors = [t.corner_error(truth, 256, 256) for t, truth in zip(alignment.transforms, truths, strict=True)]
     assert max(errors) < bound, errors
 
 

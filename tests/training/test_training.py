@@ -13,6 +13,9 @@ from focusfuse.model.weights import load_model
 from focusfuse.training.synthetic import procedural_texture
 from focusfuse.training.trainer import TrainConfig, train
 
+# Command-line options of a training run small enough for a test: 2 pairs of 32 px a step on the CPU.
+TINY_RUN = ["--batch-size", "2", "--crop", "32", "--validation-pairs", "1", "--device", "cpu"]
+
 
 @pytest.fixture(scope="module")
 def tiny_bsds(tmp_path_factory):
@@ -118,20 +121,7 @@ def test_ctrl_c_or_sigterm_stops_training_and_its_workers(tiny_bsds, tmp_path, s
         "--epochs",
         "1000",
     ]
-    command += [
-        "--steps-per-epoch",
-        "2",
-        "--batch-size",
-        "2",
-        "--crop",
-        "32",
-        "--validation-pairs",
-        "1",
-        "--device",
-        "cpu",
-        "--workers",
-        "2",
-    ]
+    command += ["--steps-per-epoch", "2", *TINY_RUN, "--workers", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
@@ -169,20 +159,7 @@ def test_train_command_line(tiny_bsds, tmp_path):
 
     out = tmp_path / "run"
     arguments = ["train", "--data", str(tiny_bsds), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "1"]
-    arguments += [
-        "--batch-size",
-        "2",
-        "--crop",
-        "32",
-        "--validation-pairs",
-        "1",
-        "--device",
-        "cpu",
-        "--qg-weight",
-        "0",
-        "--workers",
-        "1",
-    ]
+    arguments += [*TINY_RUN, "--qg-weight", "0", "--workers", "1"]
     result = CliRunner().invoke(main, arguments)
     assert result.exit_code == 0, result.output
     assert "epoch 1/1 loss" in result.stderr and (out / "gacn.pt").is_file() and (out / "gacn.pt.sha256").is_file()
