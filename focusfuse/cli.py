@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Iterator
@@ -52,6 +53,21 @@ def output_mode(quiet: bool) -> str:
     if sys.stderr.isatty():
         return "progress"
     return "summary" if has_controlling_terminal() else "silent"
+
+
+class MemorySize(click.ParamType):
+    """A size in bytes written as 1500000, 800M, 2G or 1.5G (powers of 1024)."""
+
+    name = "size"
+    UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        match = re.fullmatch(r"\s*(\d+(?:\.\d*)?)\s*([KMGT]?)i?B?\s*", str(value), re.IGNORECASE)
+        if match is None or float(match.group(1)) <= 0:
+            self.fail(f"{value!r} is not a size such as 800M or 2G", param, ctx)
+        return int(float(match.group(1)) * self.UNITS[match.group(2).upper()])
 
 
 def expand_inputs(inputs: tuple[str, ...]) -> list[str]:
@@ -193,13 +209,20 @@ def main(debug: bool) -> None:
 )
 @click.option("--crop", is_flag=True, help="Crop the result to the area every aligned slice covers.")
 @click.option(
+    "--max-memory",
+    type=MemorySize(),
+    default="2G",
+    show_default=True,
+    help="Memory budget (K, M, G suffixes): larger images are fused in tiles. At most what is available.",
+)
+@click.option(
     "--weights",
     type=click.Path(dir_okay=False),
     help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack(
-    inputs, output, index_map, timing, device, batch_size, strategy, composite, align, crop, weights, quiet
+    inputs, output, index_map, timing, device, batch_size, strategy, composite, align, crop, max_memory, weights, quiet
 ) -> None:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -218,6 +241,7 @@ def stack(
             composite=composite,
             align=align,
             crop=crop,
+            max_memory=max_memory,
             device=device,
             batch_size=batch_size,
             weights=weights,

@@ -191,7 +191,7 @@ def test_a_format_that_cannot_hold_the_result_is_refused_before_fusing(runner, t
 
     for k in range(3):
         tifffile.imwrite(tmp_path / f"z{k}.tif", np.full((32, 32, 2), 40 * k, np.uint8), photometric="minisblack")
-    monkeypatch.setattr(pipeline, "fuse_running_best", lambda *a, **k: pytest.fail("fused before refusing"))
+    monkeypatch.setattr(pipeline, "running_best_choice", lambda *a, **k: pytest.fail("fused before refusing"))
     result = runner.invoke(
         cli.main, ["stack", *(str(tmp_path / f"z{k}.tif") for k in range(3)), "-o", str(tmp_path / "f.png")]
     )
@@ -204,13 +204,35 @@ def test_an_unexpected_error_is_one_line_with_its_own_status_and_debug_shows_it(
     def broken(*args, **kwargs):
         raise ValueError("something inside broke")
 
-    monkeypatch.setattr(pipeline, "fuse_running_best", broken)
+    monkeypatch.setattr(pipeline, "running_best_choice", broken)
     arguments = ["stack", str(EXAMPLES / "stack8"), "-o", str(tmp_path / "f.png")]
     result = runner.invoke(cli.main, arguments)
     assert result.exit_code == 4 and result.stderr.count("\n") == 1
     assert "internal error (ValueError: something inside broke); run with --debug" in result.stderr
     debug = runner.invoke(cli.main, ["--debug", *arguments])
     assert isinstance(debug.exception, ValueError)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("size", "expected"), [("1.5G", 3 * 2**29), ("800M", 800 * 2**20), ("123456", 123456)])
+def test_max_memory_takes_sizes_with_units(runner, tmp_path, monkeypatch, size, expected):
+    import focusfuse.fusion.pipeline as pipeline
+
+    budgets = []
+    real_plan = pipeline._plan
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(pipeline, "_plan", lambda *args: budgets.append(args[-1]) or real_plan(*args))
+    arguments = ["stack", str(EXAMPLES / "pair"), "-o", str(tmp_path / "f.png"), "--max-memory", size]
+    result = runner.invoke(cli.main, arguments)
+    assert budgets and set(budgets) == {expected}
+    assert result.exit_code == (1 if expected < 2**28 else 0)  # 123456 bytes: not even the process fits
+
+
+@pytest.mark.parametrize("size", ["lots", "-1G", "0", "2X"])
+def test_a_max_memory_that_is_no_size_is_a_usage_error(runner, tmp_path, size):
+    arguments = ["stack", str(EXAMPLES / "pair"), "-o", str(tmp_path / "f.png"), "--max-memory", size]
+    result = runner.invoke(cli.main, arguments)
+    assert result.exit_code == 2 and "is not a size such as 800M or 2G" in result.stderr
     assert not list(tmp_path.iterdir())
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,22 +21,34 @@ import torch
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, AlignMode, StackAlignment, estimate_alignment
-from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, PyramidBlend
+from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, composite_pyramid
 from focusfuse.fusion.strategies import (
     SLICES_PER_DECISION,
     STRATEGIES,
     Progress,
     StackContext,
     Strategy,
+    fill_flat_regions,
     fuse_calibrated_paper,
-    fuse_running_best,
     fuse_serial,
+    running_best_choice,
+)
+from focusfuse.fusion.tiling import (
+    DEFAULT_MAX_MEMORY,
+    MemoryPlan,
+    fuse_tiles,
+    measure_statistics,
+    plan_memory,
+    sample_mosaic,
+    tile_grid,
 )
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import unit_scale
 from focusfuse.io.filecheck import available_memory
 from focusfuse.io.reader import StackSource, open_stack
+from focusfuse.io.slice_cache import DecodedStack
 from focusfuse.io.writer import check_format_holds, check_free_space, check_output_path, write_image, write_json
+from focusfuse.model.network import GACN
 from focusfuse.model.weights import find_weights, load_model
 
 DEFAULT_BATCH_SIZE = 2
@@ -91,27 +104,11 @@ def intensity_mapping(first_slice: np.ndarray) -> tuple[float, float]:
     return low, max(high - low, 1e-12)
 
 
-# Peak resident memory of a CPU fusion per pixel of one slice: the 64-channel activities
-# (256 bytes a pixel each) of the slices, mosaics and decision paths held at once
-# (bench/peers.py: pcb10, 3.1 Mpx, peaks at 7.0 GB; bench/memory.py: 0.26 Mpx at
-# 0.8 GB), plus what torch and the process hold anyway.
-PLAN_BYTES_PER_PIXEL = {"calibrated": 2300, "serial": 2300, "calibrated-paper": 3300}
-PLAN_BASE_BYTES = 400 * 2**20
-
-
-def check_plan_fits_memory(label: str, height: int, width: int, strategy: str) -> None:
-    """Refuse, in seconds, a fusion whose activities cannot fit the memory available.
-
-    The whole image goes through the network at once, so a 20-megapixel slice needs
-    about 45 GB; without this check it would run for a minute and die allocating.
-    """
+def memory_budget(max_memory: int | None, device: torch.device) -> int:
+    """The budget a plan must fit: ``max_memory`` (default 2 GiB), at most what the machine has free now."""
+    budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     available = available_memory()
-    needed = PLAN_BASE_BYTES + PLAN_BYTES_PER_PIXEL.get(strategy, 3300) * height * width
-    if available is not None and needed > available:
-        raise FocusFuseError(
-            f"{label}: fusing {width}x{height} slices needs about {needed / 2**30:.1f} GiB of memory, "
-            f"{available / 2**30:.1f} GiB are available (fusion in tiles is not built yet)"
-        )
+    return budget if available is None else min(budget, available)
 
 
 def default_index_map_path(output: Path) -> Path:
@@ -124,27 +121,130 @@ def default_timing_path(output: Path) -> Path:
     return output.with_name(output.stem + ".timing.json")
 
 
-def aligned_source(source: StackSource, alignment: StackAlignment) -> StackSource:
-    """The stack as the strategies see it: every slice warped into the reference frame (and cropped)."""
-    original = source.read
-    return StackSource(labels=source.labels, paths=source.paths, reader=lambda j: alignment.warp(j, original(j)))
+def _aligned_slices(decoded: DecodedStack, alignment: StackAlignment, first: np.ndarray) -> DecodedStack:
+    """The decoded slices warped into the reference frame (and cropped), in a new store."""
+    warped_first = alignment.warp(0, first)
+    return DecodedStack(
+        lambda j: alignment.warp(j, decoded.read(j)), decoded.n_slices, warped_first, in_memory=decoded.in_memory
+    )
 
 
-def _composite_by_pyramid(context: StackContext, index_map: np.ndarray, levels: int) -> np.ndarray:
-    """The pyramid blend, reading each used slice once more.
+def _fold_per_slice(clock: StageClock, n_slices: int) -> None:
+    """Sum the per-slice times of every tile (and the sample) into one per slice."""
+    runs = [clock.per_slice[k : k + n_slices] for k in range(0, len(clock.per_slice), n_slices)]
+    clock.per_slice[:] = [sum(times) for times in zip(*runs, strict=False)]
 
-    The ``composite`` stage includes that second read; its time is shared among the slices.
-    """
+
+def _composite_by_pyramid(context: StackContext, index_map: np.ndarray, levels: int, max_pixels: int) -> np.ndarray:
+    """The pyramid blend of the decoded slices; its time is shared among the slices."""
     clock = context.clock
     started = clock.now()
     with clock.stage("composite"):
-        blend = PyramidBlend(index_map, levels)
-        for j in blend.used_slices(len(context.source)):
-            blend.add(j, context.first_slice if j == 0 else context.source.read(j))
-        fused = blend.result()
+        fused = composite_pyramid(context.source.read, index_map, len(context.source), levels, max_pixels=max_pixels)
     share = (clock.now() - started) / len(clock.per_slice)
     clock.per_slice[:] = [seconds + share for seconds in clock.per_slice]
     return fused
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory so far (Linux reports kilobytes)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _plan(
+    source: StackSource,
+    height: int,
+    width: int,
+    channels: int,
+    itemsize: int,
+    strategy: str,
+    batch_size: int,
+    budget: int,
+) -> MemoryPlan:
+    tileable = strategy in ("calibrated", "calibrated-paper", "pair")
+    try:
+        return plan_memory(
+            height,
+            width,
+            channels,
+            itemsize,
+            len(source),
+            strategy="serial" if strategy == "pair" else strategy,
+            batch_size=batch_size,
+            budget=budget,
+            tileable=tileable,
+        )
+    except ValueError as error:
+        raise FocusFuseError(
+            f"{source.labels[0]}: {error}, more than the budget of {budget / 2**30:.1f} GiB "
+            f"(--max-memory, or what is available)"
+        ) from None
+
+
+def _fuse_decoded(
+    decoded: DecodedStack,
+    source: StackSource,
+    model: GACN,
+    plan: MemoryPlan,
+    *,
+    clock: StageClock,
+    device: torch.device,
+    strategy: str,
+    batch_size: int,
+    slices_per_decision: int,
+    adjacent_by_sharpness: bool,
+    fill_flat: bool,
+    composite: Composite,
+    pyramid_levels: int,
+    progress: Progress,
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """Run the strategy on the decoded slices, whole or in tiles, then fill and composite.
+
+    Returns the fused image, the index map and the composite used.
+    """
+    first_slice = decoded.read(0)
+    whole = StackSource(labels=source.labels, paths=source.paths, reader=decoded.read)
+    offset, scale = intensity_mapping(first_slice)
+    n_slices = len(source)
+    height, width = first_slice.shape[:2]
+    tiles = tile_grid(height, width, plan.tile_side, plan.halo) if plan.tile_side is not None else []
+
+    def make_context(part: StackSource, first: np.ndarray) -> StackContext:
+        return StackContext(
+            model=model,
+            source=part,
+            first_slice=first,
+            device=device,
+            clock=clock,
+            intensity_offset=offset,
+            intensity_scale=scale,
+            progress=lambda done, total: None,
+        )
+
+    def run(context: StackContext) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+        if strategy == "calibrated":
+            return running_best_choice(context, batch_size, slices_per_decision, adjacent_by_sharpness)
+        if strategy == "calibrated-paper":
+            return (*fuse_calibrated_paper(context, batch_size), None)
+        return (*fuse_serial(context), None)
+
+    context = make_context(whole, first_slice)
+    with torch.inference_mode(), full_float32():
+        if not tiles:
+            context.progress = progress
+            fused, index_map, peak_sharpness = run(context)
+        else:
+            assert plan.tile_side is not None
+            mosaic = sample_mosaic(height, width, plan.tile_side)
+            statistics = measure_statistics(model, mosaic, make_context, whole, run)
+            fused, index_map, peak_sharpness = fuse_tiles(tiles, whole, make_context, run, statistics, progress)
+            _fold_per_slice(clock, n_slices)
+        if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
+            fill_flat_regions(context, fused, index_map, peak_sharpness.to(device))
+    used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
+    if used_composite == "pyramid":
+        fused = _composite_by_pyramid(context, index_map, pyramid_levels, plan.composite_pixels)
+    return fused, index_map, used_composite
 
 
 def fuse_stack(
@@ -165,6 +265,7 @@ def fuse_stack(
     pyramid_levels: int = PYRAMID_LEVELS,
     align: AlignMode = "none",
     crop: bool = False,
+    max_memory: int | None = None,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -193,6 +294,8 @@ def fuse_stack(
             neighbour, chained): ``translation``, ``similarity`` (scale, rotation and
             shift: drift and focus breathing), ``affine``, or ``none``.
         crop: crop the result to the area that every aligned slice covers.
+        max_memory: memory budget in bytes (default 2 GiB, at most what is available):
+            above it the image is fused in tiles (``tiling.py``).
     Returns:
         FusionResult with the fused array in the input dtype.
     """
@@ -208,6 +311,8 @@ def fuse_stack(
         raise FocusFuseError(f"pyramid_levels {pyramid_levels}: must be at least 0")
     if slices_per_decision < 1:
         raise FocusFuseError(f"slices_per_decision {slices_per_decision}: must be at least 1")
+    if max_memory is not None and max_memory <= 0:
+        raise FocusFuseError(f"--max-memory {max_memory}: must be positive")
     torch_device = resolve_device(device)
     clock = StageClock(torch_device)
     source = open_stack(inputs)
@@ -225,8 +330,10 @@ def fuse_stack(
         for path in targets:
             check_output_path(path, inputs=source.paths, report=path == timing_path)
 
-    if torch_device.type == "cpu" and source.declared_size is not None:  # from the headers, before decoding
-        check_plan_fits_memory(source.labels[0], *source.declared_size, strategy)
+    used_strategy = "pair" if len(source) == 2 else strategy
+    budget = memory_budget(max_memory, torch_device)
+    if source.declared_size is not None:  # from the headers, before any pixel is decoded
+        _plan(source, *source.declared_size, 3, 2, used_strategy, batch_size, budget)
     with clock.stage("load_weights"):
         weights_path = find_weights(weights)
         model = load_model(weights_path, torch_device)
@@ -240,38 +347,38 @@ def fuse_stack(
         check_format_holds(index_path, np.dtype(np.uint16 if len(source) > 256 else np.uint8), 1)
         # Uncompressed sizes bound what the fused image and the index map can take.
         check_free_space(targets, first_slice.nbytes + 2 * first_slice.shape[0] * first_slice.shape[1] + 2**20)
-    if torch_device.type == "cpu" and source.declared_size is None:
-        check_plan_fits_memory(source.labels[0], first_slice.shape[0], first_slice.shape[1], strategy)
-    with clock.stage("align"):
-        alignment = estimate_alignment(source.read, len(source), align, crop=crop)
-    if alignment.active:
-        source = aligned_source(source, alignment)
-        with clock.stage("read"):
-            first_slice = source.read(0)
-    offset, scale = intensity_mapping(first_slice)
-    context = StackContext(
-        model=model,
-        source=source,
-        first_slice=first_slice,
-        device=torch_device,
-        clock=clock,
-        intensity_offset=offset,
-        intensity_scale=scale,
-        progress=progress or (lambda done, total: None),
-    )
-    used_strategy = "pair" if len(source) == 2 else strategy
-    with torch.inference_mode(), full_float32():
-        if used_strategy == "calibrated":
-            fused, index_map = fuse_running_best(
-                context, batch_size, slices_per_decision, adjacent_by_sharpness, fill_flat
-            )
-        elif used_strategy == "calibrated-paper":
-            fused, index_map = fuse_calibrated_paper(context, batch_size)
-        else:
-            fused, index_map = fuse_serial(context)
-    used_composite = composite if used_strategy.startswith("calibrated") else "decision-map blend"
-    if used_composite == "pyramid":
-        fused = _composite_by_pyramid(context, index_map, pyramid_levels)
+    channels = 1 if first_slice.ndim == 2 else first_slice.shape[2]
+    height, width = first_slice.shape[:2]
+    plan = _plan(source, height, width, channels, first_slice.dtype.itemsize, used_strategy, batch_size, budget)
+    decoded = DecodedStack(source.read, len(source), first_slice, in_memory=plan.slices_in_memory)
+    try:
+        with clock.stage("align"):
+            alignment = estimate_alignment(decoded.read, len(source), align, crop=crop)
+        if alignment.active:
+            with clock.stage("align"):
+                aligned = _aligned_slices(decoded, alignment, first_slice)
+                aligned.read_all()
+            decoded.close()
+            decoded = aligned
+            first_slice = decoded.read(0)
+        fused, index_map, used_composite = _fuse_decoded(
+            decoded,
+            source,
+            model,
+            plan,
+            clock=clock,
+            device=torch_device,
+            strategy=used_strategy,
+            batch_size=batch_size,
+            slices_per_decision=slices_per_decision,
+            adjacent_by_sharpness=adjacent_by_sharpness,
+            fill_flat=fill_flat,
+            composite=composite,
+            pyramid_levels=pyramid_levels,
+            progress=progress or (lambda done, total: None),
+        )
+    finally:
+        decoded.close()
 
     height, width = first_slice.shape[:2]
     timing = {
@@ -289,6 +396,7 @@ def fuse_stack(
         "fill_flat": fill_flat and used_strategy == "calibrated",
         "composite": used_composite,
         "alignment": alignment.report(),
+        "memory_plan": plan.report(),
         "pyramid_levels": pyramid_levels if used_composite == "pyramid" else None,
         "weights": str(weights_path),
         "focusfuse_version": __version__,
@@ -306,6 +414,7 @@ def fuse_stack(
             write_image(fused_path, fused)
             write_image(index_path, index_map)
         timing["outputs"] = {"fused": str(fused_path), "index_map": str(index_path), "timing": str(timing_file)}
+    timing["peak_rss_bytes"] = peak_resident_bytes()
     timing["stages_s"] = {name: round(seconds, 6) for name, seconds in clock.stages.items()}
     timing["total_s"] = round(clock.total(), 6)
     if targets:

@@ -13,7 +13,7 @@
   features decide instead of the decision path (see `fuse_running_best`). No
   decision map is ever compared with another, so their saturation does not matter.
   Pixels that no slice shows textured (flat regions) then take their slice from
-  the textured pixels around them (`_fill_flat_regions`), which reads the stack a
+  the textured pixels around them (`fill_flat_regions`), which reads the stack a
   second time for those pixels only.
 - ``calibrated-paper``: Eq. 19 as published. Slice 1 is the baseline; the N-1
   decision paths compare it with every other slice, in batches, and slice j is
@@ -27,7 +27,7 @@ of the chosen slice.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -65,8 +65,28 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass
+class ImageWideStatistics:
+    """What a decision depends on beyond its neighbourhood, fixed for fusion in tiles.
+
+    Attributes:
+        gates: ``(N, 4, 16)`` every slice's channel SE weights (``FeatureExtractor.channel_gates``).
+        sharpness_medians: the median feature sharpness of the current choice before each
+            decision step of ``calibrated`` (the ``TEXTURED_FRACTION`` reference); None
+            while they are being measured (the context records them).
+    """
+
+    gates: torch.Tensor
+    sharpness_medians: list[float] | None = None
+
+
+@dataclass
 class StackContext:
-    """Everything a strategy needs; built once by the pipeline."""
+    """Everything a strategy needs; built by the pipeline for the image or for each tile.
+
+    With ``statistics`` the image-wide quantities come from there instead of from the
+    pixels at hand; what it lacks is computed here (over ``statistics_mask`` where one
+    is given) and the medians are recorded in ``measured_medians``.
+    """
 
     model: GACN
     source: StackSource
@@ -76,6 +96,22 @@ class StackContext:
     intensity_offset: float
     intensity_scale: float
     progress: Progress
+    statistics: ImageWideStatistics | None = None
+    statistics_mask: torch.Tensor | None = None
+    measured_medians: list[float] = field(default_factory=list)
+
+    def activity(self, grays: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """``(K, 64, H, W)`` activities of slices ``indices``, gray ``(K, 1, H, W)``."""
+        gates = None if self.statistics is None else self.statistics.gates[indices].to(self.device)
+        return self.model.activity(grays, gates)
+
+    def sharpness_median(self, sharpness: torch.Tensor, step: int) -> torch.Tensor | float:
+        """The median of the current choice's sharpness before decision step ``step``."""
+        if self.statistics is not None and self.statistics.sharpness_medians is not None:
+            return self.statistics.sharpness_medians[step]
+        median = sharpness.median() if self.statistics_mask is None else sharpness[self.statistics_mask].median()
+        self.measured_medians.append(float(median))
+        return median
 
     def read(self, index: int) -> np.ndarray:
         with self.clock.stage("read"):
@@ -107,7 +143,8 @@ def fuse_serial(context: StackContext) -> tuple[np.ndarray, np.ndarray]:
         image = context.read(j)
         gray = context.gray([image])
         with clock.stage("features"):
-            energies = model.activity(torch.cat((fused_gray, gray), 0))
+            # Tiles are fused serially only for pairs (j = 1), where the fused image is slice 0.
+            energies = context.activity(torch.cat((fused_gray, gray), 0), [0, j])
         with clock.stage("decisions"):
             final_map = model.decide(energies[0:1], energies[1:2], fused_gray, gray).final_map
         with clock.stage("assemble"):
@@ -129,7 +166,7 @@ def _start_calibrated(context: StackContext) -> tuple[torch.Tensor, torch.Tensor
     started = clock.now()
     gray = context.gray([first])
     with clock.stage("features"):
-        activity = context.model.activity(gray)
+        activity = context.activity(gray, [0])
     index_map = np.zeros(first.shape[:2], _index_dtype(len(context.source)))
     clock.per_slice.append(clock.now() - started)
     context.progress(1, len(context.source))
@@ -151,7 +188,7 @@ def _slice_batches(
         images = [context.read(j) for j in indices]
         grays = context.gray(images)
         with clock.stage("features"):
-            activities = context.model.activity(grays)
+            activities = context.activity(grays, indices)
         yield indices, images, grays, activities
         del images, grays, activities  # free before the next extraction, not after it
         share = (clock.now() - started) / len(indices)
@@ -246,6 +283,19 @@ def fuse_running_best(
     adjacent_by_sharpness: bool = True,
     fill_flat: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated fusion by running best (`running_best_choice`), flat regions filled after it."""
+    fused, index_map, peak_sharpness = running_best_choice(context, batch_size, group_size, adjacent_by_sharpness)
+    if fill_flat:
+        fill_flat_regions(context, fused, index_map, peak_sharpness)
+    return fused, index_map
+
+
+def running_best_choice(
+    context: StackContext,
+    batch_size: int,
+    group_size: int = SLICES_PER_DECISION,
+    adjacent_by_sharpness: bool = True,
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
     """Calibrated fusion by running best: each group of slices is compared with the current choice.
 
     Features are extracted once per slice (``batch_size`` slices at a time). Within a
@@ -261,8 +311,8 @@ def fuse_running_best(
     those pixels when they are textured (``TEXTURED_FRACTION``); the decision path
     decides the rest.
 
-    With ``fill_flat`` the pixels that no slice shows textured take their slice from
-    the textured ones around them afterwards (`_fill_flat_regions`).
+    Returns the fused image and index map before flat regions are filled, and the
+    ``(1, 1, H, W)`` peak feature sharpness that filling them needs.
     """
     model, clock = context.model, context.clock
     best_gray, best_activity, fused, index_map = _start_calibrated(context)
@@ -271,14 +321,15 @@ def fuse_running_best(
         best_sharpness = feature_sharpness(best_activity)
         best_index = torch.zeros_like(best_sharpness, dtype=torch.long)
         peak_sharpness = best_sharpness  # the sharpest any slice is, per pixel
-    for group in _groups(context, batch_size, group_size):
+    for step, group in enumerate(_groups(context, batch_size, group_size)):
         with clock.stage("decisions"):
             final_map = model.decide(best_activity, group.activity, best_gray, group.gray).final_map
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
             group_sharpness, group_index = group.sharpness(), group.slice_index()
             peak_sharpness = torch.maximum(peak_sharpness, group_sharpness)
             if adjacent_by_sharpness:
-                textured = torch.maximum(group_sharpness, best_sharpness) >= TEXTURED_FRACTION * best_sharpness.median()
+                reference = context.sharpness_median(best_sharpness, step)
+                textured = torch.maximum(group_sharpness, best_sharpness) >= TEXTURED_FRACTION * reference
                 adjacent = ((group_index - best_index).abs() <= ADJACENT_STEPS) & textured
                 sharper = torch.where(adjacent, group_sharpness > best_sharpness, sharper)
         with clock.stage("assemble"):
@@ -294,12 +345,10 @@ def fuse_running_best(
                 index_map[chosen] = j
                 fused[chosen] = group.images[number][chosen]
         del group  # its mosaic would otherwise live through the next group's extractions
-    if fill_flat:
-        _fill_flat_regions(context, fused, index_map, peak_sharpness)
-    return fused, index_map
+    return fused, index_map, peak_sharpness
 
 
-def _fill_flat_regions(
+def fill_flat_regions(
     context: StackContext, fused: np.ndarray, index_map: np.ndarray, peak_sharpness: torch.Tensor
 ) -> None:
     """Give pixels that no slice shows textured the slice of the textured pixels around them.

@@ -45,8 +45,10 @@ class ChannelSE(nn.Module):
             nn.Sigmoid(),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.gate(x.mean(dim=(2, 3)))
+    def forward(self, x: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Gate ``x`` ``(N, C, H, W)``; ``weights`` ``(N, C)`` fixed from elsewhere replace its own."""
+        if weights is None:
+            weights = self.gate(x.mean(dim=(2, 3)))
         return x * weights[:, :, None, None]
 
 
@@ -78,13 +80,38 @@ class FeatureExtractor(nn.Module):
         )
         self.excitations = nn.ModuleList([ChannelSE(width) for _ in range(4)])
 
-    def forward(self, gray: torch.Tensor) -> torch.Tensor:
-        """``(N, 1, H, W)`` gray in [0, 1] -> ``(N, 64, H, W)`` features."""
-        f0 = self.excitations[0](self.blocks[0](gray))
-        f1 = self.excitations[1](self.blocks[1](f0))
-        f2 = self.excitations[2](self.blocks[2](torch.cat((f0, f1), 1)))
-        f3 = self.excitations[3](self.blocks[3](torch.cat((f0, f1, f2), 1)))
-        return torch.cat((f0, f1, f2, f3), 1)
+    def forward(self, gray: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, 1, H, W)`` gray in [0, 1] -> ``(N, 64, H, W)`` features.
+
+        ``gates`` ``(N, 4, 16)``: the four channel SEs' weights, fixed (``channel_gates``
+        of the whole image, when the image goes through in tiles); None computes them
+        from ``gray`` itself.
+        """
+        features: list[torch.Tensor] = []
+        for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
+            block_input = gray if number == 0 else torch.cat(features, 1)
+            features.append(excitation(block(block_input), None if gates is None else gates[:, number]))
+        return torch.cat(features, 1)
+
+    def channel_gates(self, gray: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``(N, 1, H, W)`` -> ``(N, 4, 16)``: the channel SE weights ``forward`` computes for ``gray``.
+
+        The SEs gate by image-wide channel means, the one thing in the feature path that
+        a tile cannot see; computed once on a sample of the image, they fix every tile's.
+        ``weight`` ``(1, 1, H, W)`` (1 where a pixel counts) restricts the means to part
+        of ``gray``, such as the inside of sample crops laid side by side.
+        """
+        gates = []
+        features: list[torch.Tensor] = []
+        for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
+            activations = block(gray if number == 0 else torch.cat(features, 1))
+            if weight is None:
+                means = activations.mean(dim=(2, 3))
+            else:
+                means = (activations * weight).sum(dim=(2, 3)) / weight.sum()
+            gates.append(excitation.gate(means))  # type: ignore[operator]
+            features.append(activations * gates[-1][:, :, None, None])
+        return torch.stack(gates, 1)
 
 
 class DecisionPath(nn.Module):
@@ -155,12 +182,13 @@ class GACN(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def activity(self, gray: torch.Tensor) -> torch.Tensor:
+    def activity(self, gray: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
         """Gradient energy of the features: all a slice contributes to any comparison.
 
         ``(N, 1, H, W)`` gray -> ``(N, 64, H, W)``; cached for the baseline of a stack.
+        ``gates`` as in ``FeatureExtractor.forward``.
         """
-        return gradient_energy(self.features(gray))
+        return gradient_energy(self.features(gray, gates))
 
     def smooth_score(self, score: torch.Tensor) -> torch.Tensor:
         """Gaussian pooling of z (identity when ``score_sigma`` is 0, the paper's network)."""

@@ -8,14 +8,21 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+import torch
 
 import focusfuse
 import focusfuse.fusion.pipeline as pipeline
 from focusfuse import FocusFuseError, fuse_stack
+from focusfuse.fusion import tiling
 from focusfuse.io.writer import write_image
-from focusfuse.training.synthetic import make_depth_stack, procedural_texture
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 
 from conftest import EXAMPLES, interior, step_depth_stack
+
+
+def psnr(image, truth):
+    error = np.mean((image.astype(np.float64) - truth.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / error)
 
 
 def write_stack(folder, slices, suffix=".tif"):
@@ -315,10 +322,75 @@ def test_a_flat_region_takes_its_depth_from_its_rim(tmp_path):
     np.testing.assert_array_equal(filled.fused, picked)
 
 
-def test_a_stack_too_large_for_the_memory_is_refused_before_fusing(tmp_path, monkeypatch):
-    """The whole slice goes through the network: a plan that cannot fit fails in seconds, not after a minute."""
-    monkeypatch.setattr(pipeline, "available_memory", lambda: 512 * 2**20)
-    monkeypatch.setattr(pipeline, "fuse_running_best", lambda *a, **k: pytest.fail("fused before refusing"))
-    with pytest.raises(FocusFuseError, match=r"fusing 481x321 slices needs about 0\.7 GiB of memory, 0\.5 GiB are"):
-        fuse_stack([EXAMPLES / "stack8"], device="cpu", output=tmp_path / "f.png")
+def test_a_stack_too_large_for_the_budget_is_refused_before_fusing(tmp_path, monkeypatch):
+    """Not even the smallest tile fits: refused in seconds with what it needs, not killed after a minute."""
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 64 * 2**30)
+    monkeypatch.setattr(pipeline, "running_best_choice", lambda *a, **k: pytest.fail("fused before refusing"))
+    with pytest.raises(
+        FocusFuseError,
+        match=r"fusing 481x321 slices in tiles needs at least 0\.4 GiB of memory, more than the budget of 0\.3 GiB",
+    ):
+        fuse_stack([EXAMPLES / "stack8"], device="cpu", output=tmp_path / "f.png", max_memory=320 * 2**20)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_budget_is_at_most_the_memory_available(monkeypatch):
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 2**30)
+    assert pipeline.memory_budget(None, torch.device("cpu")) == 2**30
+    assert pipeline.memory_budget(512 * 2**20, torch.device("cpu")) == 512 * 2**20
+    monkeypatch.setattr(pipeline, "available_memory", lambda: None)
+    assert pipeline.memory_budget(None, torch.device("cpu")) == 2 * 2**30
+
+
+def test_a_stack_fused_in_tiles_agrees_with_the_whole_image(tmp_path, monkeypatch):
+    """A budget too small for the whole image gives tiles; their index map is the whole one's almost everywhere."""
+    monkeypatch.setattr(pipeline, "available_memory", lambda: 64 * 2**30)
+    rng = np.random.default_rng(5)
+    size, n_slices = 384, 6
+    sharp = np.rint(procedural_texture(size, size, rng) * 255).astype(np.uint8)
+    depth = smooth_depth(size, size, n_slices, rng)
+    stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=0.01, rng=rng)
+    folder = tmp_path / "s"
+    write_stack(folder, stack.slices, ".png")
+    whole = fuse_stack([folder], device="cpu")
+    budget = tiling.BASE_BYTES + size * size * 20 + 200 * 200 * tiling.work_bytes_per_pixel("calibrated", 2)
+    tiled = fuse_stack([folder], device="cpu", max_memory=budget, output=tmp_path / "f.png")
+    assert whole.timing["memory_plan"]["tiles"] == 1
+    plan = json.loads((tmp_path / "f.timing.json").read_text())["memory_plan"]
+    assert plan["tiles"] == tiled.timing["memory_plan"]["tiles"] >= 4 and plan["halo"] == tiling.TILE_HALO
+    assert plan["estimated_peak_bytes"] <= budget
+    agreement = (whole.index_map == tiled.index_map).mean()
+    assert agreement >= 0.995, f"tiled index map agrees on {agreement:.4f}"
+    assert abs(psnr(tiled.fused, sharp) - psnr(whole.fused, sharp)) < 0.05
+
+
+def test_decoded_slices_in_a_temporary_file_fuse_the_same_as_in_memory(tmp_path, monkeypatch):
+    """The file behind the memory map is unlinked at once: nothing is left in $TMPDIR, even while fusing."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    seen = []
+    real_run = pipeline.running_best_choice
+
+    def watching(*args, **kwargs):
+        seen.append(list(scratch.iterdir()))
+        return real_run(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "running_best_choice", watching)
+    in_memory = fuse_stack([EXAMPLES / "stack8"], device="cpu")
+    monkeypatch.setattr(pipeline, "plan_memory", _plan_on_file(tiling.plan_memory))
+    on_file = fuse_stack([EXAMPLES / "stack8"], device="cpu")
+    assert in_memory.timing["memory_plan"]["decoded_slices"] == "memory"
+    assert on_file.timing["memory_plan"]["decoded_slices"] == "temporary file"
+    np.testing.assert_array_equal(in_memory.fused, on_file.fused)
+    np.testing.assert_array_equal(in_memory.index_map, on_file.index_map)
+    assert seen == [[], []] and not list(scratch.iterdir())
+
+
+def _plan_on_file(plan_memory):
+    def planned(*args, **kwargs):
+        plan = plan_memory(*args, **kwargs)
+        plan.slices_in_memory = False
+        return plan
+
+    return planned

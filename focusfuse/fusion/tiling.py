@@ -1,0 +1,303 @@
+"""Fusion in tiles: memory set by a budget, not by the image.
+
+The network's activities take about 2.5 kB per pixel while a stack is fused, so a
+20-megapixel slice would need some 50 GB at once. Above what the budget
+(``--max-memory``) allows, the image is cut into overlapping tiles; each tile runs
+the whole strategy over every slice, and only its core (the tile without its halo)
+goes into the index map. What a decision depends on:
+
+- Pixels around it, out to ``decision_reach`` (computed below from the network's
+  layers). The running best chains decision steps, each looking that far around at
+  the choice the step before made, so in principle the reach grows with the stack;
+  in practice a choice rarely changes because of something that far away, and
+  ``TILE_HALO`` is chosen by measured agreement with the whole-image result
+  (docs/benchmarks.md, tiling).
+- Image-wide quantities, which a tile cannot see, fixed for every tile from a sample
+  of the image: a mosaic of crops spread over it (``sample_mosaic``) is fused first,
+  and gives every slice's channel SE gates (the feature path's global channel means,
+  over the inside of the crops) and the median sharpness of the current choice before
+  each decision step (``ImageWideStatistics``).
+- The flat-region fill and the peak-sharpness median it starts from: run once on the
+  whole index map after the tiles (1 byte a pixel plus a float32 sharpness map).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from focusfuse.fusion.compositing import COMPOSITE_BYTES_PER_CHANNEL_PIXEL
+from focusfuse.fusion.strategies import ImageWideStatistics, StackContext
+from focusfuse.io.reader import StackSource
+from focusfuse.model import refinement
+from focusfuse.model.network import GACN, SF_RADIUS, DecisionPath
+
+SAMPLE_CROPS = 4  # the sample mosaic is SAMPLE_CROPS x SAMPLE_CROPS crops spread over the image
+SAMPLE_MARGIN = 16  # px inside each crop's edges left out of the statistics (the seams between crops)
+
+
+def decision_reach(score_sigma: float) -> int:
+    """How far from a pixel one decision step looks, in px.
+
+    Feature path: four 3x3 convolutions (4); gradient energy (1); spatial frequency
+    window (``SF_RADIUS``); decision path: a 7x7 spatial SE, then four 3x3 convolutions
+    each followed by a 7x7 spatial SE (3 + 4 x 4); score smoothing (3 sigma); guided
+    filter (twice its radius; the boundary band's 9x9 blur reaches less).
+    """
+    features = 4 + 1
+    decision_path = 3 + 4 * (1 + 3)
+    smoothing = math.ceil(3 * score_sigma) if score_sigma > 0 else 0
+    guided = 2 * refinement.GUIDED_RADIUS
+    assert len(DecisionPath.WIDTHS) == 5  # four conv blocks, as counted above
+    return features + SF_RADIUS + decision_path + smoothing + guided
+
+
+# One decision step's reach for the shipped weights (score sigma 4) is 47 px; the halo
+# covers it. bench/tiling.py --seed 1 (synthetic stacks, never the ones reported):
+# halo 32 / 48 / 96 kept 99.6 / 99.8 / 99.9% of the index map.
+TILE_HALO = 48
+MIN_TILE_CORE = 64  # a tile smaller than this is mostly halo: refuse the plan instead
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A tile: its ``core`` (rows y0:y1, columns x0:x1), which it decides, and the ``window``
+    it reads (the core grown by the halo, clipped to the image)."""
+
+    core: tuple[int, int, int, int]
+    window: tuple[int, int, int, int]
+
+    def window_slices(self) -> tuple[slice, slice]:
+        y0, y1, x0, x1 = self.window
+        return slice(y0, y1), slice(x0, x1)
+
+    def core_slices(self) -> tuple[slice, slice]:
+        y0, y1, x0, x1 = self.core
+        return slice(y0, y1), slice(x0, x1)
+
+    def core_in_window(self) -> tuple[slice, slice]:
+        (y0, y1, x0, x1), (wy0, _, wx0, _) = self.core, self.window
+        return slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0)
+
+
+def tile_grid(height: int, width: int, side: int, halo: int) -> list[Tile]:
+    """Tiles of at most ``side`` x ``side`` px (halo included) covering the image, cores of even size."""
+    core = side - 2 * halo
+    if core < MIN_TILE_CORE:
+        raise ValueError(f"tile side {side} leaves a core of {core} px with a {halo} px halo")
+    rows, columns = math.ceil(height / core), math.ceil(width / core)
+    row_edges = [int(edge) for edge in np.linspace(0, height, rows + 1).round()]
+    column_edges = [int(edge) for edge in np.linspace(0, width, columns + 1).round()]
+    tiles = []
+    for y0, y1 in zip(row_edges[:-1], row_edges[1:], strict=True):
+        for x0, x1 in zip(column_edges[:-1], column_edges[1:], strict=True):
+            window = (max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo))
+            tiles.append(Tile((y0, y1, x0, x1), window))
+    return tiles
+
+
+@dataclass(frozen=True)
+class SampleMosaic:
+    """Crops spread evenly over the image, laid side by side: a small image with its statistics."""
+
+    origins: list[tuple[int, int]]  # each crop's top-left corner in the image
+    crop: int  # crop side in px
+    per_side: int
+
+    def cut(self, image: np.ndarray) -> np.ndarray:
+        """The mosaic of ``image``'s crops, ``(S, S)`` or ``(S, S, C)`` with S = per_side x crop."""
+        rows = []
+        for row in range(self.per_side):
+            crops = [
+                image[y : y + self.crop, x : x + self.crop]
+                for y, x in self.origins[row * self.per_side : (row + 1) * self.per_side]
+            ]
+            rows.append(np.concatenate(crops, axis=1))
+        return np.ascontiguousarray(np.concatenate(rows, axis=0))
+
+    def inside(self) -> np.ndarray:
+        """``(S, S)`` bool: pixels at least ``SAMPLE_MARGIN`` from every crop edge."""
+        one = np.zeros((self.crop, self.crop), bool)
+        margin = min(SAMPLE_MARGIN, self.crop // 4)
+        one[margin : self.crop - margin, margin : self.crop - margin] = True
+        return np.tile(one, (self.per_side, self.per_side))
+
+
+def sample_mosaic(height: int, width: int, side: int, per_side: int = SAMPLE_CROPS) -> SampleMosaic:
+    """``per_side`` x ``per_side`` crops of side ``side // per_side``, centred on an even grid."""
+    crop = min(side // per_side, height, width)
+    ys = [round((height - crop) * (k + 0.5) / per_side) for k in range(per_side)]
+    xs = [round((width - crop) * (k + 0.5) / per_side) for k in range(per_side)]
+    return SampleMosaic([(y, x) for y in ys for x in xs], crop, per_side)
+
+
+Run = Callable[[StackContext], tuple[np.ndarray, np.ndarray, torch.Tensor | None]]
+
+
+def measure_statistics(
+    model: GACN,
+    mosaic: SampleMosaic,
+    make_context: Callable[[StackSource, np.ndarray], StackContext],
+    source: StackSource,
+    run: Run,
+) -> ImageWideStatistics:
+    """The image-wide quantities, from a fusion of the sample mosaic.
+
+    Every slice's channel gates are taken over the inside of the crops; then the
+    strategy ``run`` fuses the mosaic with those gates and records the sharpness
+    medians (over the inside of the crops) that the tiles will use.
+    """
+    mosaic_source = StackSource(labels=source.labels, paths=source.paths, reader=lambda j: mosaic.cut(source.read(j)))
+    context = make_context(mosaic_source, mosaic_source.read(0))
+    inside = torch.from_numpy(mosaic.inside()).to(context.device)[None, None]
+    gates = []
+    for j in range(len(source)):
+        image = context.first_slice if j == 0 else mosaic_source.read(j)
+        gray = context.gray([image])
+        with context.clock.stage("features"):
+            gates.append(model.features.channel_gates(gray, inside.to(gray.dtype))[0])
+    context.statistics = ImageWideStatistics(torch.stack(gates).cpu())
+    context.statistics_mask = inside
+    run(context)
+    return ImageWideStatistics(context.statistics.gates, context.measured_medians)
+
+
+def _window_reader(source: StackSource, window: tuple[slice, slice]) -> Callable[[int], np.ndarray]:
+    return lambda j: source.read(j)[window]
+
+
+def _tile_progress(progress: Callable[[int, int], None], number: int, count: int) -> Callable[[int, int], None]:
+    """Slices done in tile ``number`` of ``count`` -> slice-tiles done of all."""
+    return lambda done, total: progress(number * total + done, count * total)
+
+
+def fuse_tiles(
+    tiles: list[Tile],
+    source: StackSource,
+    make_context: Callable[[StackSource, np.ndarray], StackContext],
+    run: Run,
+    statistics: ImageWideStatistics,
+    progress: Callable[[int, int], None],
+) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+    """Run the strategy on every tile; the cores make the fused image, index map and peak sharpness.
+
+    ``source`` reads whole decoded slices (a ``DecodedStack``); each tile reads its
+    window of them. Progress counts slice-tiles.
+    """
+    fused: np.ndarray | None = None
+    index_map: np.ndarray | None = None
+    peak: torch.Tensor | None = None
+    for number, tile in enumerate(tiles):
+        window = tile.window_slices()
+        tile_source = StackSource(labels=source.labels, paths=source.paths, reader=_window_reader(source, window))
+        context = make_context(tile_source, tile_source.read(0))
+        context.statistics = statistics
+        context.progress = _tile_progress(progress, number, len(tiles))
+        tile_fused, tile_index, tile_peak = run(context)
+        if fused is None or index_map is None:
+            height, width = source.read(0).shape[:2]
+            fused = np.empty((height, width, *tile_fused.shape[2:]), tile_fused.dtype)
+            index_map = np.empty((height, width), tile_index.dtype)
+            if tile_peak is not None:
+                peak = torch.empty((1, 1, height, width), dtype=tile_peak.dtype)
+        core, inner = tile.core_slices(), tile.core_in_window()
+        fused[core] = tile_fused[inner]
+        index_map[core] = tile_index[inner]
+        if peak is not None and tile_peak is not None:
+            peak[0, 0][core] = tile_peak[0, 0][inner].cpu()
+    assert fused is not None and index_map is not None
+    return fused, index_map, peak
+
+
+# Resident memory of a CPU fusion, measured with /usr/bin/time on 512x512 and 1024x1024
+# crops of pcb10 (10 slices, --composite select): 0.9 and 2.8 GB at batch size 2, 2.3 GB
+# at 1 at 1024: the process itself, and per pixel of a tile the activities of the slices,
+# mosaics and decision paths held at once.
+BASE_BYTES = 300 * 2**20
+WORK_BYTES_PER_PIXEL = {"calibrated": (1550, 460), "calibrated-paper": (2300, 1000), "serial": (2000, 0)}
+# Image-wide arrays held throughout, per pixel: the index map and the peak sharpness (float32),
+# besides the fused image (its channels x bytes). The flat-region fill's push-pull pyramid
+# comes after the tiles, when their work is freed.
+KEPT_BYTES_PER_PIXEL = 2 + 4
+FILL_BYTES_PER_PIXEL = 32
+DEFAULT_MAX_MEMORY = 2 * 2**30
+
+
+@dataclass
+class MemoryPlan:
+    """How a fusion fits its memory budget: whole or in tiles, the decoded slices in RAM or in a file.
+
+    ``composite_pixels``: how many pixels the pyramid composite may blend at once.
+    """
+
+    budget: int
+    tile_side: int | None  # None: the whole image at once
+    tiles: int
+    halo: int
+    slices_in_memory: bool
+    composite_pixels: int
+    estimated_peak: int
+
+    def report(self) -> dict:
+        return {
+            "budget_bytes": self.budget,
+            "tiles": self.tiles,
+            "tile_side": self.tile_side,
+            "halo": self.halo if self.tile_side else 0,
+            "decoded_slices": "memory" if self.slices_in_memory else "temporary file",
+            "composite_pixels": self.composite_pixels,
+            "estimated_peak_bytes": self.estimated_peak,
+        }
+
+
+def work_bytes_per_pixel(strategy: str, batch_size: int) -> int:
+    fixed, per_slice = WORK_BYTES_PER_PIXEL.get(strategy, WORK_BYTES_PER_PIXEL["calibrated-paper"])
+    return fixed + per_slice * batch_size
+
+
+def plan_memory(
+    height: int,
+    width: int,
+    channels: int,
+    itemsize: int,
+    n_slices: int,
+    *,
+    strategy: str,
+    batch_size: int,
+    budget: int,
+    tileable: bool,
+) -> MemoryPlan:
+    """The largest tiles the budget allows (the whole image when it fits).
+
+    What stays resident (the process, the index map, the peak sharpness, the fused
+    image) is counted first; the decoded slices stay in RAM when they take at most
+    half of what is left. The tiles, the flat-region fill and the composite then take
+    turns with the rest. Raises ValueError, saying what is needed, when not even the
+    smallest tile fits (or, for a strategy that cannot be tiled, the whole image).
+    """
+    pixels = height * width
+    kept = BASE_BYTES + pixels * (KEPT_BYTES_PER_PIXEL + channels * itemsize)
+    slice_bytes = n_slices * pixels * channels * itemsize
+    in_memory = slice_bytes <= (budget - kept) / 2
+    if in_memory:
+        kept += slice_bytes
+    remaining = budget - kept
+    work = work_bytes_per_pixel(strategy, batch_size)
+    composite_pixels = max(0, remaining) // (COMPOSITE_BYTES_PER_CHANNEL_PIXEL * channels)
+    if pixels * FILL_BYTES_PER_PIXEL > remaining:
+        least = kept - (slice_bytes if in_memory else 0) + pixels * FILL_BYTES_PER_PIXEL
+        raise ValueError(f"fusing {width}x{height} slices needs at least {least / 2**30:.1f} GiB of memory")
+    if pixels * work <= remaining:
+        return MemoryPlan(budget, None, 1, 0, in_memory, composite_pixels, kept + pixels * work)
+    smallest = (MIN_TILE_CORE + 2 * TILE_HALO) ** 2
+    if not tileable or smallest * work > remaining:
+        least = kept - (slice_bytes if in_memory else 0) + (smallest if tileable else pixels) * work
+        how = "in tiles" if tileable else "whole (this strategy does not run in tiles)"
+        raise ValueError(f"fusing {width}x{height} slices {how} needs at least {least / 2**30:.1f} GiB of memory")
+    side = min(math.isqrt(remaining // work), max(height, width) + 2 * TILE_HALO)
+    tiles = len(tile_grid(height, width, side, TILE_HALO))
+    return MemoryPlan(budget, side, tiles, TILE_HALO, in_memory, composite_pixels, kept + side * side * work)

@@ -1,0 +1,105 @@
+"""Every slice decoded once and kept, so that tiles and second passes cost no decoding.
+
+Fusion in tiles reads every slice once per tile, and the flat-region fill and the
+pyramid composite read slices again; decoding a PNG or JPEG each time would cost more
+than the network. ``DecodedStack`` decodes the slices in a small thread pool (PNG,
+JPEG and TIFF decoders release the GIL) while the caller already works on the first
+ones, and keeps them as read (8/16-bit, as the file had them): in RAM when the memory
+plan allows it, else in a memory-mapped temporary file in $TMPDIR. That file is
+unlinked as soon as it is created, so nothing is left on disk whatever ends the
+process (Ctrl-C, SIGTERM, SIGKILL).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+DECODE_WORKERS = 4  # decoders in flight; more only queue behind each other on a few cores
+
+
+class DecodedStack:
+    """Slices ``0..N-1`` of ``read``, each decoded once.
+
+    Args:
+        read: slice number -> image ``(H, W)`` or ``(H, W, C)``; every slice has
+            ``first``'s shape and dtype (``StackSource.read`` checks that).
+        n_slices: N.
+        first: slice 0, already decoded.
+        in_memory: keep the slices in RAM; False maps them to a temporary file.
+        workers: decoding threads.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[int], np.ndarray],
+        n_slices: int,
+        first: np.ndarray,
+        *,
+        in_memory: bool,
+        workers: int = DECODE_WORKERS,
+    ) -> None:
+        self.n_slices = n_slices
+        self.shape, self.dtype = first.shape, first.dtype
+        self.in_memory = in_memory
+        self._file = None
+        self._slices: list[np.ndarray | None] = [None] * n_slices
+        self._mapped: np.ndarray | None = None
+        if not in_memory:
+            self._file = tempfile.TemporaryFile(prefix="focusfuse-", dir=os.environ.get("TMPDIR"))
+            self._mapped = np.memmap(self._file, dtype=self.dtype, mode="w+", shape=(n_slices, *self.shape))
+        self._store(0, first)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, n_slices - 1)), thread_name_prefix="decode")
+        self._pending: dict[int, Future] = {j: self._pool.submit(self._decode, read, j) for j in range(1, n_slices)}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the whole stack takes, in RAM or on disk."""
+        return self.n_slices * int(np.prod(self.shape)) * self.dtype.itemsize
+
+    def _store(self, index: int, image: np.ndarray) -> None:
+        if self._mapped is not None:
+            self._mapped[index] = image
+        else:
+            self._slices[index] = image
+
+    def _decode(self, read: Callable[[int], np.ndarray], index: int) -> None:
+        self._store(index, read(index))
+
+    def read(self, index: int) -> np.ndarray:
+        """Slice ``index`` (waits for its decoding; a decoding error is raised here)."""
+        pending = self._pending.pop(index, None)
+        if pending is not None:
+            pending.result()
+        if self._mapped is not None:
+            return self._mapped[index]
+        image = self._slices[index]
+        assert image is not None
+        return image
+
+    def read_all(self) -> None:
+        """Wait until every slice is decoded (raises the first decoding error, in slice order)."""
+        for index in sorted(self._pending):
+            self.read(index)
+
+    def close(self) -> None:
+        """Stop decoding and free the slices (the temporary file goes with its last handle)."""
+        for pending in self._pending.values():
+            pending.cancel()
+        self._pool.shutdown(wait=True)
+        self._pending.clear()
+        self._slices = [None] * self.n_slices
+        self._mapped = None
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> DecodedStack:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,111 @@
+"""Fusion in tiles: the tile grid, the halo's reach, the memory plan, fixed image-wide statistics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from focusfuse.fusion import tiling
+from focusfuse.fusion.compositing import composite_pyramid, strip_rows
+from focusfuse.model import refinement
+from focusfuse.model.weights import find_weights, load_model
+
+
+@pytest.mark.parametrize(("height", "width", "side"), [(300, 500, 200), (1000, 700, 257), (97, 2000, 300)])
+def test_tile_cores_cover_the_image_once_and_windows_add_the_halo(height, width, side):
+    halo = 24
+    covered = np.zeros((height, width), int)
+    for tile in tiling.tile_grid(height, width, side, halo):
+        covered[tile.core_slices()] += 1
+        (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) = tile.core, tile.window
+        assert (wy0, wx0) == (max(0, y0 - halo), max(0, x0 - halo))
+        assert (wy1, wx1) == (min(height, y1 + halo), min(width, x1 + halo))
+        assert wy1 - wy0 <= side and wx1 - wx0 <= side
+        rows, columns = tile.core_in_window()
+        assert rows.stop - rows.start == y1 - y0 and columns.stop - columns.start == x1 - x0
+    assert (covered == 1).all()
+
+
+def test_the_halo_covers_one_decision_steps_reach():
+    model = load_model(find_weights(None), torch.device("cpu"))
+    assert tiling.decision_reach(model.score_sigma) == 47
+    assert tiling.TILE_HALO >= tiling.decision_reach(model.score_sigma)
+
+
+def test_a_pixel_beyond_the_reach_does_not_change_a_decision():
+    """The computed reach is real: a change just outside it leaves the centre's score alone, one inside does not.
+
+    The score (before the sigmoid, which saturates) reaches all but the guided filter's two windows.
+    """
+    model = load_model(find_weights(None), torch.device("cpu"))
+    reach = tiling.decision_reach(model.score_sigma) - 2 * refinement.GUIDED_RADIUS
+    rng = np.random.default_rng(0)
+    size, centre = 2 * reach + 41, reach + 20
+    gray_a, gray_b = (torch.from_numpy(rng.random((1, 1, size, size), np.float32)) for _ in range(2))
+    gates = model.features.channel_gates(torch.cat((gray_a, gray_b)))
+
+    def score_at_centre(a, b):
+        with torch.inference_mode():
+            activities = model.activity(torch.cat((a, b)), gates)
+            return model.decide(activities[0:1], activities[1:2], a, b).score[0, 0, centre, centre]
+
+    before = score_at_centre(gray_a, gray_b)
+    changed = gray_b.clone()
+    changed[..., centre - reach - 1, :] = 0.0  # one row just beyond the reach
+    assert torch.equal(score_at_centre(gray_a, changed), before)
+    changed[..., centre - reach + 2, :] = 0.0  # and one inside it does matter
+    assert not torch.equal(score_at_centre(gray_a, changed), before)
+
+
+def test_fixed_channel_gates_give_the_features_of_the_image_itself():
+    model = load_model(find_weights(None), torch.device("cpu"))
+    gray = torch.rand(2, 1, 60, 90)
+    with torch.inference_mode():
+        gates = model.features.channel_gates(gray)
+        assert gates.shape == (2, 4, 16)
+        assert torch.equal(model.activity(gray, gates), model.activity(gray))
+        torch.testing.assert_close(model.features.channel_gates(gray, torch.ones(1, 1, 60, 90)), gates)
+        # Means over the top half only: those of the top half (to its border effects), not the bottom's.
+        gray[..., 30:, :] *= 0.2
+        inside = torch.zeros(1, 1, 60, 90)
+        inside[..., :30, :] = 1.0
+        masked = model.features.channel_gates(gray, inside)
+        top, bottom = model.features.channel_gates(gray[..., :30, :]), model.features.channel_gates(gray[..., 30:, :])
+        assert (masked - top).abs().max() < 0.01 < (masked - bottom).abs().max()
+
+
+def test_the_sample_mosaic_spreads_crops_over_the_image():
+    mosaic = tiling.sample_mosaic(1000, 2000, 400)
+    image = np.arange(1000 * 2000).reshape(1000, 2000)
+    cut = mosaic.cut(image)
+    assert cut.shape == (400, 400) and mosaic.inside().shape == (400, 400)
+    ys, xs = zip(*mosaic.origins, strict=True)
+    assert min(ys) < 200 and max(ys) > 700 and min(xs) < 300 and max(xs) > 1600
+    assert cut[0, 0] == image[mosaic.origins[0]] and cut[100, 100] == image[mosaic.origins[5]]
+    assert mosaic.inside()[50, 50] and not mosaic.inside()[100, 50]
+
+
+def test_the_plan_tiles_only_what_does_not_fit():
+    options = {"strategy": "calibrated", "batch_size": 2, "tileable": True}
+    fits = tiling.plan_memory(1000, 1000, 3, 1, 10, budget=8 * 2**30, **options)
+    assert fits.tile_side is None and fits.tiles == 1 and fits.slices_in_memory
+    tiled = tiling.plan_memory(5000, 4000, 3, 1, 5, budget=2 * 2**30, **options)
+    assert tiled.tiles > 1 and tiled.estimated_peak <= 2 * 2**30
+    on_file = tiling.plan_memory(5000, 4000, 3, 2, 100, budget=2 * 2**30, **options)
+    assert not on_file.slices_in_memory and on_file.estimated_peak <= 2 * 2**30
+    with pytest.raises(ValueError, match="whole \\(this strategy does not run in tiles\\)"):
+        tiling.plan_memory(3000, 3000, 3, 1, 5, strategy="serial", batch_size=1, budget=2 * 2**30, tileable=False)
+
+
+def test_a_pyramid_blended_in_strips_equals_the_whole_blend():
+    rng = np.random.default_rng(2)
+    slices = [np.rint(rng.random((1100, 300, 3)) * 255).astype(np.uint8) for _ in range(3)]
+    index = np.zeros((1100, 300), np.uint8)
+    index[300:700] = 1
+    index[:, 200:] = 2
+    whole = composite_pyramid(lambda j: slices[j], index, 3)
+    strips = strip_rows(1100, 300, 7, 300 * 1000)
+    assert len(strips) >= 3 and all(start % 128 == 0 for start, _ in strips)
+    in_strips = composite_pyramid(lambda j: slices[j], index, 3, max_pixels=300 * 1000)
+    assert np.abs(whole.astype(int) - in_strips.astype(int)).max() <= 1
