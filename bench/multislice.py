@@ -54,12 +54,14 @@ def psnr(image: np.ndarray, truth: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(error, 1e-12)))
 
 
-def textured_with_flat_discs(size: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 texture with a few constant discs: regions where no slice is sharper."""
-    texture = procedural_texture(size, size, rng)
-    yy, xx = np.mgrid[0:size, 0:size]
+def textured_with_flat_discs(size: int, rng: np.random.Generator, width: int | None = None) -> np.ndarray:
+    """uint8 texture (``size`` x ``width``, square by default) with a few constant discs:
+    regions where no slice is sharper."""
+    width = width or size
+    texture = procedural_texture(size, width, rng)
+    yy, xx = np.mgrid[0:size, 0:width]
     for _ in range(3):
-        (cy, cx), radius = rng.uniform(0.15, 0.85, 2) * size, rng.uniform(0.06, 0.12) * size
+        (cy, cx), radius = rng.uniform(0.15, 0.85, 2) * (size, width), rng.uniform(0.06, 0.12) * min(size, width)
         texture[(yy - cy) ** 2 + (xx - cx) ** 2 < radius**2] = rng.uniform(0.2, 0.8)
     return np.rint(texture * 255).astype(np.uint8)
 
@@ -68,11 +70,12 @@ def pick(slices: list[np.ndarray], index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(np.stack(slices), index[None].astype(np.int64), 0)[0]
 
 
-def write_case(folder: Path, size: int, n_slices: int, variant: str, seed: int):
-    """One benchmark stack written as PNGs into a new ``folder``: (sharp image, SyntheticStack)."""
+def write_case(folder: Path, size: int, n_slices: int, variant: str, seed: int, width: int | None = None):
+    """One benchmark stack (``size`` x ``width``, square by default) written as PNGs into a new
+    ``folder``: (sharp image, SyntheticStack)."""
     rng = np.random.default_rng([seed, n_slices])
-    sharp = textured_with_flat_discs(size, rng)
-    depth = smooth_depth(size, size, n_slices, rng)
+    sharp = textured_with_flat_discs(size, rng, width)
+    depth = smooth_depth(size, width or size, n_slices, rng)
     stack = make_depth_stack(
         sharp,
         depth,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from focusfuse.fusion import tiling
-from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 
 sys.path.insert(0, str(Path(__file__).parent))
 from multislice import psnr, write_case  # noqa: E402
@@ -33,7 +33,8 @@ def budget_for_tile(side: int, height: int, width: int, channels: int, n_slices:
     """The --max-memory that gives tiles of about ``side`` px (the inverse of ``plan_memory``)."""
     kept = tiling.BASE_BYTES + height * width * (tiling.KEPT_BYTES_PER_PIXEL + channels)
     kept += n_slices * height * width * channels
-    return kept + side * side * tiling.work_bytes_per_pixel("calibrated", 2)
+    work = tiling.work_bytes_per_pixel("calibrated", DEFAULT_BATCH_SIZE)
+    return int((kept + side * side * work) / tiling.PLAN_SHARE)
 
 
 def compare(label: str, whole, tiled, truth: np.ndarray | None) -> None:

@@ -51,7 +51,9 @@ from focusfuse.io.writer import check_format_holds, check_free_space, check_outp
 from focusfuse.model.network import GACN
 from focusfuse.model.weights import find_weights, load_model
 
-DEFAULT_BATCH_SIZE = 2
+# Slices whose features run together. 1 and 2 fuse identically at the same speed on a
+# 2-core CPU (pcb10 1024x1024 crop: 21.9 and 21.7 s), and 1 needs 460 bytes a pixel less.
+DEFAULT_BATCH_SIZE = 1
 
 
 @dataclass
@@ -176,8 +178,8 @@ def _plan(
         )
     except ValueError as error:
         raise FocusFuseError(
-            f"{source.labels[0]}: {error}, more than the budget of {budget / 2**30:.1f} GiB "
-            f"(--max-memory, or what is available)"
+            f"{source.labels[0]}: {error}; the budget is {budget / 2**30:.1f} GiB "
+            f"(--max-memory, at most the memory available)"
         ) from None
 
 

@@ -216,8 +216,11 @@ def fuse_tiles(
 # Resident memory of a CPU fusion, measured with /usr/bin/time on 512x512 and 1024x1024
 # crops of pcb10 (10 slices, --composite select): 0.9 and 2.8 GB at batch size 2, 2.3 GB
 # at 1 at 1024: the process itself, and per pixel of a tile the activities of the slices,
-# mosaics and decision paths held at once.
-BASE_BYTES = 300 * 2**20
+# mosaics and decision paths held at once. In tiles the process holds about 150 MiB more
+# (decoding threads, allocator arenas; pcb10 crop in 9 tiles: 1125 MiB against 944 planned).
+BASE_BYTES = 450 * 2**20
+# The plan fills this share of the budget; the rest absorbs what the estimate misses.
+PLAN_SHARE = 0.75
 WORK_BYTES_PER_PIXEL = {"calibrated": (1550, 460), "calibrated-paper": (2300, 1000), "serial": (2000, 0)}
 # Image-wide arrays held throughout, per pixel: the index map and the peak sharpness (float32),
 # besides the fused image (its channels x bytes). The flat-region fill's push-pull pyramid
@@ -273,6 +276,7 @@ def plan_memory(
 ) -> MemoryPlan:
     """The largest tiles the budget allows (the whole image when it fits).
 
+    The plan's estimate is kept under ``PLAN_SHARE`` of ``budget``.
     What stays resident (the process, the index map, the peak sharpness, the fused
     image) is counted first; the decoded slices stay in RAM when they take at most
     half of what is left. The tiles, the flat-region fill and the composite then take
@@ -280,24 +284,25 @@ def plan_memory(
     smallest tile fits (or, for a strategy that cannot be tiled, the whole image).
     """
     pixels = height * width
+    usable = int(PLAN_SHARE * budget)
     kept = BASE_BYTES + pixels * (KEPT_BYTES_PER_PIXEL + channels * itemsize)
     slice_bytes = n_slices * pixels * channels * itemsize
-    in_memory = slice_bytes <= (budget - kept) / 2
+    in_memory = slice_bytes <= (usable - kept) / 2
     if in_memory:
         kept += slice_bytes
-    remaining = budget - kept
+    remaining = usable - kept
     work = work_bytes_per_pixel(strategy, batch_size)
     composite_pixels = max(0, remaining) // (COMPOSITE_BYTES_PER_CHANNEL_PIXEL * channels)
     if pixels * FILL_BYTES_PER_PIXEL > remaining:
-        least = kept - (slice_bytes if in_memory else 0) + pixels * FILL_BYTES_PER_PIXEL
-        raise ValueError(f"fusing {width}x{height} slices needs at least {least / 2**30:.1f} GiB of memory")
+        least = (kept - (slice_bytes if in_memory else 0) + pixels * FILL_BYTES_PER_PIXEL) / PLAN_SHARE
+        raise ValueError(f"fusing {width}x{height} slices needs a budget of at least {least / 2**30:.1f} GiB")
     if pixels * work <= remaining:
         return MemoryPlan(budget, None, 1, 0, in_memory, composite_pixels, kept + pixels * work)
     smallest = (MIN_TILE_CORE + 2 * TILE_HALO) ** 2
     if not tileable or smallest * work > remaining:
-        least = kept - (slice_bytes if in_memory else 0) + (smallest if tileable else pixels) * work
+        least = (kept - (slice_bytes if in_memory else 0) + (smallest if tileable else pixels) * work) / PLAN_SHARE
         how = "in tiles" if tileable else "whole (this strategy does not run in tiles)"
-        raise ValueError(f"fusing {width}x{height} slices {how} needs at least {least / 2**30:.1f} GiB of memory")
+        raise ValueError(f"fusing {width}x{height} slices {how} needs a budget of at least {least / 2**30:.1f} GiB")
     side = min(math.isqrt(remaining // work), max(height, width) + 2 * TILE_HALO)
     tiles = len(tile_grid(height, width, side, TILE_HALO))
     return MemoryPlan(budget, side, tiles, TILE_HALO, in_memory, composite_pixels, kept + side * side * work)

@@ -67,18 +67,29 @@ def layered_defocus(
     return (near + (1.0 - near_alpha) * far).astype(np.float32)
 
 
-def depth_defocus(sharp: np.ndarray, blur_map: np.ndarray, levels: np.ndarray) -> np.ndarray:
+def blur_levels(sharp: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """``(L, H, W[, C])``: ``sharp`` blurred by a Gaussian of each sigma in ``levels``."""
+    return np.stack(
+        [
+            sharp if sigma < 0.25 else cv2.GaussianBlur(sharp, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
+            for sigma in levels
+        ]
+    )
+
+
+def depth_defocus(
+    sharp: np.ndarray, blur_map: np.ndarray, levels: np.ndarray, blurred: np.ndarray | None = None
+) -> np.ndarray:
     """Space-variant Gaussian blur: pixel blur sigma ``blur_map``, interpolated between ``levels``.
 
     Args:
         sharp: float32 ``(H, W)`` or ``(H, W, C)``.
         blur_map: float32 ``(H, W)`` sigma per pixel, within [levels[0], levels[-1]].
         levels: increasing sigmas at which whole-image blurs are computed.
+        blurred: ``blur_levels(sharp, levels)`` when already computed (a stack renders
+            every slice from the same levels).
     """
-    blurred = [
-        sharp if sigma < 0.25 else cv2.GaussianBlur(sharp, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
-        for sigma in levels
-    ]
+    stack = blur_levels(sharp, levels) if blurred is None else blurred
     position = np.interp(blur_map, levels, np.arange(len(levels), dtype=np.float32))
     lower = np.clip(np.floor(position).astype(np.int32), 0, len(levels) - 2)
     frac = (position - lower).astype(np.float32)
@@ -87,7 +98,6 @@ def depth_defocus(sharp: np.ndarray, blur_map: np.ndarray, levels: np.ndarray) -
         lower_c = lower[:, :, None]
     else:
         lower_c = lower
-    stack = np.stack(blurred)
     below = np.take_along_axis(stack, lower_c[None], 0)[0]
     above = np.take_along_axis(stack, lower_c[None] + 1, 0)[0]
     return (below * (1.0 - frac) + above * frac).astype(np.float32)

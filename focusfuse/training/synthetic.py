@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from focusfuse.io.color import unit_scale
-from focusfuse.training.defocus import defocus_kernel, depth_defocus, layered_defocus
+from focusfuse.training.defocus import blur_levels, defocus_kernel, depth_defocus, layered_defocus
 
 TRAIN_SIZE = 256  # images are resized to this square before cropping (gacn.md)
 TEXTURE_THRESHOLD = 0.02  # gradient magnitude (intensity per pixel) that counts as texture
@@ -238,10 +238,11 @@ def make_depth_stack(
     base = sharp.astype(np.float32) / full
     max_sigma = blur_per_slice * (n_slices - 1)
     levels = np.concatenate(([0.0], np.geomspace(0.3, max(max_sigma, 0.31), 14))).astype(np.float32)
+    blurred = blur_levels(base, levels)
     slices = []
     for k in range(n_slices):
         sigma = np.clip(blur_per_slice * np.abs(depth - k), 0.0, levels[-1]).astype(np.float32)
-        rendered = depth_defocus(base, sigma, levels)
+        rendered = depth_defocus(base, sigma, levels, blurred)
         gain = 1.0 + brightness_drift * (k / max(n_slices - 1, 1) - 0.5)
         rendered = rendered * gain
         if noise_sigma:
