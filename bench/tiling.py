@@ -7,7 +7,8 @@ about --tile px): the share of identical index-map pixels, and both fused images
 PSNR against the all-in-focus truth. With --pcb10, ../shared/data/stacks/pcb10 too
 (no truth: agreement, the PSNR of the tiled result against the whole one, time and
 the memory plan). --halo overrides the tile halo (to choose it, on --seed 1).
-Usage: python bench/tiling.py [--size 512] [--tile 256] [--seed 0] [--halo PX] [--pcb10]
+Usage: python bench/tiling.py [--size 512] [--tile 256] [--slices 5,10,20] [--seed 0] [--halo PX] [--pcb10]
+(--slices "" --pcb10: pcb10 alone)
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def budget_for_tile(side: int, height: int, width: int, channels: int, n_slices:
 def compare(label: str, whole, tiled, truth: np.ndarray | None) -> None:
     agreement = float((whole.index_map == tiled.index_map).mean())
     plan = tiled.timing["memory_plan"]
-    line = f"  {label:<22} {plan['tiles']:3d} tiles of {plan['tile_side']} px   index identical {100 * agreement:6.2f}%"
+    tiles = f"{plan['tiles']:3d} tiles of {plan['tile_pixels'] / 1e6:.2f} Mpx"
+    line = f"  {label:<22} {tiles}   index identical {100 * agreement:6.2f}%"
     if truth is not None:
         whole_psnr, tiled_psnr = psnr(whole.fused, truth), psnr(tiled.fused, truth)
         line += f"   PSNR whole {whole_psnr:6.2f} tiled {tiled_psnr:6.2f} (diff {tiled_psnr - whole_psnr:+.3f} dB)"
@@ -64,7 +66,7 @@ def main() -> None:
     print(f"halo {tiling.TILE_HALO} px, seed {args.seed}")
     agreements = []
     with tempfile.TemporaryDirectory() as scratch:
-        for n_slices in (int(v) for v in args.slices.split(",")):
+        for n_slices in (int(v) for v in args.slices.split(",") if v):
             for variant in ("clean", "noise 0.01", "drift 10%"):
                 folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
                 sharp, _ = write_case(folder, args.size, n_slices, variant, args.seed)
@@ -73,7 +75,8 @@ def main() -> None:
                 tiled = fuse_stack([folder], device="cpu", max_memory=budget)
                 compare(f"N={n_slices} {variant}", whole, tiled, sharp)
                 agreements.append(float((whole.index_map == tiled.index_map).mean()))
-    print(f"  lowest agreement {100 * min(agreements):.2f}%")
+    if agreements:
+        print(f"  lowest agreement {100 * min(agreements):.2f}%")
     if args.pcb10:
         if not PCB10.is_dir():
             print(f"pcb10: skipped, {PCB10} not found")

@@ -7,6 +7,7 @@ the timing report.
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import resource
@@ -209,7 +210,7 @@ def _fuse_decoded(
     offset, scale = intensity_mapping(first_slice)
     n_slices = len(source)
     height, width = first_slice.shape[:2]
-    tiles = tile_grid(height, width, plan.tile_side, plan.halo) if plan.tile_side is not None else []
+    tiles = tile_grid(height, width, plan.tile_pixels, plan.halo) if plan.tile_pixels is not None else []
 
     def make_context(part: StackSource, first: np.ndarray) -> StackContext:
         return StackContext(
@@ -236,8 +237,8 @@ def _fuse_decoded(
             context.progress = progress
             fused, index_map, peak_sharpness = run(context)
         else:
-            assert plan.tile_side is not None
-            mosaic = sample_mosaic(height, width, plan.tile_side)
+            assert plan.tile_pixels is not None
+            mosaic = sample_mosaic(height, width, math.isqrt(plan.tile_pixels))
             statistics = measure_statistics(model, mosaic, make_context, whole, run)
             fused, index_map, peak_sharpness = fuse_tiles(tiles, whole, make_context, run, statistics, progress)
             _fold_per_slice(clock, n_slices)

@@ -36,8 +36,14 @@ from focusfuse.io.reader import StackSource
 from focusfuse.model import refinement
 from focusfuse.model.network import GACN, SF_RADIUS, DecisionPath
 
-SAMPLE_CROPS = 4  # the sample mosaic is SAMPLE_CROPS x SAMPLE_CROPS crops spread over the image
-SAMPLE_MARGIN = 16  # px inside each crop's edges left out of the statistics (the seams between crops)
+# The sample mosaic: as many crops of SAMPLE_CROP px as a tile holds, spread evenly over the
+# image. Left out of the statistics: SAMPLE_MARGIN px inside each crop's edges, the feature
+# path's reach (four 3x3 convolutions), so that the seams between crops do not count. Many
+# small crops sample the image better than a few large ones: pcb10's channel gates, sampled
+# by 4x4 crops of 200 px, missed the whole image's by up to 0.019; by 11x11 of 72 px, 0.004
+# (probe); the tiled index map agreed with the whole one on 99.37% and 99.85% (bench/tiling.py).
+SAMPLE_CROP = 72
+SAMPLE_MARGIN = 4
 
 
 def decision_reach(score_sigma: float) -> int:
@@ -84,20 +90,43 @@ class Tile:
         return slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0)
 
 
-def tile_grid(height: int, width: int, side: int, halo: int) -> list[Tile]:
-    """Tiles of at most ``side`` x ``side`` px (halo included) covering the image, cores of even size."""
-    core = side - 2 * halo
-    if core < MIN_TILE_CORE:
-        raise ValueError(f"tile side {side} leaves a core of {core} px with a {halo} px halo")
-    rows, columns = math.ceil(height / core), math.ceil(width / core)
-    row_edges = [int(edge) for edge in np.linspace(0, height, rows + 1).round()]
-    column_edges = [int(edge) for edge in np.linspace(0, width, columns + 1).round()]
-    tiles = []
-    for y0, y1 in zip(row_edges[:-1], row_edges[1:], strict=True):
-        for x0, x1 in zip(column_edges[:-1], column_edges[1:], strict=True):
-            window = (max(0, y0 - halo), min(height, y1 + halo), max(0, x0 - halo), min(width, x1 + halo))
-            tiles.append(Tile((y0, y1, x0, x1), window))
-    return tiles
+def _spans(length: int, parts: int, halo: int) -> list[tuple[int, int, int, int]]:
+    """``parts`` cores of (nearly) equal size along one axis: (start, stop, window start, window stop)."""
+    edges = [int(edge) for edge in np.linspace(0, length, parts + 1).round()]
+    return [(a, b, max(0, a - halo), min(length, b + halo)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def tile_grid(height: int, width: int, max_pixels: int, halo: int) -> list[Tile]:
+    """Tiles whose windows (halo included) hold at most ``max_pixels``, covering the image.
+
+    Of all grids of rows x columns, the one that reads the fewest pixels in all (the
+    halos are work done twice), so a wide image gets wide tiles.
+    """
+    best: tuple[int, int, list, list] | None = None
+    for rows in range(1, max(1, height // MIN_TILE_CORE) + 1):
+        row_spans = _spans(height, rows, halo)
+        tallest = max(stop - start for _, _, start, stop in row_spans)
+        widest = max_pixels // tallest
+        if widest < min(width, MIN_TILE_CORE + 2 * halo):
+            continue
+        columns = next(
+            (c for c in range(1, width + 1) if max(e - s for _, _, s, e in _spans(width, c, halo)) <= widest),
+            None,
+        )
+        if columns is None:
+            continue
+        column_spans = _spans(width, columns, halo)
+        area = sum(e - s for _, _, s, e in row_spans) * sum(e - s for _, _, s, e in column_spans)
+        if best is None or (area, rows * columns) < (best[0], best[1]):
+            best = (area, rows * columns, row_spans, column_spans)
+    if best is None:
+        raise ValueError(f"no tile of at most {max_pixels} px with a {halo} px halo covers {width}x{height}")
+    _, _, row_spans, column_spans = best
+    return [
+        Tile((y0, y1, x0, x1), (wy0, wy1, wx0, wx1))
+        for y0, y1, wy0, wy1 in row_spans
+        for x0, x1, wx0, wx1 in column_spans
+    ]
 
 
 @dataclass(frozen=True)
@@ -127,8 +156,9 @@ class SampleMosaic:
         return np.tile(one, (self.per_side, self.per_side))
 
 
-def sample_mosaic(height: int, width: int, side: int, per_side: int = SAMPLE_CROPS) -> SampleMosaic:
-    """``per_side`` x ``per_side`` crops of side ``side // per_side``, centred on an even grid."""
+def sample_mosaic(height: int, width: int, side: int) -> SampleMosaic:
+    """As many crops of ``SAMPLE_CROP`` px as fit a mosaic of ``side`` px, centred on an even grid."""
+    per_side = max(1, side // SAMPLE_CROP)
     crop = min(side // per_side, height, width)
     ys = [round((height - crop) * (k + 0.5) / per_side) for k in range(per_side)]
     xs = [round((width - crop) * (k + 0.5) / per_side) for k in range(per_side)]
@@ -238,7 +268,7 @@ class MemoryPlan:
     """
 
     budget: int
-    tile_side: int | None  # None: the whole image at once
+    tile_pixels: int | None  # the most a tile's window holds; None: the whole image at once
     tiles: int
     halo: int
     slices_in_memory: bool
@@ -249,8 +279,8 @@ class MemoryPlan:
         return {
             "budget_bytes": self.budget,
             "tiles": self.tiles,
-            "tile_side": self.tile_side,
-            "halo": self.halo if self.tile_side else 0,
+            "tile_pixels": self.tile_pixels,
+            "halo": self.halo if self.tile_pixels else 0,
             "decoded_slices": "memory" if self.slices_in_memory else "temporary file",
             "composite_pixels": self.composite_pixels,
             "estimated_peak_bytes": self.estimated_peak,
@@ -303,6 +333,6 @@ def plan_memory(
         least = (kept - (slice_bytes if in_memory else 0) + (smallest if tileable else pixels) * work) / PLAN_SHARE
         how = "in tiles" if tileable else "whole (this strategy does not run in tiles)"
         raise ValueError(f"fusing {width}x{height} slices {how} needs a budget of at least {least / 2**30:.1f} GiB")
-    side = min(math.isqrt(remaining // work), max(height, width) + 2 * TILE_HALO)
-    tiles = len(tile_grid(height, width, side, TILE_HALO))
-    return MemoryPlan(budget, side, tiles, TILE_HALO, in_memory, composite_pixels, kept + side * side * work)
+    tile_pixels = remaining // work
+    tiles = len(tile_grid(height, width, tile_pixels, TILE_HALO))
+    return MemoryPlan(budget, tile_pixels, tiles, TILE_HALO, in_memory, composite_pixels, kept + tile_pixels * work)

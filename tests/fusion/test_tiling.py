@@ -12,19 +12,29 @@ from focusfuse.model import refinement
 from focusfuse.model.weights import find_weights, load_model
 
 
-@pytest.mark.parametrize(("height", "width", "side"), [(300, 500, 200), (1000, 700, 257), (97, 2000, 300)])
-def test_tile_cores_cover_the_image_once_and_windows_add_the_halo(height, width, side):
+@pytest.mark.parametrize(
+    ("height", "width", "max_pixels"), [(300, 500, 200**2), (1000, 700, 257**2), (97, 2000, 300**2)]
+)
+def test_tile_cores_cover_the_image_once_and_windows_add_the_halo(height, width, max_pixels):
     halo = 24
     covered = np.zeros((height, width), int)
-    for tile in tiling.tile_grid(height, width, side, halo):
+    for tile in tiling.tile_grid(height, width, max_pixels, halo):
         covered[tile.core_slices()] += 1
         (y0, y1, x0, x1), (wy0, wy1, wx0, wx1) = tile.core, tile.window
         assert (wy0, wx0) == (max(0, y0 - halo), max(0, x0 - halo))
         assert (wy1, wx1) == (min(height, y1 + halo), min(width, x1 + halo))
-        assert wy1 - wy0 <= side and wx1 - wx0 <= side
+        assert (wy1 - wy0) * (wx1 - wx0) <= max_pixels
         rows, columns = tile.core_in_window()
         assert rows.stop - rows.start == y1 - y0 and columns.stop - columns.start == x1 - x0
     assert (covered == 1).all()
+
+
+def test_a_wide_image_gets_wide_tiles():
+    """pcb10's frame in windows of 0.7 Mpx: 2 x 3 tiles, not the 3 x 3 squares of that size."""
+    tiles = tiling.tile_grid(1536, 2048, 700_000, 48)
+    assert len(tiles) == 6
+    read = sum((t.window[1] - t.window[0]) * (t.window[3] - t.window[2]) for t in tiles)
+    assert read < 1.35 * 1536 * 2048
 
 
 def test_the_halo_covers_one_decision_steps_reach():
@@ -79,17 +89,20 @@ def test_the_sample_mosaic_spreads_crops_over_the_image():
     mosaic = tiling.sample_mosaic(1000, 2000, 400)
     image = np.arange(1000 * 2000).reshape(1000, 2000)
     cut = mosaic.cut(image)
-    assert cut.shape == (400, 400) and mosaic.inside().shape == (400, 400)
+    crop, per_side = mosaic.crop, mosaic.per_side
+    assert per_side == 400 // tiling.SAMPLE_CROP and crop * per_side <= 400
+    assert cut.shape == (crop * per_side,) * 2 and mosaic.inside().shape == cut.shape
     ys, xs = zip(*mosaic.origins, strict=True)
-    assert min(ys) < 200 and max(ys) > 700 and min(xs) < 300 and max(xs) > 1600
-    assert cut[0, 0] == image[mosaic.origins[0]] and cut[100, 100] == image[mosaic.origins[5]]
-    assert mosaic.inside()[50, 50] and not mosaic.inside()[100, 50]
+    assert min(ys) < 150 and max(ys) > 800 and min(xs) < 300 and max(xs) > 1600
+    assert cut[0, 0] == image[mosaic.origins[0]] and cut[crop, crop] == image[mosaic.origins[per_side + 1]]
+    margin = tiling.SAMPLE_MARGIN
+    assert mosaic.inside()[margin, margin] and not mosaic.inside()[crop, margin] and not mosaic.inside()[0, 20]
 
 
 def test_the_plan_tiles_only_what_does_not_fit():
     options = {"strategy": "calibrated", "batch_size": 2, "tileable": True}
     fits = tiling.plan_memory(1000, 1000, 3, 1, 10, budget=8 * 2**30, **options)
-    assert fits.tile_side is None and fits.tiles == 1 and fits.slices_in_memory
+    assert fits.tile_pixels is None and fits.tiles == 1 and fits.slices_in_memory
     tiled = tiling.plan_memory(5000, 4000, 3, 1, 5, budget=2 * 2**30, **options)
     assert tiled.tiles > 1 and tiled.estimated_peak <= tiling.PLAN_SHARE * 2 * 2**30
     on_file = tiling.plan_memory(5000, 4000, 3, 2, 100, budget=2 * 2**30, **options)
