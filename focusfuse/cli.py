@@ -216,13 +216,32 @@ def main(debug: bool) -> None:
     help="Memory budget (K, M, G suffixes): larger images are fused in tiles. At most what is available.",
 )
 @click.option(
+    "--prune/--no-prune",
+    default=True,
+    show_default=True,
+    help="Calibrated: in each tile, run the network only on the slices a focus screen finds can win there.",
+)
+@click.option(
     "--weights",
     type=click.Path(dir_okay=False),
     help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]",
 )
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack(
-    inputs, output, index_map, timing, device, batch_size, strategy, composite, align, crop, max_memory, weights, quiet
+    inputs,
+    output,
+    index_map,
+    timing,
+    device,
+    batch_size,
+    strategy,
+    composite,
+    align,
+    crop,
+    max_memory,
+    prune,
+    weights,
+    quiet,
 ) -> None:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -242,6 +261,7 @@ def stack(
             align=align,
             crop=crop,
             max_memory=max_memory,
+            prune=prune,
             device=device,
             batch_size=batch_size,
             weights=weights,

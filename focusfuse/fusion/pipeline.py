@@ -37,10 +37,12 @@ from focusfuse.fusion.strategies import (
 from focusfuse.fusion.tiling import (
     DEFAULT_MAX_MEMORY,
     MemoryPlan,
+    Tile,
     fuse_tiles,
     measure_statistics,
     plan_memory,
     sample_mosaic,
+    take_slice_times,
     tile_grid,
 )
 from focusfuse.fusion.timing import StageClock
@@ -132,12 +134,6 @@ def _aligned_slices(decoded: DecodedStack, alignment: StackAlignment, first: np.
     )
 
 
-def _fold_per_slice(clock: StageClock, n_slices: int) -> None:
-    """Sum the per-slice times of every tile (and the sample) into one per slice."""
-    runs = [clock.per_slice[k : k + n_slices] for k in range(0, len(clock.per_slice), n_slices)]
-    clock.per_slice[:] = [sum(times) for times in zip(*runs, strict=False)]
-
-
 def _composite_by_pyramid(context: StackContext, index_map: np.ndarray, levels: int, max_pixels: int) -> np.ndarray:
     """The pyramid blend of the decoded slices; its time is shared among the slices."""
     clock = context.clock
@@ -199,18 +195,20 @@ def _fuse_decoded(
     fill_flat: bool,
     composite: Composite,
     pyramid_levels: int,
+    prune: bool,
     progress: Progress,
-) -> tuple[np.ndarray, np.ndarray, str]:
+) -> tuple[np.ndarray, np.ndarray, str, int]:
     """Run the strategy on the decoded slices, whole or in tiles, then fill and composite.
 
-    Returns the fused image, the index map and the composite used.
+    Returns the fused image, the index map, the composite used and the slice-tiles run.
     """
     first_slice = decoded.read(0)
     whole = StackSource(labels=source.labels, paths=source.paths, reader=decoded.read)
     offset, scale = intensity_mapping(first_slice)
     n_slices = len(source)
     height, width = first_slice.shape[:2]
-    tiles = tile_grid(height, width, plan.tile_pixels, plan.halo) if plan.tile_pixels is not None else []
+    whole_image = Tile((0, height, 0, width), (0, height, 0, width))
+    tiles = tile_grid(height, width, plan.tile_pixels, plan.halo) if plan.tile_pixels is not None else [whole_image]
 
     def make_context(part: StackSource, first: np.ndarray) -> StackContext:
         return StackContext(
@@ -232,22 +230,33 @@ def _fuse_decoded(
         return (*fuse_serial(context), None)
 
     context = make_context(whole, first_slice)
+    slice_times = [0.0] * n_slices
     with torch.inference_mode(), full_float32():
-        if not tiles:
-            context.progress = progress
-            fused, index_map, peak_sharpness = run(context)
-        else:
-            assert plan.tile_pixels is not None
+        statistics = None
+        if plan.tile_pixels is not None:
+            started = len(clock.per_slice)
             mosaic = sample_mosaic(height, width, math.isqrt(plan.tile_pixels))
             statistics = measure_statistics(model, mosaic, make_context, whole, run)
-            fused, index_map, peak_sharpness = fuse_tiles(tiles, whole, make_context, run, statistics, progress)
-            _fold_per_slice(clock, n_slices)
-        if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
-            fill_flat_regions(context, fused, index_map, peak_sharpness.to(device))
+            take_slice_times(clock, started, list(range(n_slices)), slice_times)
+        tiled = fuse_tiles(
+            tiles,
+            whole,
+            make_context,
+            run,
+            statistics,
+            progress,
+            clock=clock,
+            prune=prune and strategy == "calibrated",
+            slice_times=slice_times,
+        )
+        clock.per_slice[:] = slice_times
+        fused, index_map = tiled.fused, tiled.index_map
+        if strategy == "calibrated" and fill_flat and tiled.peak_sharpness is not None:
+            fill_flat_regions(context, fused, index_map, tiled.peak_sharpness.to(device))
     used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
     if used_composite == "pyramid":
         fused = _composite_by_pyramid(context, index_map, pyramid_levels, plan.composite_pixels)
-    return fused, index_map, used_composite
+    return fused, index_map, used_composite, tiled.slice_tiles_run
 
 
 def fuse_stack(
@@ -269,6 +278,7 @@ def fuse_stack(
     align: AlignMode = "none",
     crop: bool = False,
     max_memory: int | None = None,
+    prune: bool = True,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -299,6 +309,8 @@ def fuse_stack(
         crop: crop the result to the area that every aligned slice covers.
         max_memory: memory budget in bytes (default 2 GiB, at most what is available):
             above it the image is fused in tiles (``tiling.py``).
+        prune: ``calibrated`` only: in each tile, run the network only on the slices
+            that a focus screen finds can win somewhere in it (``pruning.py``).
     Returns:
         FusionResult with the fused array in the input dtype.
     """
@@ -364,7 +376,7 @@ def fuse_stack(
             decoded.close()
             decoded = aligned
             first_slice = decoded.read(0)
-        fused, index_map, used_composite = _fuse_decoded(
+        fused, index_map, used_composite, slice_tiles_run = _fuse_decoded(
             decoded,
             source,
             model,
@@ -378,6 +390,7 @@ def fuse_stack(
             fill_flat=fill_flat,
             composite=composite,
             pyramid_levels=pyramid_levels,
+            prune=prune,
             progress=progress or (lambda done, total: None),
         )
     finally:
@@ -400,6 +413,8 @@ def fuse_stack(
         "composite": used_composite,
         "alignment": alignment.report(),
         "memory_plan": plan.report(),
+        "prune": prune and used_strategy == "calibrated",
+        "slice_tiles": {"run": slice_tiles_run, "in_all": plan.tiles * len(source)},
         "pyramid_levels": pyramid_levels if used_composite == "pyramid" else None,
         "weights": str(weights_path),
         "focusfuse_version": __version__,

@@ -71,12 +71,19 @@ class ImageWideStatistics:
     Attributes:
         gates: ``(N, 4, 16)`` every slice's channel SE weights (``FeatureExtractor.channel_gates``).
         sharpness_medians: the median feature sharpness of the current choice before each
-            decision step of ``calibrated`` (the ``TEXTURED_FRACTION`` reference); None
-            while they are being measured (the context records them).
+            decision step of ``calibrated`` (the ``TEXTURED_FRACTION`` reference), keyed by
+            the last slice of the step's group; None while they are being measured (the
+            context records them).
     """
 
     gates: torch.Tensor
-    sharpness_medians: list[float] | None = None
+    sharpness_medians: dict[int, float] | None = None
+
+    def sharpness_median(self, last_slice: int) -> float:
+        """The median before the step whose group ends at ``last_slice``, or the first one after it
+        (a tile whose slices were pruned groups them differently)."""
+        assert self.sharpness_medians is not None
+        return self.sharpness_medians[min(k for k in self.sharpness_medians if k >= last_slice)]
 
 
 @dataclass
@@ -85,7 +92,9 @@ class StackContext:
 
     With ``statistics`` the image-wide quantities come from there instead of from the
     pixels at hand; what it lacks is computed here (over ``statistics_mask`` where one
-    is given) and the medians are recorded in ``measured_medians``.
+    is given) and the medians are recorded in ``measured_medians``. ``slice_numbers``
+    gives each slice of ``source`` its number in the whole stack, where pruning left
+    some out (the strategies' index maps count slices of ``source``).
     """
 
     model: GACN
@@ -98,19 +107,26 @@ class StackContext:
     progress: Progress
     statistics: ImageWideStatistics | None = None
     statistics_mask: torch.Tensor | None = None
-    measured_medians: list[float] = field(default_factory=list)
+    measured_medians: dict[int, float] = field(default_factory=dict)
+    slice_numbers: list[int] | None = None
+
+    def number(self, index: int) -> int:
+        """Slice ``index`` of ``source``'s number in the whole stack."""
+        return index if self.slice_numbers is None else self.slice_numbers[index]
 
     def activity(self, grays: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """``(K, 64, H, W)`` activities of slices ``indices``, gray ``(K, 1, H, W)``."""
-        gates = None if self.statistics is None else self.statistics.gates[indices].to(self.device)
+        if self.statistics is None:
+            return self.model.activity(grays)
+        gates = self.statistics.gates[[self.number(j) for j in indices]].to(self.device)
         return self.model.activity(grays, gates)
 
-    def sharpness_median(self, sharpness: torch.Tensor, step: int) -> torch.Tensor | float:
-        """The median of the current choice's sharpness before decision step ``step``."""
+    def sharpness_median(self, sharpness: torch.Tensor, last_slice: int) -> torch.Tensor | float:
+        """The median of the current choice's sharpness before the step whose group ends at ``last_slice``."""
         if self.statistics is not None and self.statistics.sharpness_medians is not None:
-            return self.statistics.sharpness_medians[step]
+            return self.statistics.sharpness_median(self.number(last_slice))
         median = sharpness.median() if self.statistics_mask is None else sharpness[self.statistics_mask].median()
-        self.measured_medians.append(float(median))
+        self.measured_medians[self.number(last_slice)] = float(median)
         return median
 
     def read(self, index: int) -> np.ndarray:
@@ -317,27 +333,28 @@ def running_best_choice(
     model, clock = context.model, context.clock
     best_gray, best_activity, fused, index_map = _start_calibrated(context)
     last = len(context.source) - 1
+    numbers = torch.tensor([context.number(j) for j in range(last + 1)], device=context.device)
     with clock.stage("decisions"):
         best_sharpness = feature_sharpness(best_activity)
-        best_index = torch.zeros_like(best_sharpness, dtype=torch.long)
+        best_number = torch.full_like(best_sharpness, context.number(0), dtype=torch.long)  # in the whole stack
         peak_sharpness = best_sharpness  # the sharpest any slice is, per pixel
-    for step, group in enumerate(_groups(context, batch_size, group_size)):
+    for group in _groups(context, batch_size, group_size):
         with clock.stage("decisions"):
             final_map = model.decide(best_activity, group.activity, best_gray, group.gray).final_map
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
-            group_sharpness, group_index = group.sharpness(), group.slice_index()
+            group_sharpness, group_number = group.sharpness(), numbers[group.slice_index()]
             peak_sharpness = torch.maximum(peak_sharpness, group_sharpness)
             if adjacent_by_sharpness:
-                reference = context.sharpness_median(best_sharpness, step)
+                reference = context.sharpness_median(best_sharpness, group.indices[-1])
                 textured = torch.maximum(group_sharpness, best_sharpness) >= TEXTURED_FRACTION * reference
-                adjacent = ((group_index - best_index).abs() <= ADJACENT_STEPS) & textured
+                adjacent = ((group_number - best_number).abs() <= ADJACENT_STEPS) & textured
                 sharper = torch.where(adjacent, group_sharpness > best_sharpness, sharper)
         with clock.stage("assemble"):
             if group.indices[-1] < last:  # the last group's choice feeds no later comparison
                 best_activity = torch.where(sharper, group.activity, best_activity)
                 best_gray = torch.where(sharper, group.gray, best_gray)
                 best_sharpness = torch.where(sharper, group_sharpness, best_sharpness)
-                best_index = torch.where(sharper, group_index, best_index)
+                best_number = torch.where(sharper, group_number, best_number)
             taken = sharper[0, 0].cpu().numpy()
             picked = group.member[0, 0].cpu().numpy()
             for number, j in enumerate(group.indices):

@@ -31,7 +31,9 @@ import numpy as np
 import torch
 
 from focusfuse.fusion.compositing import COMPOSITE_BYTES_PER_CHANNEL_PIXEL
+from focusfuse.fusion.pruning import candidate_slices
 from focusfuse.fusion.strategies import ImageWideStatistics, StackContext
+from focusfuse.fusion.timing import StageClock
 from focusfuse.io.reader import StackSource
 from focusfuse.model import refinement
 from focusfuse.model.network import GACN, SF_RADIUS, DecisionPath
@@ -193,16 +195,36 @@ def measure_statistics(
     context.statistics = ImageWideStatistics(torch.stack(gates).cpu())
     context.statistics_mask = inside
     run(context)
-    return ImageWideStatistics(context.statistics.gates, context.measured_medians)
+    return ImageWideStatistics(context.statistics.gates, dict(context.measured_medians))
 
 
-def _window_reader(source: StackSource, window: tuple[slice, slice]) -> Callable[[int], np.ndarray]:
-    return lambda j: source.read(j)[window]
+def _window_reader(source: StackSource, kept: list[int], window: tuple[slice, slice]) -> Callable[[int], np.ndarray]:
+    return lambda j: source.read(kept[j])[window]
 
 
-def _tile_progress(progress: Callable[[int, int], None], number: int, count: int) -> Callable[[int, int], None]:
-    """Slices done in tile ``number`` of ``count`` -> slice-tiles done of all."""
-    return lambda done, total: progress(number * total + done, count * total)
+def _tile_progress(
+    progress: Callable[[int, int], None], number: int, count: int, n_slices: int, kept: int
+) -> Callable[[int, int], None]:
+    """Slices done in tile ``number`` of ``count`` (``kept`` of ``n_slices`` run) -> slice-tiles done of all."""
+    return lambda done, total: progress(number * n_slices + round(done * n_slices / kept), count * n_slices)
+
+
+def take_slice_times(clock: StageClock, start: int, numbers: list[int], totals: list[float]) -> None:
+    """Move the per-slice times booked since ``start`` (slices ``numbers``, in order) into ``totals``."""
+    for number, seconds in zip(numbers, clock.per_slice[start:], strict=True):
+        totals[number] += seconds
+    del clock.per_slice[start:]
+
+
+@dataclass
+class TiledResult:
+    """The fused image, index map (slice numbers of the whole stack) and peak sharpness of all
+    tiles, and how many slice-tiles ran the network."""
+
+    fused: np.ndarray
+    index_map: np.ndarray
+    peak_sharpness: torch.Tensor | None
+    slice_tiles_run: int
 
 
 def fuse_tiles(
@@ -210,37 +232,55 @@ def fuse_tiles(
     source: StackSource,
     make_context: Callable[[StackSource, np.ndarray], StackContext],
     run: Run,
-    statistics: ImageWideStatistics,
+    statistics: ImageWideStatistics | None,
     progress: Callable[[int, int], None],
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+    *,
+    clock: StageClock,
+    prune: bool,
+    slice_times: list[float],
+) -> TiledResult:
     """Run the strategy on every tile; the cores make the fused image, index map and peak sharpness.
 
     ``source`` reads whole decoded slices (a ``DecodedStack``); each tile reads its
-    window of them. Progress counts slice-tiles.
+    window of them, only the candidates (``candidate_slices``) when ``prune``.
+    ``statistics`` None: the one tile is the whole image and measures its own. Each
+    slice's time is added to ``slice_times``; progress counts slice-tiles.
     """
+    n_slices = len(source)
     fused: np.ndarray | None = None
     index_map: np.ndarray | None = None
     peak: torch.Tensor | None = None
+    run_count = 0
     for number, tile in enumerate(tiles):
         window = tile.window_slices()
-        tile_source = StackSource(labels=source.labels, paths=source.paths, reader=_window_reader(source, window))
+        kept = list(range(n_slices))
+        if prune:
+            with clock.stage("prune"):
+                kept = candidate_slices(source.read(j)[window] for j in range(n_slices))
+        run_count += len(kept)
+        tile_source = StackSource(
+            labels=[source.labels[j] for j in kept], paths=source.paths, reader=_window_reader(source, kept, window)
+        )
         context = make_context(tile_source, tile_source.read(0))
         context.statistics = statistics
-        context.progress = _tile_progress(progress, number, len(tiles))
+        context.slice_numbers = kept
+        context.progress = _tile_progress(progress, number, len(tiles), n_slices, len(kept))
+        started = len(clock.per_slice)
         tile_fused, tile_index, tile_peak = run(context)
+        take_slice_times(clock, started, kept, slice_times)
         if fused is None or index_map is None:
             height, width = source.read(0).shape[:2]
             fused = np.empty((height, width, *tile_fused.shape[2:]), tile_fused.dtype)
-            index_map = np.empty((height, width), tile_index.dtype)
+            index_map = np.empty((height, width), np.uint8 if n_slices <= 256 else np.uint16)
             if tile_peak is not None:
                 peak = torch.empty((1, 1, height, width), dtype=tile_peak.dtype)
         core, inner = tile.core_slices(), tile.core_in_window()
         fused[core] = tile_fused[inner]
-        index_map[core] = tile_index[inner]
+        index_map[core] = np.asarray(kept, index_map.dtype)[tile_index[inner]]
         if peak is not None and tile_peak is not None:
             peak[0, 0][core] = tile_peak[0, 0][inner].cpu()
     assert fused is not None and index_map is not None
-    return fused, index_map, peak
+    return TiledResult(fused, index_map, peak, run_count)
 
 
 # Resident memory of a CPU fusion, measured with /usr/bin/time on 512x512 and 1024x1024

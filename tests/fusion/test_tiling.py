@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from focusfuse import fuse_stack
 from focusfuse.fusion import tiling
 from focusfuse.fusion.compositing import composite_pyramid, strip_rows
+from focusfuse.fusion.pruning import candidate_slices
+from focusfuse.io.writer import write_image
 from focusfuse.model import refinement
 from focusfuse.model.weights import find_weights, load_model
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 
 
 @pytest.mark.parametrize(
@@ -122,3 +126,33 @@ def test_a_pyramid_blended_in_strips_equals_the_whole_blend():
     assert len(strips) >= 3 and all(start % 128 == 0 for start, _ in strips)
     in_strips = composite_pyramid(lambda j: slices[j], index, 3, max_pixels=300 * 1000)
     assert np.abs(whole.astype(int) - in_strips.astype(int)).max() <= 1
+
+
+def test_the_focus_screen_drops_slices_that_are_sharp_nowhere_and_keeps_all_on_flat_ground():
+    rng = np.random.default_rng(4)
+    size, n_slices = 192, 12
+    sharp = np.rint(procedural_texture(size, size, rng) * 255).astype(np.uint8)
+    depth = np.tile(np.linspace(0, 4, size, dtype=np.float32), (size, 1))  # in focus in slices 0..4 only
+    stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=0.01, rng=rng)
+    kept = candidate_slices(stack.slices)
+    assert set(range(5)) <= set(kept) and max(kept) <= 6
+    flat = [np.full((size, size), 100, np.uint8) for _ in range(n_slices)]
+    assert candidate_slices(flat) == list(range(n_slices))
+
+
+def test_a_pruned_fusion_agrees_with_the_unpruned_one_and_says_what_ran(tmp_path):
+    rng = np.random.default_rng(6)
+    size, n_slices = 256, 12
+    sharp = np.rint(procedural_texture(size, size, rng) * 255).astype(np.uint8)
+    depth = smooth_depth(size, size, 6, rng)  # the scene spans slices 0..5 of 12
+    stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=0.01, rng=rng)
+    for k, image in enumerate(stack.slices):
+        write_image(tmp_path / f"z{k:02d}.png", image)
+    pruned = fuse_stack([tmp_path], device="cpu")
+    full = fuse_stack([tmp_path], device="cpu", prune=False)
+    assert pruned.timing["prune"] and not full.timing["prune"]
+    assert full.timing["slice_tiles"] == {"run": n_slices, "in_all": n_slices}
+    assert pruned.timing["slice_tiles"]["run"] <= 8 and pruned.timing["stages_s"]["prune"] > 0
+    assert len(pruned.timing["per_slice_s"]) == n_slices
+    assert (pruned.index_map == full.index_map).mean() >= 0.995
+    assert pruned.index_map.max() <= 7

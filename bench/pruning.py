@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Candidate pruning against the unpruned run: agreement, slices run, time.
+
+For every stack of bench/multislice.py's generator (N = 10, 20, 40; clean, noise,
+drift; known depth), at --size px fused in tiles of about --tile px (as a large image
+is under the default budget), once with pruning and once without (--no-prune): the
+share of identical index-map pixels, both PSNRs against the all-in-focus truth, the
+share of slice-tiles that ran the network, and the fusion seconds. --fraction
+overrides KEEP_FRACTION (to choose it, on --seed 1).
+Usage: python bench/pruning.py [--size 768] [--tile 384] [--slices 10,20,40] [--seed 0] [--fraction F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+from focusfuse.fusion import pruning
+from focusfuse.fusion.pipeline import fuse_stack
+
+sys.path.insert(0, str(Path(__file__).parent))
+from multislice import psnr, write_case  # noqa: E402
+from tiling import budget_for_tile  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=768)
+    parser.add_argument("--tile", type=int, default=384, help="Tile side, halo included, px.")
+    parser.add_argument("--slices", default="10,20,40")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fraction", type=float, help=f"Keep fraction [default: {pruning.KEEP_FRACTION}].")
+    parser.add_argument("--textured", type=float, help=f"Textured cell share [default: {pruning.TEXTURED_CELL}].")
+    parser.add_argument("--scale", type=int, help=f"Screen downscaling [default: {pruning.SCREEN_SCALE}].")
+    args = parser.parse_args()
+    if args.fraction is not None:
+        pruning.KEEP_FRACTION = args.fraction
+    if args.textured is not None:
+        pruning.TEXTURED_CELL = args.textured
+    if args.scale is not None:
+        pruning.SCREEN_SCALE = args.scale
+    print(
+        f"keep fraction {pruning.KEEP_FRACTION}, textured cells {pruning.TEXTURED_CELL}, "
+        f"screen at 1/{pruning.SCREEN_SCALE}, seed {args.seed}, "
+        f"{args.size}x{args.size} in tiles of {args.tile} px"
+    )
+    agreements = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for n_slices in (int(v) for v in args.slices.split(",") if v):
+            for variant in ("clean", "noise 0.01", "drift 10%"):
+                folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
+                sharp, _ = write_case(folder, args.size, n_slices, variant, args.seed)
+                budget = budget_for_tile(args.tile, args.size, args.size, 1, n_slices)
+                full = fuse_stack([folder], device="cpu", max_memory=budget, prune=False)
+                pruned = fuse_stack([folder], device="cpu", max_memory=budget)
+                agreement = float((full.index_map == pruned.index_map).mean())
+                agreements.append(agreement)
+                run = pruned.timing["slice_tiles"]
+                print(
+                    f"  N={n_slices:<3} {variant:<11} index identical {100 * agreement:6.2f}%   "
+                    f"PSNR unpruned {psnr(full.fused, sharp):6.2f} pruned {psnr(pruned.fused, sharp):6.2f}   "
+                    f"slice-tiles run {run['run']}/{run['in_all']} ({100 * run['run'] / run['in_all']:.0f}%)   "
+                    f"seconds {full.timing['total_s']:.1f} -> {pruned.timing['total_s']:.1f}",
+                    flush=True,
+                )
+    print(f"  lowest agreement {100 * min(agreements):.2f}%")
+
+
+if __name__ == "__main__":
+    main()
