@@ -44,28 +44,39 @@ class Run:
     error: str | None
 
 
+GNU_TIME = Path("/usr/bin/time")
+
+
 def run_measured(command: list[str], memory_limit: int | None = None) -> Run:
-    """Run one command; its wall seconds, its peak RSS (MiB) and, if it failed, its last stderr line."""
+    """Run one command; its wall seconds, its peak RSS (MiB) and, if it failed, its last stderr line.
+
+    Linux carries a process's peak RSS across fork and exec, so a tool started straight
+    from this (large) process would report at least this process's size. GNU time, when
+    installed, starts the tool from its own small process and reports the tool's peak.
+    """
 
     def limit() -> None:
         if memory_limit:
             resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
 
     started = time.perf_counter()
-    with tempfile.TemporaryFile() as stderr:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit)
+    with tempfile.TemporaryFile() as stderr, tempfile.NamedTemporaryFile("r") as peak:
+        launcher = [str(GNU_TIME), "-f", "%M", "-o", peak.name] if GNU_TIME.exists() else []
+        process = subprocess.Popen([*launcher, *command], stdout=subprocess.DEVNULL, stderr=stderr, preexec_fn=limit)
         _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         stderr.seek(0)
         lines = stderr.read().decode(errors="replace").strip().splitlines()
+        reported = peak.read().strip().splitlines()
+    peak_kib = int(reported[-1]) if launcher and reported and reported[-1].isdigit() else usage.ru_maxrss
     error = None
     if process.returncode != 0:
         last = lines[-1] if lines else "no message"
         if last.startswith("focusfuse: error: "):  # the problem, without the file it names
             last = last.split(": ", 3)[-1]
         error = f"exit {process.returncode}: {last[:110]}"
-    return Run(seconds, usage.ru_maxrss / 1024.0, error)
+    return Run(seconds, peak_kib / 1024.0, error)
 
 
 def peer_prefix(tool: str) -> tuple[list[str] | None, str]:

@@ -54,7 +54,7 @@ def main() -> None:
                 sharp, _ = write_case(folder, args.size, n_slices, variant, args.seed)
                 budget = budget_for_tile(args.tile, args.size, args.size, 1, n_slices)
                 full = fuse_stack([folder], device="cpu", max_memory=budget, prune=False)
-                pruned = fuse_stack([folder], device="cpu", max_memory=budget)
+                pruned = fuse_stack([folder], device="cpu", max_memory=budget, prune=True)
                 agreement = float((full.index_map == pruned.index_map).mean())
                 agreements.append(agreement)
                 run = pruned.timing["slice_tiles"]

@@ -8,10 +8,11 @@ the same scene in 16 slices, to show whether memory stays flat in N; (c)
 ../shared/data/stacks/plankton5 (5 x 20 Mpx, real microscope, no truth); (d) the
 paper's 26 pairs (../shared/data/pairs26), seconds per pair (each pair its own
 process, as a shell loop runs them). Every tool runs as its own process with its
-defaults (focusfuse: --max-memory 2G, CPU); wall seconds include reading and
+defaults (focusfuse: --max-memory 2G, CPU; on pcb10 and the 64-slice stack also
+with --prune); wall seconds include reading and
 writing; peak RSS is the process's (for (d), the largest over the pairs). Peers as in
 bench/peers.py; a missing peer or stack is a row that says why.
-Usage: python bench/scale.py [--stacks pcb10,synthetic64,synthetic16,plankton5,pairs26]
+Usage: python bench/scale.py [--stacks pcb10,synthetic64,synthetic16,plankton5,pairs26] [--tools enfuse,...]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from focusfuse.io.reader import open_stack
 
 PAIRS = REAL_STACKS.parent / "pairs26"
 STACKS = "pcb10,synthetic64,synthetic16,plankton5,pairs26"
+PRUNE_ROWS = ("pcb10", "synthetic 64")
 
 
 def stack_cases(names: list[str], scratch: Path):
@@ -73,10 +75,13 @@ def run_all(tool: str, prefix: list[str], inputs: list[list[Path]], output: Path
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", default=STACKS)
+    parser.add_argument("--tools", help="Only these tools (comma-separated), e.g. enfuse,focus-stack.")
     args = parser.parse_args()
     available = tools()
+    focusfuse_prefix = available["focusfuse"][0]
+    assert focusfuse_prefix is not None
     print(f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack")
-    print(f"{'stack':<30} {'tool':<12} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
+    print(f"{'stack':<30} {'tool':<21} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         for label, inputs, truth, absent in stack_cases(args.stacks.split(","), scratch):
@@ -84,22 +89,27 @@ def main() -> None:
                 print(f"{label:<30} skipped: {absent}")
                 continue
             enfuse: Run | None = None
-            for tool, (prefix, why) in available.items():
+            rows = dict(available)
+            if label.startswith(PRUNE_ROWS):  # what pruning saves, where there are slices to prune
+                rows["focusfuse --prune"] = ([*focusfuse_prefix, "--prune"], "")
+            for tool, (prefix, why) in rows.items():
+                if args.tools and tool not in args.tools.split(","):
+                    continue
                 if prefix is None:
-                    print(f"{label:<30} {tool:<12} skipped: {why}")
+                    print(f"{label:<30} {tool:<21} skipped: {why}")
                     continue
                 output = scratch / f"{tool}.png"
-                run = run_all(tool, prefix, inputs, output)
+                run = run_all(tool.split()[0], prefix, inputs, output)
                 if tool == "enfuse":
                     enfuse = run
                 if run.error:
-                    print(f"{label:<30} {tool:<12} {run.seconds:>8.1f} {run.peak_mib:>9.0f}  failed ({run.error})")
+                    print(f"{label:<30} {tool:<21} {run.seconds:>8.1f} {run.peak_mib:>9.0f}  failed ({run.error})")
                     continue
                 quality = "-"
                 if truth is not None:
                     quality = f"{psnr(np.rint(to_gray(read_output(output)) * 255), truth):.2f}"
                 ratio = f"{run.seconds / enfuse.seconds:.1f}" if enfuse and not enfuse.error else "-"
-                print(f"{label:<30} {tool:<12} {run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6}")
+                print(f"{label:<30} {tool:<21} {run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6}")
                 sys.stdout.flush()
                 output.unlink(missing_ok=True)
         for stem in ("focusfuse.index.png", "focusfuse.timing.json"):

@@ -278,7 +278,7 @@ def fuse_stack(
     align: AlignMode = "none",
     crop: bool = False,
     max_memory: int | None = None,
-    prune: bool = True,
+    prune: bool = False,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 

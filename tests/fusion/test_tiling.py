@@ -148,8 +148,8 @@ def test_a_pruned_fusion_agrees_with_the_unpruned_one_and_says_what_ran(tmp_path
     stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=0.01, rng=rng)
     for k, image in enumerate(stack.slices):
         write_image(tmp_path / f"z{k:02d}.png", image)
-    pruned = fuse_stack([tmp_path], device="cpu")
-    full = fuse_stack([tmp_path], device="cpu", prune=False)
+    pruned = fuse_stack([tmp_path], device="cpu", prune=True)
+    full = fuse_stack([tmp_path], device="cpu")
     assert pruned.timing["prune"] and not full.timing["prune"]
     assert full.timing["slice_tiles"] == {"run": n_slices, "in_all": n_slices}
     assert pruned.timing["slice_tiles"]["run"] <= 8 and pruned.timing["stages_s"]["prune"] > 0
