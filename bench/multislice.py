@@ -90,6 +90,19 @@ def write_case(folder: Path, size: int, n_slices: int, variant: str, seed: int, 
     return sharp, stack
 
 
+VARIANTS = ("clean", "noise 0.01", "drift 10%")
+
+
+def written_cases(scratch: Path, size: int, slices: str, seed: int):
+    """Every benchmark stack, N from ``slices`` ("5,10,20") x ``VARIANTS``, written under ``scratch``:
+    (n_slices, variant, folder, sharp image, SyntheticStack) each."""
+    for n_slices in (int(v) for v in slices.split(",") if v):
+        for variant in VARIANTS:
+            folder = scratch / f"n{n_slices}-{variant.split()[0]}"
+            sharp, stack = write_case(folder, size, n_slices, variant, seed)
+            yield n_slices, variant, folder, sharp, stack
+
+
 def report(
     label: str, fused: np.ndarray, index: np.ndarray, truth_index: np.ndarray, sharp: np.ndarray, seconds: float | None
 ) -> str:
@@ -110,15 +123,8 @@ def main() -> None:
         "--repeats", type=int, default=5, help="Timed rounds of every strategy; the median time is printed."
     )
     args = parser.parse_args()
-    cases = [
-        (n, variant)
-        for n in (int(v) for v in args.slices.split(","))
-        for variant in ("clean", "noise 0.01", "drift 10%")
-    ]
     with tempfile.TemporaryDirectory() as scratch:
-        for n_slices, variant in cases:
-            folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
-            sharp, stack = write_case(folder, args.size, n_slices, variant, args.seed)
+        for n_slices, variant, folder, sharp, stack in written_cases(Path(scratch), args.size, args.slices, args.seed):
             print(f"N={n_slices} {args.size}x{args.size}, {variant}:")
             print(
                 report(

@@ -21,7 +21,7 @@ from focusfuse.fusion import pruning
 from focusfuse.fusion.pipeline import fuse_stack
 
 sys.path.insert(0, str(Path(__file__).parent))
-from multislice import psnr, write_case  # noqa: E402
+from multislice import psnr, written_cases  # noqa: E402
 from tiling import budget_for_tile  # noqa: E402
 
 
@@ -48,23 +48,20 @@ def main() -> None:
     )
     agreements = []
     with tempfile.TemporaryDirectory() as scratch:
-        for n_slices in (int(v) for v in args.slices.split(",") if v):
-            for variant in ("clean", "noise 0.01", "drift 10%"):
-                folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
-                sharp, _ = write_case(folder, args.size, n_slices, variant, args.seed)
-                budget = budget_for_tile(args.tile, args.size, args.size, 1, n_slices)
-                full = fuse_stack([folder], device="cpu", max_memory=budget, prune=False)
-                pruned = fuse_stack([folder], device="cpu", max_memory=budget, prune=True)
-                agreement = float((full.index_map == pruned.index_map).mean())
-                agreements.append(agreement)
-                run = pruned.timing["slice_tiles"]
-                print(
-                    f"  N={n_slices:<3} {variant:<11} index identical {100 * agreement:6.2f}%   "
-                    f"PSNR unpruned {psnr(full.fused, sharp):6.2f} pruned {psnr(pruned.fused, sharp):6.2f}   "
-                    f"slice-tiles run {run['run']}/{run['in_all']} ({100 * run['run'] / run['in_all']:.0f}%)   "
-                    f"seconds {full.timing['total_s']:.1f} -> {pruned.timing['total_s']:.1f}",
-                    flush=True,
-                )
+        for n_slices, variant, folder, sharp, _ in written_cases(Path(scratch), args.size, args.slices, args.seed):
+            budget = budget_for_tile(args.tile, args.size, args.size, 1, n_slices)
+            full = fuse_stack([folder], device="cpu", max_memory=budget, prune=False)
+            pruned = fuse_stack([folder], device="cpu", max_memory=budget, prune=True)
+            agreement = float((full.index_map == pruned.index_map).mean())
+            agreements.append(agreement)
+            run = pruned.timing["slice_tiles"]
+            print(
+                f"  N={n_slices:<3} {variant:<11} index identical {100 * agreement:6.2f}%   "
+                f"PSNR unpruned {psnr(full.fused, sharp):6.2f} pruned {psnr(pruned.fused, sharp):6.2f}   "
+                f"slice-tiles run {run['run']}/{run['in_all']} ({100 * run['run'] / run['in_all']:.0f}%)   "
+                f"seconds {full.timing['total_s']:.1f} -> {pruned.timing['total_s']:.1f}",
+                flush=True,
+            )
     print(f"  lowest agreement {100 * min(agreements):.2f}%")
 
 

@@ -24,7 +24,7 @@ from focusfuse.fusion import tiling
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 
 sys.path.insert(0, str(Path(__file__).parent))
-from multislice import psnr, write_case  # noqa: E402
+from multislice import psnr, written_cases  # noqa: E402
 
 PCB10 = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "stacks" / "pcb10"
 WHOLE = 64 * 2**30  # a budget every stack here fits whole
@@ -66,15 +66,12 @@ def main() -> None:
     print(f"halo {tiling.TILE_HALO} px, seed {args.seed}")
     agreements = []
     with tempfile.TemporaryDirectory() as scratch:
-        for n_slices in (int(v) for v in args.slices.split(",") if v):
-            for variant in ("clean", "noise 0.01", "drift 10%"):
-                folder = Path(scratch) / f"n{n_slices}-{variant.split()[0]}"
-                sharp, _ = write_case(folder, args.size, n_slices, variant, args.seed)
-                budget = budget_for_tile(args.tile, args.size, args.size, 1, n_slices)
-                whole = fuse_stack([folder], device="cpu", max_memory=WHOLE)
-                tiled = fuse_stack([folder], device="cpu", max_memory=budget)
-                compare(f"N={n_slices} {variant}", whole, tiled, sharp)
-                agreements.append(float((whole.index_map == tiled.index_map).mean()))
+        for n_slices, variant, folder, sharp, _ in written_cases(Path(scratch), args.size, args.slices, args.seed):
+            budget = budget_for_tile(args.tile, args.size, args.size, 1, n_slices)
+            whole = fuse_stack([folder], device="cpu", max_memory=WHOLE)
+            tiled = fuse_stack([folder], device="cpu", max_memory=budget)
+            compare(f"N={n_slices} {variant}", whole, tiled, sharp)
+            agreements.append(float((whole.index_map == tiled.index_map).mean()))
     if agreements:
         print(f"  lowest agreement {100 * min(agreements):.2f}%")
     if args.pcb10:
