@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,51 @@ def stacks(names: list[str], scratch: Path):
         yield label, [Path(p) for p in source.paths], None, None
 
 
+Measure = Callable[[str, list[str], Path], Run]
+
+
+def print_header(widths: tuple[int, int]) -> None:
+    """The table's two header lines; ``widths``: of the stack and tool columns."""
+    stack, tool = widths
+    print(f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack")
+    print(f"{'stack':<{stack}} {'tool':<{tool}} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
+
+
+def compare_tools(
+    label: str,
+    rows: dict[str, tuple[list[str] | None, str]],
+    measure: Measure,
+    truth: np.ndarray | None,
+    scratch: Path,
+    widths: tuple[int, int],
+) -> None:
+    """Run every tool of ``rows`` (name: command prefix or None, why absent) on one stack, a row each.
+
+    ``measure(tool, prefix, output)`` runs one tool writing ``output``; enfuse comes first
+    in ``rows``, so the others' ratios are to its time.
+    """
+    stack, width = widths
+    enfuse: Run | None = None
+    for tool, (prefix, why) in rows.items():
+        if prefix is None:
+            print(f"{label:<{stack}} {tool:<{width}} skipped: {why}")
+            continue
+        output = scratch / f"{tool}.png"
+        run = measure(tool, prefix, output)
+        if tool == "enfuse":
+            enfuse = run
+        if run.error:
+            print(f"{label:<{stack}} {tool:<{width}} {run.seconds:>8.1f} {run.peak_mib:>9.0f}  failed ({run.error})")
+            continue
+        quality = "-"
+        if truth is not None:
+            quality = f"{psnr(np.rint(to_gray(read_output(output)) * 255), truth):.2f}"
+        ratio = f"{run.seconds / enfuse.seconds:.1f}" if enfuse and not enfuse.error else "-"
+        print(f"{label:<{stack}} {tool:<{width}} {run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6}")
+        sys.stdout.flush()
+        output.unlink(missing_ok=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stacks", default="synthetic,pcb10,plankton5")
@@ -149,35 +195,20 @@ def main() -> None:
     args = parser.parse_args()
     available = tools()
     memory_limit = int(args.memory_limit * 2**30)
-    print(f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack")
-    print(f"{'stack':<26} {'tool':<12} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
+    widths = (26, 12)
+    print_header(widths)
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         for label, files, truth, absent in stacks(args.stacks.split(","), scratch):
             if absent:
                 print(f"{label:<26} skipped: {absent}")
                 continue
-            results: dict[str, Run] = {}
-            for tool, (prefix, why) in available.items():
-                if prefix is None:
-                    print(f"{label:<26} {tool:<12} skipped: {why}")
-                    continue
-                output = scratch / f"{tool}.png"
+
+            def measure(tool: str, prefix: list[str], output: Path, files: list[Path] = files) -> Run:
                 limit = memory_limit if tool == "focusfuse" else None
-                run = results[tool] = run_measured(command_for(tool, prefix, files, output), limit)
-                if run.error:
-                    print(f"{label:<26} {tool:<12} {run.seconds:>8.1f} {run.peak_mib:>9.0f}  failed ({run.error})")
-                    continue
-                quality = "-"
-                if truth is not None:
-                    fused = read_output(output)
-                    quality = f"{psnr(np.rint(to_gray(fused) * 255), truth):.2f}"
-                enfuse = results.get("enfuse")
-                ratio = f"{run.seconds / enfuse.seconds:.1f}" if enfuse and not enfuse.error else "-"
-                if tool == "enfuse":
-                    ratio = "1.0"
-                print(f"{label:<26} {tool:<12} {run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6}")
-                output.unlink(missing_ok=True)
+                return run_measured(command_for(tool, prefix, files, output), limit)
+
+            compare_tools(label, available, measure, truth, scratch, widths)
 
 
 if __name__ == "__main__":

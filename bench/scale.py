@@ -18,16 +18,12 @@ Usage: python bench/scale.py [--stacks pcb10,synthetic64,synthetic16,plankton5,p
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from multislice import psnr, write_case
-from peers import REAL_STACKS, Run, command_for, read_output, run_measured, tools
+from multislice import write_case
+from peers import REAL_STACKS, Run, command_for, compare_tools, print_header, run_measured, tools
 
-from focusfuse.io.color import to_gray
 from focusfuse.io.reader import open_stack
 
 PAIRS = REAL_STACKS.parent / "pairs26"
@@ -80,40 +76,24 @@ def main() -> None:
     available = tools()
     focusfuse_prefix = available["focusfuse"][0]
     assert focusfuse_prefix is not None
-    print(f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack")
-    print(f"{'stack':<30} {'tool':<21} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
+    widths = (30, 21)
+    print_header(widths)
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         for label, inputs, truth, absent in stack_cases(args.stacks.split(","), scratch):
             if absent:
                 print(f"{label:<30} skipped: {absent}")
                 continue
-            enfuse: Run | None = None
             rows = dict(available)
             if label.startswith(PRUNE_ROWS):  # what pruning saves, where there are slices to prune
                 rows["focusfuse --prune"] = ([*focusfuse_prefix, "--prune"], "")
-            for tool, (prefix, why) in rows.items():
-                if args.tools and tool not in args.tools.split(","):
-                    continue
-                if prefix is None:
-                    print(f"{label:<30} {tool:<21} skipped: {why}")
-                    continue
-                output = scratch / f"{tool}.png"
-                run = run_all(tool.split()[0], prefix, inputs, output)
-                if tool == "enfuse":
-                    enfuse = run
-                if run.error:
-                    print(f"{label:<30} {tool:<21} {run.seconds:>8.1f} {run.peak_mib:>9.0f}  failed ({run.error})")
-                    continue
-                quality = "-"
-                if truth is not None:
-                    quality = f"{psnr(np.rint(to_gray(read_output(output)) * 255), truth):.2f}"
-                ratio = f"{run.seconds / enfuse.seconds:.1f}" if enfuse and not enfuse.error else "-"
-                print(f"{label:<30} {tool:<21} {run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6}")
-                sys.stdout.flush()
-                output.unlink(missing_ok=True)
-        for stem in ("focusfuse.index.png", "focusfuse.timing.json"):
-            (scratch / stem).unlink(missing_ok=True)
+            if args.tools:
+                rows = {tool: row for tool, row in rows.items() if tool in args.tools.split(",")}
+
+            def measure(tool: str, prefix: list[str], output: Path, inputs: list[list[Path]] = inputs) -> Run:
+                return run_all(tool.split()[0], prefix, inputs, output)
+
+            compare_tools(label, rows, measure, truth, scratch, widths)
 
 
 if __name__ == "__main__":
