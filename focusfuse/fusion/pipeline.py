@@ -109,7 +109,7 @@ def intensity_mapping(first_slice: np.ndarray) -> tuple[float, float]:
     return low, max(high - low, 1e-12)
 
 
-def memory_budget(max_memory: int | None, device: torch.device) -> int:
+def memory_budget(max_memory: int | None) -> int:
     """The budget a plan must fit: ``max_memory`` (default 2 GiB), at most what the machine has free now."""
     budget = DEFAULT_MAX_MEMORY if max_memory is None else max_memory
     available = available_memory()
@@ -236,7 +236,7 @@ def _fuse_decoded(
         if plan.tile_pixels is not None:
             started = len(clock.per_slice)
             mosaic = sample_mosaic(height, width, math.isqrt(plan.tile_pixels))
-            statistics = measure_statistics(model, mosaic, make_context, whole, run)
+            statistics = measure_statistics(mosaic, make_context, whole, run)
             take_slice_times(clock, started, list(range(n_slices)), slice_times)
         tiled = fuse_tiles(
             tiles,
@@ -346,7 +346,7 @@ def fuse_stack(
             check_output_path(path, inputs=source.paths, report=path == timing_path)
 
     used_strategy = "pair" if len(source) == 2 else strategy
-    budget = memory_budget(max_memory, torch_device)
+    budget = memory_budget(max_memory)
     if source.declared_size is not None:  # from the headers, before any pixel is decoded
         _plan(source, *source.declared_size, 3, 2, used_strategy, batch_size, budget)
     with clock.stage("load_weights"):

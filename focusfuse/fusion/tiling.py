@@ -36,7 +36,7 @@ from focusfuse.fusion.strategies import ImageWideStatistics, StackContext
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.reader import StackSource
 from focusfuse.model import refinement
-from focusfuse.model.network import GACN, SF_RADIUS, DecisionPath
+from focusfuse.model.network import SF_RADIUS, DecisionPath
 
 # The sample mosaic: as many crops of SAMPLE_CROP px as a tile holds, spread evenly over the
 # image. Left out of the statistics: SAMPLE_MARGIN px inside each crop's edges, the feature
@@ -171,7 +171,6 @@ Run = Callable[[StackContext], tuple[np.ndarray, np.ndarray, torch.Tensor | None
 
 
 def measure_statistics(
-    model: GACN,
     mosaic: SampleMosaic,
     make_context: Callable[[StackSource, np.ndarray], StackContext],
     source: StackSource,
@@ -191,7 +190,7 @@ def measure_statistics(
         image = context.first_slice if j == 0 else mosaic_source.read(j)
         gray = context.gray([image])
         with context.clock.stage("features"):
-            gates.append(model.features.channel_gates(gray, inside.to(gray.dtype))[0])
+            gates.append(context.model.features.channel_gates(gray, inside.to(gray.dtype))[0])
     context.statistics = ImageWideStatistics(torch.stack(gates).cpu())
     context.statistics_mask = inside
     run(context)

@@ -248,7 +248,6 @@ def test_cuda_agrees_with_cpu(demo_stack_dir, strategy):
 
 def test_group_pick_takes_the_member_with_the_sharper_features(model):
     """Three slices: the second is sharp on the left, the third on the right, the first nowhere."""
-    import torch
 
     from focusfuse.fusion.strategies import _start_group
 
@@ -336,10 +335,10 @@ def test_a_stack_too_large_for_the_budget_is_refused_before_fusing(tmp_path, mon
 
 def test_the_budget_is_at_most_the_memory_available(monkeypatch):
     monkeypatch.setattr(pipeline, "available_memory", lambda: 2**30)
-    assert pipeline.memory_budget(None, torch.device("cpu")) == 2**30
-    assert pipeline.memory_budget(512 * 2**20, torch.device("cpu")) == 512 * 2**20
+    assert pipeline.memory_budget(None) == 2**30
+    assert pipeline.memory_budget(512 * 2**20) == 512 * 2**20
     monkeypatch.setattr(pipeline, "available_memory", lambda: None)
-    assert pipeline.memory_budget(None, torch.device("cpu")) == 2 * 2**30
+    assert pipeline.memory_budget(None) == 2 * 2**30
 
 
 def test_a_stack_fused_in_tiles_agrees_with_the_whole_image(tmp_path, monkeypatch):
