@@ -23,16 +23,20 @@ from typing import NoReturn
 import click
 
 from focusfuse import __version__
+from focusfuse.batch.discovery import OUTPUT_FORMATS
+from focusfuse.batch.runner import DEFAULT_SETTLE_S
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES
 from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.fusion.strategies import STRATEGIES
 from focusfuse.io.reader import natural_key
+from focusfuse.io.writer import check_output_path
 
 EXIT_ERROR = 1  # a bad input or setting
 EXIT_OUT_OF_MEMORY = 3
 EXIT_INTERNAL = 4  # a bug: the message says so, --debug shows the traceback
+EXIT_SOME_FAILED = 5  # batch: some stacks failed, the others were fused
 EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
 EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
@@ -171,6 +175,61 @@ def main(debug: bool) -> None:
     """Focus stacking for microscopy z-stacks (GACN with decision calibration)."""
 
 
+def fusion_options(command: Callable) -> Callable:
+    """The options of ``stack`` and ``batch`` that say how a stack is fused."""
+    options = [
+        click.option(
+            "--device", default="auto", show_default=True, help="auto, cpu or cuda (auto = CUDA when present)."
+        ),
+        click.option(
+            "--strategy",
+            type=click.Choice(STRATEGIES),
+            default="calibrated",
+            show_default=True,
+            help="N-slice strategy.",
+        ),
+        click.option(
+            "--composite",
+            type=click.Choice(COMPOSITES),
+            default="pyramid",
+            show_default=True,
+            help="Calibrated strategies: blend the chosen slices in a Laplacian pyramid (no seams), "
+            "or select each pixel from its slice (exact source intensities).",
+        ),
+        click.option(
+            "--align",
+            type=click.Choice(ALIGN_MODES),
+            default="none",
+            show_default=True,
+            help="Register every slice to the middle one (neighbour to neighbour, chained): "
+            "similarity for drift and focus breathing.",
+        ),
+        click.option("--crop", is_flag=True, help="Crop the result to the area every aligned slice covers."),
+        click.option(
+            "--max-memory",
+            type=MemorySize(),
+            default="2G",
+            show_default=True,
+            help="Memory budget (K, M, G suffixes): larger images are fused in tiles. At most what is available.",
+        ),
+        click.option(
+            "--prune/--no-prune",
+            default=False,
+            show_default=True,
+            help="Calibrated: in each tile, run the network only on the slices a focus screen finds can win there "
+            "(faster on deep stacks; changes some choices).",
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(dir_okay=False),
+            help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("-o", "--output", required=True, type=click.Path(), help="Fused image (.png, .tif or .jpg).")
@@ -180,7 +239,6 @@ def main(debug: bool) -> None:
     help="Index map (0-based slice per pixel). [default: NAME.index.png]",
 )
 @click.option("--timing", type=click.Path(), help="Timing report, JSON. [default: NAME.timing.json]")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda (auto = CUDA when present).")
 @click.option(
     "--batch-size",
     default=DEFAULT_BATCH_SIZE,
@@ -188,45 +246,7 @@ def main(debug: bool) -> None:
     type=int,
     help="Slices whose features (calibrated-paper: also decision paths) run together.",
 )
-@click.option(
-    "--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True, help="N-slice strategy."
-)
-@click.option(
-    "--composite",
-    type=click.Choice(COMPOSITES),
-    default="pyramid",
-    show_default=True,
-    help="Calibrated strategies: blend the chosen slices in a Laplacian pyramid (no seams), "
-    "or select each pixel from its slice (exact source intensities).",
-)
-@click.option(
-    "--align",
-    type=click.Choice(ALIGN_MODES),
-    default="none",
-    show_default=True,
-    help="Register every slice to the middle one (neighbour to neighbour, chained): "
-    "similarity for drift and focus breathing.",
-)
-@click.option("--crop", is_flag=True, help="Crop the result to the area every aligned slice covers.")
-@click.option(
-    "--max-memory",
-    type=MemorySize(),
-    default="2G",
-    show_default=True,
-    help="Memory budget (K, M, G suffixes): larger images are fused in tiles. At most what is available.",
-)
-@click.option(
-    "--prune/--no-prune",
-    default=False,
-    show_default=True,
-    help="Calibrated: in each tile, run the network only on the slices a focus screen finds can win there "
-    "(faster on deep stacks; changes some choices).",
-)
-@click.option(
-    "--weights",
-    type=click.Path(dir_okay=False),
-    help="Weights file. [default: $FOCUSFUSE_WEIGHTS, else the shipped weights]",
-)
+@fusion_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack(
     inputs,
@@ -280,6 +300,160 @@ def stack(
             f"in {record['total_s']:.2f} s -> {written['fused']}, {written['index_map']}, {written['timing']}",
             err=True,
         )
+
+
+@main.command()
+@click.argument("roots", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("-o", "--output", "out_root", required=True, type=click.Path(file_okay=False), help="OUTROOT.")
+@click.option("--format", "output_format", type=click.Choice(OUTPUT_FORMATS), default="png", show_default=True)
+@click.option("--pattern", help="Fuse only stacks whose path under ROOT matches this shell pattern ('*/pos*').")
+@click.option("--min-slices", default=2, show_default=True, type=click.IntRange(min=2))
+@click.option(
+    "--settle",
+    default=DEFAULT_SETTLE_S,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Leave a stack for a later run while any of its files changed less than this many seconds ago.",
+)
+@click.option("--force", is_flag=True, help="Fuse stacks again even when their results are up to date.")
+@click.option("--retry-failed", is_flag=True, help="Try again stacks that failed before on the same files.")
+@click.option("--dry-run", is_flag=True, help="List what would be fused, and why anything is not; fuse nothing.")
+@click.option(
+    "-j",
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Worker processes. [default: one per core, as many as --max-memory allows; 2 on a GPU]",
+)
+@click.option("--scheduler", help="Run the stacks on this Dask scheduler's workers (tcp://host:8786).")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="One row per stack: JSON lines, or CSV.")
+@fusion_options
+@click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
+def batch(
+    roots,
+    out_root,
+    output_format,
+    pattern,
+    min_slices,
+    settle,
+    force,
+    retry_failed,
+    dry_run,
+    jobs,
+    scheduler,
+    report_path,
+    device,
+    strategy,
+    composite,
+    align,
+    crop,
+    max_memory,
+    prune,
+    weights,
+    quiet,
+) -> None:
+    """Fuse every z-stack under ROOT folders into OUTROOT, skipping what is already done.
+
+    A folder of two or more images is a stack, and so is each multipage TIFF; results
+    mirror the tree (ROOT/day1/pos3/ -> OUTROOT/day1/pos3.png with its index map and
+    timing report). A stack is fused again only when its files, the weights or the
+    options change. Exit status 0 when every due stack was fused, 5 when any failed.
+    """
+    import time
+    from pathlib import Path
+
+    from focusfuse.batch.discovery import discover_stacks
+    from focusfuse.batch.report import summary_line, write_report
+    from focusfuse.batch.runner import BatchSettings, run_batch
+
+    started = time.perf_counter()
+    mode = output_mode(quiet)
+    out = Path(out_root)
+    found = discover_stacks(
+        [Path(root) for root in roots], out, output_format=output_format, pattern=pattern, min_slices=min_slices
+    )
+    settings = BatchSettings(
+        strategy=strategy,
+        composite=composite,
+        align=align,
+        crop=crop,
+        prune=prune,
+        device=device,
+        max_memory=max_memory,
+        weights=weights,
+        settle_s=settle,
+        force=force,
+        retry_failed=retry_failed,
+    )
+    if dry_run:
+        from focusfuse.batch.runner import dry_run as look
+
+        for outcome in look(found.jobs, settings):
+            why = outcome.error or outcome.detail or (f"-> {outcome.fused}" if outcome.fused else "")
+            click.echo(f"{outcome.status:<14} {outcome.stack}  ({outcome.slices} slices)  {why}".rstrip())
+        for passed in found.passed:
+            click.echo(f"{'not a stack':<14} {passed.name}  {passed.reason}")
+        return
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise FocusFuseError(f"{out}: cannot create ({error.strerror or error})") from None
+    report_file = Path(report_path) if report_path else None
+    if report_file is not None:
+        check_output_path(report_file, report=True)
+    with batch_reporter(mode) as (on_due, on_outcome):
+        outcomes = run_batch(
+            found.jobs, settings, workers=jobs, scheduler=scheduler, on_outcome=on_outcome, on_due=on_due
+        )
+    if report_file is not None:
+        write_report(report_file, outcomes)
+    if mode != "silent":
+        click.echo(summary_line(outcomes, time.perf_counter() - started), err=True)
+    if any(outcome.status == "failed" for outcome in outcomes):
+        sys.exit(EXIT_SOME_FAILED)
+
+
+@contextmanager
+def batch_reporter(mode: str) -> Iterator[tuple[Callable[[int], None], Callable]]:
+    """(on_due, on_outcome) for ``run_batch``: a bar over the stacks on a terminal; failures always, one line each."""
+
+    def error_line(outcome) -> str | None:
+        return f"focusfuse: error: {outcome.error}" if outcome.status == "failed" else None
+
+    if mode != "progress":
+
+        def on_outcome(outcome) -> None:
+            line = error_line(outcome)
+            if line:
+                click.echo(line, err=True)
+
+        yield (lambda due: None), on_outcome
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("stacks"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("fusing", total=None)
+        fusing = {"started": False}
+
+        def on_due(due: int) -> None:
+            fusing["started"] = True
+            bar.update(task, total=due)
+
+        def on_progress(outcome) -> None:
+            line = error_line(outcome)
+            if line:
+                bar.console.print(line, markup=False, highlight=False)
+            if fusing["started"]:
+                bar.advance(task)
+
+        yield on_due, on_progress
 
 
 @main.command()

@@ -256,6 +256,15 @@ def _tiff_stack(path: Path) -> StackSource | None:
     )
 
 
+def multipage_depth(path: Path) -> int:
+    """How many z-planes a TIFF holds: 1 for a single image (or a file that is not a TIFF inside)."""
+    check_readable(path)
+    if sniff_format(path) != "tiff":
+        return 1
+    stack = _tiff_stack(path)
+    return 1 if stack is None else len(stack)
+
+
 def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
     """Open a stack from a directory, a list of image files, or one multipage TIFF.
 

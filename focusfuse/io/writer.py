@@ -118,8 +118,12 @@ def write_image(path: Path, image: np.ndarray) -> None:
 
 
 def write_json(path: Path, record: dict) -> None:
+    write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
     def write(temporary: Path) -> None:
-        temporary.write_text(json.dumps(record, indent=2) + "\n")
+        temporary.write_text(text)
 
     try:
         _atomic(path, write)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -62,8 +63,8 @@ def checksum_path(path: Path) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def verify_checksum(path: Path) -> None:
-    """Compare the file with its ``.sha256`` sidecar (``sha256sum`` format)."""
+def verify_checksum(path: Path) -> str:
+    """Compare the file with its ``.sha256`` sidecar (``sha256sum`` format); returns the checksum."""
     sidecar = checksum_path(path)
     if not sidecar.is_file():
         raise FocusFuseError(f"{path}: no checksum file {sidecar.name} beside the weights")
@@ -74,6 +75,7 @@ def verify_checksum(path: Path) -> None:
             f"{path}: sha256 {actual[:12]}... does not match {sidecar.name} ({expected[:12]}...); "
             "the file is corrupt or was replaced"
         )
+    return actual
 
 
 def save_weights(model: GACN, path: Path, metadata: dict) -> None:
@@ -90,6 +92,10 @@ def save_weights(model: GACN, path: Path, metadata: dict) -> None:
 def load_model(path: Path, device: torch.device | str = "cpu") -> GACN:
     """Checked weights -> GACN in eval mode, channels-last, on ``device``."""
     verify_checksum(path)
+    return _model_from_checked_file(path, device)
+
+
+def _model_from_checked_file(path: Path, device: torch.device | str) -> GACN:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
         # Files from before score smoothing existed carry no score_sigma: the paper's network.
@@ -100,3 +106,24 @@ def load_model(path: Path, device: torch.device | str = "cpu") -> GACN:
     # Channels-last lets the CPU and GPU conv kernels skip layout conversions
     # (bench/speed.py times the whole network).
     return model.to(device, memory_format=torch.channels_last).eval()  # type: ignore[call-overload]  # not in torch's stubs
+
+
+_loaded: dict[tuple, tuple[GACN, str]] = {}
+_loading = threading.Lock()
+
+
+def shared_model(path: Path, device: torch.device | str = "cpu") -> tuple[GACN, str]:
+    """The model from ``path`` on ``device`` and its sha256, loaded once per process.
+
+    A batch worker fuses many stacks: loading and checking the weights for each one
+    would cost more than a small stack's fusion. The file's size and mtime are part
+    of the key, so replaced weights are loaded (and checked) again. The model is only
+    ever run in inference mode, so threads (Dask workers in one process) can share it.
+    """
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(device))
+    with _loading:
+        if key not in _loaded:
+            sha256 = verify_checksum(path)
+            _loaded[key] = (_model_from_checked_file(path, device), sha256)
+        return _loaded[key]

@@ -186,7 +186,7 @@ def test_feature_extractions_and_decision_paths_per_strategy(
         model.features.register_forward_hook(lambda module, inputs, output: extracted.append(inputs[0].shape[0])),
         model.decision.register_forward_hook(lambda module, inputs, output: decided.append(inputs[0].shape[0])),
     ]
-    monkeypatch.setattr(pipeline, "load_model", lambda path, device: model)
+    monkeypatch.setattr(pipeline, "shared_model", lambda path, device: (model, "sha256"))
     try:
         fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy=strategy, device="cpu", batch_size=2)
     finally:

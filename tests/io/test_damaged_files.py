@@ -285,7 +285,7 @@ def test_a_cut_off_last_slice_fails_the_run_before_anything_is_fused(tmp_path, m
         paths[-1].write_bytes(encoded(np.roll(texture(), 3 * k, axis=1), ".jpg"))
     data = paths[-1].read_bytes()
     paths[-1].write_bytes(data[: len(data) // 2])
-    monkeypatch.setattr(pipeline, "load_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
+    monkeypatch.setattr(pipeline, "shared_model", lambda *a, **k: pytest.fail("loaded the model before refusing"))
     with pytest.raises(FocusFuseError, match=r"z3\.jpg: truncated JPEG"):
         fuse_stack(paths, device="cpu")
 
