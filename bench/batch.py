@@ -92,11 +92,13 @@ def main() -> None:
             stdin=subprocess.DEVNULL,
         )
     rows.append(("shell loop of `focusfuse stack`", time.perf_counter() - started, loop_out))
+    print(f"shell loop: {rows[-1][1]:.1f} s", flush=True)
 
     for jobs in (1, 2):
         out = work / f"jobs{jobs}"
         seconds = timed([*FOCUSFUSE, "batch", str(root), "-o", str(out), "--jobs", str(jobs), "--device", "cpu", "-q"])
         rows.append((f"`focusfuse batch --jobs {jobs}`", seconds, out))
+        print(f"batch --jobs {jobs}: {seconds:.1f} s", flush=True)
         again = timed([*FOCUSFUSE, "batch", str(root), "-o", str(out), "--jobs", str(jobs), "--device", "cpu", "-q"])
         if jobs == 1:
             rows.append(("`focusfuse batch` again (all done)", again, out))
@@ -129,7 +131,8 @@ def main() -> None:
         same = same_index_maps(names, loop_out, out)
         print(
             f"{label:<42} {seconds:8.1f} {seconds / len(names):10.2f} {seconds / loop_seconds:8.2f}  "
-            f"{'yes' if same else 'NO'}"
+            f"{'yes' if same else 'NO'}",
+            flush=True,
         )
     if arguments.keep is None:
         shutil.rmtree(work)

@@ -143,7 +143,7 @@ class FocusFuseGroup(click.Group):
         except FocusFuseError as error:
             fail(error)
         except KeyboardInterrupt as interrupt:
-            kept = {"train": "; the last whole checkpoint is kept"}.get(
+            kept = {"train": "; the last whole checkpoint is kept", "batch": "; the stacks fused so far are kept"}.get(
                 ctx.invoked_subcommand or "", "; no output written"
             )
             click.echo(f"focusfuse: interrupted{kept}", err=True)
@@ -176,7 +176,10 @@ def main(debug: bool) -> None:
 
 
 def fusion_options(command: Callable) -> Callable:
-    """The options of ``stack`` and ``batch`` that say how a stack is fused."""
+    """The options of ``stack`` and ``batch`` that say how a stack is fused.
+
+    They reach the command as keyword arguments named as ``fuse_stack``'s (and ``BatchSettings``'s).
+    """
     options = [
         click.option(
             "--device", default="auto", show_default=True, help="auto, cpu or cuda (auto = CUDA when present)."
@@ -248,22 +251,7 @@ def fusion_options(command: Callable) -> Callable:
 )
 @fusion_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
-def stack(
-    inputs,
-    output,
-    index_map,
-    timing,
-    device,
-    batch_size,
-    strategy,
-    composite,
-    align,
-    crop,
-    max_memory,
-    prune,
-    weights,
-    quiet,
-) -> None:
+def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> None:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
     INPUTS is a directory (images in natural order), image files (order kept), or
@@ -277,16 +265,9 @@ def stack(
             output=output,
             index_map_path=index_map,
             timing_path=timing,
-            strategy=strategy,
-            composite=composite,
-            align=align,
-            crop=crop,
-            max_memory=max_memory,
-            prune=prune,
-            device=device,
             batch_size=batch_size,
-            weights=weights,
             progress=progress,
+            **fusion,
         )
     record = result.timing
     if not quiet:
@@ -341,15 +322,8 @@ def batch(
     jobs,
     scheduler,
     report_path,
-    device,
-    strategy,
-    composite,
-    align,
-    crop,
-    max_memory,
-    prune,
-    weights,
     quiet,
+    **fusion,
 ) -> None:
     """Fuse every z-stack under ROOT folders into OUTROOT, skipping what is already done.
 
@@ -372,14 +346,7 @@ def batch(
         [Path(root) for root in roots], out, output_format=output_format, pattern=pattern, min_slices=min_slices
     )
     settings = BatchSettings(
-        strategy=strategy,
-        composite=composite,
-        align=align,
-        crop=crop,
-        prune=prune,
-        device=device,
-        max_memory=max_memory,
-        weights=weights,
+        **fusion,
         settle_s=settle,
         force=force,
         retry_failed=retry_failed,
@@ -449,7 +416,7 @@ def batch_reporter(mode: str) -> Iterator[tuple[Callable[[int], None], Callable]
         def on_progress(outcome) -> None:
             line = error_line(outcome)
             if line:
-                bar.console.print(line, markup=False, highlight=False)
+                bar.console.print(line, markup=False, highlight=False, soft_wrap=True)  # one line, unwrapped
             if fusing["started"]:
                 bar.advance(task)
 

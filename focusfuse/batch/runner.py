@@ -90,6 +90,11 @@ def _source(job: StackJob) -> str:
     return str(job.folder if job.folder is not None else job.inputs[0])
 
 
+def _lost(job: StackJob, why: str) -> StackOutcome:
+    """A stack whose worker never answered."""
+    return StackOutcome(job.name, _source(job), "failed", job.n_slices, 0.0, error=f"{_source(job)}: {why}")
+
+
 def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *, fuse: bool = True) -> StackOutcome:
     """Decide whether ``job`` is due and, when ``fuse``, fuse it under its lock.
 
@@ -107,6 +112,13 @@ def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *
     def changing(error: OSError) -> StackOutcome:
         return outcome("settling", detail=f"{error.filename or _source(job)} changed while being listed")
 
+    def known(inputs: list[dict]) -> StackOutcome | None:
+        """``done`` or ``failed-before`` for these files; None when the stack is due."""
+        if not settings.force and finished(job, inputs, weights_sha256, options):
+            return outcome("done", fused=str(job.fused))
+        failure = None if settings.retry_failed else earlier_failure(job, inputs, weights_sha256, options)
+        return None if failure is None else outcome("failed-before", error=failure)
+
     try:
         inputs = current_inputs(job)
         quiet_for = seconds_since_change(job)
@@ -114,34 +126,26 @@ def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *
         return changing(error)
     if quiet_for < settings.settle_s:
         return outcome("settling", detail=f"changed {quiet_for:.0f} s ago (--settle {settings.settle_s:g})")
-    if not settings.force and finished(job, inputs, weights_sha256, options):
-        return outcome("done", fused=str(job.fused))
-    if not settings.retry_failed:
-        failure = earlier_failure(job, inputs, weights_sha256, options)
-        if failure is not None:
-            return outcome("failed-before", error=failure)
-    if not fuse:
-        return outcome("due", fused=str(job.fused))
+    seen = known(inputs)
+    if seen is not None or not fuse:
+        return seen or outcome("due", fused=str(job.fused))
 
+    lock = OutputLock(job.lock)
     try:
         job.fused.parent.mkdir(parents=True, exist_ok=True)
+        if not lock.acquire():
+            return outcome("busy", detail="another run is fusing it")
     except OSError as error:
-        return outcome("failed", error=f"{job.fused.parent}: cannot create ({error.strerror or error})")
-    lock = OutputLock(job.lock)
-    if not lock.acquire():
-        return outcome("busy", detail="another run is fusing it")
+        return outcome("failed", error=f"{job.lock.parent}: cannot lock ({error.strerror or error})")
     with lock:
         # Another run may have fused (or failed) it between our first look and the lock.
         try:
             inputs = current_inputs(job)
         except OSError as changed:
             return changing(changed)
-        if not settings.force and finished(job, inputs, weights_sha256, options):
-            return outcome("done", fused=str(job.fused))
-        if not settings.retry_failed:
-            failure = earlier_failure(job, inputs, weights_sha256, options)
-            if failure is not None:
-                return outcome("failed-before", error=failure)
+        seen = known(inputs)
+        if seen is not None:
+            return seen
         problem = job.problem or _fuse(job, settings)
         if problem is None:
             clear_failure(job)
@@ -273,7 +277,7 @@ def run_batch(
         fused = _on_dask(due_jobs, settings, weights_sha256, scheduler, report)
     else:
         count = default_workers(len(due_jobs), settings.device, settings.max_memory) if workers is None else workers
-        if count <= 1:
+        if count <= 1 or len(due_jobs) <= 1:
             fused = []
             for job in due_jobs:
                 fused.append(process_stack(job, settings, weights_sha256))
@@ -311,14 +315,7 @@ def _in_processes(
                 try:
                     results[number] = future.result()
                 except BrokenProcessPool:
-                    results[number] = StackOutcome(
-                        jobs[number].name,
-                        _source(jobs[number]),
-                        "failed",
-                        jobs[number].n_slices,
-                        0.0,
-                        error=f"{_source(jobs[number])}: its worker process died (out of memory?)",
-                    )
+                    results[number] = _lost(jobs[number], "its worker process died (killed, or out of memory)")
                 report(results[number])  # type: ignore[arg-type]
     except BaseException:
         for process in list(getattr(pool, "_processes", {}).values()):
@@ -361,14 +358,7 @@ def _on_dask(
             try:
                 results[number] = future.result()
             except Exception as error:  # the worker died or the task could not run there
-                results[number] = StackOutcome(
-                    jobs[number].name,
-                    _source(jobs[number]),
-                    "failed",
-                    jobs[number].n_slices,
-                    0.0,
-                    error=f"{_source(jobs[number])}: the cluster could not run it ({type(error).__name__}: {error})",
-                )
+                results[number] = _lost(jobs[number], f"the cluster could not run it ({type(error).__name__}: {error})")
             report(results[number])  # type: ignore[arg-type]
     finally:
         if own_client:

@@ -191,8 +191,20 @@ def test_two_batches_started_together_fuse_each_stack_exactly_once(tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "focusfuse", "batch", str(root), "-o", str(out), "--settle", "0",
                "--jobs", "1", "--device", "cpu", "--report"]  # fmt: skip
-    runs = [subprocess.Popen([*command, str(tmp_path / f"run{n}.jsonl")], cwd=REPO) for n in range(2)]
-    assert [run.wait(timeout=300) for run in runs] == [0, 0]
+    runs = [
+        subprocess.Popen(
+            [*command, str(tmp_path / f"run{n}.jsonl")],
+            cwd="/",  # as cron: no working directory to lean on, no terminal
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    printed = [run.communicate(timeout=300) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0] and printed == [("", "")] * 2  # cron mails nothing
     reports = [read_report(tmp_path / f"run{n}.jsonl") for n in range(2)]
     for name in names:
         statuses = sorted(report[name]["status"] for report in reports)
@@ -201,12 +213,52 @@ def test_two_batches_started_together_fuse_each_stack_exactly_once(tmp_path):
     assert not list(out.glob(".*.lock")) and not list(out.glob(".*.png"))
 
 
+def test_sigterm_stops_the_workers_and_leaves_whole_results_only(tmp_path):
+    root = tmp_path / "acq"
+    for seed in range(8):
+        write_folder_stack(root / f"pos{seed}", seed, size=320)
+    age(root)
+    out = tmp_path / "out"
+    marker = f"batch-sigterm-{os.getpid()}-{time.time_ns()}"  # inherited by the workers: finds them in /proc
+    run = subprocess.Popen(
+        [sys.executable, "-m", "focusfuse", "batch", str(root), "-o", str(out), "--settle", "0", "--jobs", "2",
+         "--device", "cpu"],
+        cwd=REPO, stderr=subprocess.PIPE, text=True, env={**os.environ, "FOCUSFUSE_TEST_RUN": marker},
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not list(out.glob("*.timing.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGTERM)
+    _, stderr = run.communicate(timeout=60)
+    assert run.returncode == cli.EXIT_TERMINATED
+    assert stderr.strip() == "focusfuse: interrupted; the stacks fused so far are kept"
+    finished = {path.name.removesuffix(".timing.json") for path in out.glob("*.timing.json")}
+    assert 1 <= len(finished) < 8
+    assert {path.name for path in out.iterdir()} == {
+        f"{name}{suffix}" for name in finished for suffix in (".png", ".index.png", ".timing.json")
+    }  # no lock, no temporary file, no half-written image
+    assert processes_with(marker) == []
+
+
+def processes_with(marker: str) -> list[int]:
+    """Processes whose environment holds ``marker`` (a batch and its workers)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes():
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_worker_processes_and_a_dask_cluster_give_the_same_results(tree, tmp_path):
     distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed (focusfuse[dask])")
     jobs_here = discover_stacks([tree], tmp_path / "local").jobs
     settings = BatchSettings(device="cpu", settle_s=0)
     local = run_batch(jobs_here, settings, workers=2)
     assert [outcome.status for outcome in local] == ["fused"] * len(ALL_STACKS)
+    assert [outcome.status for outcome in run_batch(jobs_here, settings, workers=2)] == ["done"] * len(ALL_STACKS)
     jobs_there = discover_stacks([tree], tmp_path / "dask").jobs
     with (
         distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
@@ -227,3 +279,14 @@ def test_the_model_is_loaded_once_per_process(tree):
     second = fuse_stack([tree / "day1/pos2"], device="cpu")
     assert first.timing["weights_sha256"] == second.timing["weights_sha256"]
     assert second.timing["stages_s"]["load_weights"] < 0.01
+
+
+def test_a_terminal_gets_a_bar_over_the_stacks_error_lines_and_the_summary(tree, tmp_path, monkeypatch):
+    (tree / "day1/pos1/z2.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # cut short after the signature
+    age(tree)
+    monkeypatch.setattr(cli, "output_mode", lambda quiet: "progress")
+    result = batch(str(tree), "-o", str(tmp_path / "out"), "--settle", "0", "--pattern", "day1/*", "--jobs", "1")
+    assert result.exit_code == cli.EXIT_SOME_FAILED
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert any(line.startswith(f"focusfuse: error: {tree / 'day1/pos1/z2.png'}: ") for line in lines)
+    assert lines[-1].startswith("batch: 1 fused, 0 done before, 0 settling, 1 failed in ")
