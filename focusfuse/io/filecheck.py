@@ -16,6 +16,7 @@ import stat
 import struct
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -40,6 +41,11 @@ MEMORY_SHARE = 0.5
 DECODER_COMPLAINT = re.compile(r"corrupt|premature|bad huffman|libpng|jpeg|warning|invalid|truncat", re.IGNORECASE)
 
 
+# fd 2 is one per process: two threads redirecting it at once would each restore the
+# other's sink, and stderr would end in a deleted file (warnings and errors lost).
+_STDERR_CAPTURE = threading.Lock()
+
+
 @contextmanager
 def decoder_messages() -> Iterator[list[str]]:
     """Collect what native decoders print to the process's stderr (fd 2) meanwhile.
@@ -47,7 +53,15 @@ def decoder_messages() -> Iterator[list[str]]:
     OpenCV's libjpeg decodes a corrupt JPEG into a partly gray image and only prints
     "Corrupt JPEG data: ..." on fd 2; here that line becomes the reason to refuse the
     file. Anything else written meanwhile (a progress bar) is passed on to stderr.
+    One thread at a time: the background decoders take turns (decoding is a small
+    part of a fusion's time), and each complaint belongs to the file that caused it.
     """
+    with _STDERR_CAPTURE, _captured_stderr() as messages:
+        yield messages
+
+
+@contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
     sys.stderr.flush()
     saved = os.dup(2)
     messages: list[str] = []

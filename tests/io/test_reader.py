@@ -115,3 +115,22 @@ def test_unsupported_pixel_type_is_named(tmp_path):
 def test_empty_directory_is_an_error(tmp_path):
     with pytest.raises(FocusFuseError, match="no images"):
         open_stack([tmp_path])
+
+
+def test_decoding_in_many_threads_leaves_stderr_where_it_was(tmp_path):
+    """Regression: concurrent decoders each redirected fd 2 and restored another's sink; stderr was lost."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for number in range(24):
+        path = tmp_path / f"z{number}.{'jpg' if number % 2 else 'png'}"
+        cv2.imwrite(str(path), (rng.random((64, 64)) * 255).astype(np.uint8))
+        paths.append(path)
+    before = os.fstat(2)
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(4):
+            list(pool.map(read_image, paths))
+    after = os.fstat(2)
+    assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
