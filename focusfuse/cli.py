@@ -249,6 +249,24 @@ def fusion_options(command: Callable) -> Callable:
     type=int,
     help="Slices whose features (calibrated-paper: also decision paths) run together.",
 )
+@click.option(
+    "--height-map",
+    "height_map_path",
+    type=click.Path(dir_okay=False),
+    help="Surface height, float32 TIFF: micrometres from the z-step, refined between slices; NaN where flat.",
+)
+@click.option(
+    "--height-preview",
+    "height_preview_path",
+    type=click.Path(dir_okay=False),
+    help="The height as a colour-mapped PNG with a colour bar (and a length bar when the pixel size is known).",
+)
+@click.option(
+    "--z-step",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Micrometres between slices. [default: the stack's OME or ImageJ metadata, else slice units]",
+)
+@click.option("--fill-height", is_flag=True, help="Untextured pixels get the height of their rims instead of NaN.")
 @fusion_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> None:
@@ -271,7 +289,10 @@ def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> Non
         )
     record = result.timing
     if not quiet:
-        for warning in record["alignment"]["warnings"]:
+        warnings = list(record["alignment"]["warnings"])
+        if record.get("height_map", {}).get("unit") == "slices":
+            warnings.append("no z-step in the stack's metadata and no --z-step: the height map is in slice units")
+        for warning in warnings:
             click.echo(f"focusfuse: warning: {record['stack']}: {warning}", err=True)
     if mode != "silent":
         written = record["outputs"]
@@ -421,6 +442,34 @@ def batch_reporter(mode: str) -> Iterator[tuple[Callable[[int], None], Callable]
                 bar.advance(task)
 
         yield on_due, on_progress
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the facts as one JSON object.")
+@click.option(
+    "--align",
+    type=click.Choice(ALIGN_MODES),
+    default="none",
+    show_default=True,
+    help="Also estimate and print the alignment transforms.",
+)
+@click.option("--max-memory", type=MemorySize(), default="2G", show_default=True, help="The budget to plan for.")
+@click.option("--z-step", type=click.FloatRange(min=0, min_open=True), help="Micrometres between slices.")
+@click.option("--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True)
+def info(inputs, as_json, align, max_memory, z_step, strategy) -> None:
+    """What `stack` would read and do with INPUTS, without fusing.
+
+    Slices and their order, size, dtype and the bits the pixels use, axes and
+    channels, pixel size and z-step (and where they were found), the memory plan,
+    and with --align the transforms.
+    """
+    import json
+
+    from focusfuse.fusion.info import describe_stack, format_info
+
+    facts = describe_stack(expand_inputs(inputs), max_memory=max_memory, align=align, z_step=z_step, strategy=strategy)
+    click.echo(json.dumps(facts, indent=2) if as_json else format_info(facts))
 
 
 @main.command()

@@ -219,9 +219,9 @@ def test_max_memory_takes_sizes_with_units(runner, tmp_path, monkeypatch, size, 
     import focusfuse.fusion.pipeline as pipeline
 
     budgets = []
-    real_plan = pipeline._plan
+    real_plan = pipeline.stack_memory_plan
     monkeypatch.setattr(pipeline, "available_memory", lambda: 64 * 2**30)
-    monkeypatch.setattr(pipeline, "_plan", lambda *args: budgets.append(args[-1]) or real_plan(*args))
+    monkeypatch.setattr(pipeline, "stack_memory_plan", lambda *args: budgets.append(args[-1]) or real_plan(*args))
     arguments = ["stack", str(EXAMPLES / "pair"), "-o", str(tmp_path / "f.png"), "--max-memory", size]
     result = runner.invoke(cli.main, arguments)
     assert budgets and set(budgets) == {expected}

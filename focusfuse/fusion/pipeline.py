@@ -23,6 +23,7 @@ from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, AlignMode, StackAlignment, estimate_alignment
 from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, composite_pyramid
+from focusfuse.fusion.height import height_map, height_preview
 from focusfuse.fusion.strategies import (
     SLICES_PER_DECISION,
     STRATEGIES,
@@ -33,6 +34,7 @@ from focusfuse.fusion.strategies import (
     fuse_calibrated_paper,
     fuse_serial,
     running_best_choice,
+    textured_pixels,
 )
 from focusfuse.fusion.tiling import (
     DEFAULT_MAX_MEMORY,
@@ -61,11 +63,12 @@ DEFAULT_BATCH_SIZE = 1
 
 @dataclass
 class FusionResult:
-    """The fused image (source dtype), the 0-based index map and the timing record."""
+    """The fused image (source dtype), the 0-based index map, the timing record and the height (when asked for)."""
 
     fused: np.ndarray
     index_map: np.ndarray
     timing: dict
+    height: np.ndarray | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -193,7 +196,7 @@ def peak_resident_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _plan(
+def stack_memory_plan(
     source: StackSource,
     height: int,
     width: int,
@@ -203,6 +206,7 @@ def _plan(
     batch_size: int,
     budget: int,
 ) -> MemoryPlan:
+    """The memory plan for fusing ``source`` within ``budget``; the one-line refusal when none fits."""
     tileable = strategy in ("calibrated", "calibrated-paper", "pair")
     try:
         return plan_memory(
@@ -240,10 +244,11 @@ def _fuse_decoded(
     pyramid_levels: int,
     prune: bool,
     progress: Progress,
-) -> tuple[np.ndarray, np.ndarray, str, int]:
+) -> tuple[np.ndarray, np.ndarray, str, int, np.ndarray | None]:
     """Run the strategy on the decoded slices, whole or in tiles, then fill and composite.
 
-    Returns the fused image, the index map, the composite used and the slice-tiles run.
+    Returns the fused image, the index map, the composite used, the slice-tiles run,
+    and (``calibrated``) the pixels that some slice shows textured.
     """
     first_slice = decoded.read(0)
     whole = StackSource(labels=source.labels, paths=source.paths, reader=decoded.read)
@@ -294,12 +299,15 @@ def _fuse_decoded(
         )
         clock.per_slice[:] = slice_times
         fused, index_map = tiled.fused, tiled.index_map
+        textured = None
+        if tiled.peak_sharpness is not None:
+            textured = textured_pixels(tiled.peak_sharpness).reshape(index_map.shape).cpu().numpy()
         if strategy == "calibrated" and fill_flat and tiled.peak_sharpness is not None:
             fill_flat_regions(context, fused, index_map, tiled.peak_sharpness.to(device))
     used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
     if used_composite == "pyramid":
         fused = _composite_by_pyramid(context, index_map, pyramid_levels, plan.composite_pixels)
-    return fused, index_map, used_composite, tiled.slice_tiles_run
+    return fused, index_map, used_composite, tiled.slice_tiles_run, textured
 
 
 def fuse_stack(
@@ -322,6 +330,10 @@ def fuse_stack(
     crop: bool = False,
     max_memory: int | None = None,
     prune: bool = False,
+    height_map_path: str | os.PathLike | None = None,
+    height_preview_path: str | os.PathLike | None = None,
+    z_step: float | None = None,
+    fill_height: bool = False,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -354,8 +366,14 @@ def fuse_stack(
             above it the image is fused in tiles (``tiling.py``).
         prune: ``calibrated`` only: in each tile, run the network only on the slices
             that a focus screen finds can win somewhere in it (``pruning.py``).
+        height_map_path: ``calibrated``, 3+ slices: write the surface height, float32
+            TIFF, refined between slices (``height.py``); micrometres when the z-step
+            is known, else slice units. NaN where no slice shows texture.
+        height_preview_path: the height as a colour-mapped PNG with a colour bar.
+        z_step: micrometres between slices; overrides the files' metadata.
+        fill_height: give untextured pixels the height filled in from their rims, not NaN.
     Returns:
-        FusionResult with the fused array in the input dtype.
+        FusionResult with the fused array in the input dtype (and ``height`` when asked for).
     """
     if strategy not in STRATEGIES:
         raise FocusFuseError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
@@ -371,6 +389,13 @@ def fuse_stack(
         raise FocusFuseError(f"slices_per_decision {slices_per_decision}: must be at least 1")
     if max_memory is not None and max_memory <= 0:
         raise FocusFuseError(f"--max-memory {max_memory}: must be positive")
+    if z_step is not None and not z_step > 0:
+        raise FocusFuseError(f"--z-step {z_step}: must be a positive number of micrometres")
+    if height_map_path is not None and Path(height_map_path).suffix.lower() not in (".tif", ".tiff"):
+        raise FocusFuseError(f"{height_map_path}: the height map is a float32 TIFF; name it .tif")
+    if height_preview_path is not None and Path(height_preview_path).suffix.lower() != ".png":
+        raise FocusFuseError(f"{height_preview_path}: the height preview is a PNG; name it .png")
+    wants_height = height_map_path is not None or height_preview_path is not None
     torch_device = resolve_device(device)
     clock = StageClock(torch_device)
     source = open_stack(inputs)
@@ -381,21 +406,33 @@ def fuse_stack(
     except OSError as error:
         raise FocusFuseError(f"{error.filename}: {error.strerror}") from error
 
+    used_strategy = "pair" if len(source) == 2 else strategy
+    if wants_height and (used_strategy != "calibrated" or len(source) < 3):
+        raise FocusFuseError(
+            f"{source.labels[0]}: a height map needs --strategy calibrated and at least 3 slices "
+            f"(here {used_strategy}, {len(source)} slices)"
+        )
+    physical = source.physical.with_z_step(z_step, "--z-step")
+    height_paths = [Path(p) for p in (height_map_path, height_preview_path) if p is not None]
+    for path in height_paths:
+        check_output_path(path, inputs=source.paths)
+
     targets: list[Path] = []
     if output is not None:
         output = Path(output)
         index_map_path = Path(index_map_path) if index_map_path else default_index_map_path(output)
         timing_path = Path(timing_path) if timing_path else default_timing_path(output)
         targets = [output, index_map_path, timing_path]
-        if len({p.resolve() for p in targets}) < 3:
-            raise FocusFuseError(f"{output}: the fused image, index map and timing report need three different paths")
+        if len({p.resolve() for p in targets + height_paths}) < len(targets) + len(height_paths):
+            raise FocusFuseError(
+                f"{output}: every output (fused image, index map, timing report, height) needs its own path"
+            )
         for path in targets:
             check_output_path(path, inputs=source.paths, report=path == timing_path)
 
-    used_strategy = "pair" if len(source) == 2 else strategy
     budget = memory_budget(max_memory)
     if source.declared_size is not None:  # from the headers, before any pixel is decoded
-        _plan(source, *source.declared_size, 3, 2, used_strategy, batch_size, budget)
+        stack_memory_plan(source, *source.declared_size, 3, 2, used_strategy, batch_size, budget)
     with clock.stage("load_weights"):
         weights_path = find_weights(weights)
         model, weights_sha256 = shared_model(weights_path, torch_device)
@@ -411,7 +448,9 @@ def fuse_stack(
         check_free_space(targets, first_slice.nbytes + 2 * first_slice.shape[0] * first_slice.shape[1] + 2**20)
     channels = 1 if first_slice.ndim == 2 else first_slice.shape[2]
     height, width = first_slice.shape[:2]
-    plan = _plan(source, height, width, channels, first_slice.dtype.itemsize, used_strategy, batch_size, budget)
+    plan = stack_memory_plan(
+        source, height, width, channels, first_slice.dtype.itemsize, used_strategy, batch_size, budget
+    )
     decoded = DecodedStack(source.read, len(source), first_slice, in_memory=plan.slices_in_memory)
     try:
         with clock.stage("align"):
@@ -423,7 +462,7 @@ def fuse_stack(
             decoded.close()
             decoded = aligned
             first_slice = decoded.read(0)
-        fused, index_map, used_composite, slice_tiles_run = _fuse_decoded(
+        fused, index_map, used_composite, slice_tiles_run, textured = _fuse_decoded(
             decoded,
             source,
             model,
@@ -440,6 +479,13 @@ def fuse_stack(
             prune=prune,
             progress=progress or (lambda done, total: None),
         )
+        surface = None
+        if wants_height:
+            with clock.stage("height"):
+                rows = max(1, plan.composite_pixels // max(1, width)) if plan.composite_pixels else 1024
+                surface = height_map(
+                    decoded.read, len(source), index_map, textured, physical, fill=fill_height, strip_rows=rows
+                )
     finally:
         decoded.close()
 
@@ -459,6 +505,7 @@ def fuse_stack(
         "fill_flat": fill_flat and used_strategy == "calibrated",
         "composite": used_composite,
         "alignment": alignment.report(),
+        "physical": physical.report(),
         "memory_plan": plan.report(),
         "prune": prune and used_strategy == "calibrated",
         "slice_tiles": {"run": slice_tiles_run, "in_all": plan.tiles * len(source)},
@@ -485,13 +532,33 @@ def fuse_stack(
         "per_slice_s": [round(s, 6) for s in clock.per_slice],
         "total_s": 0.0,
     }
-    result = FusionResult(fused=fused, index_map=index_map, timing=timing)
-    if targets:
-        fused_path, index_path, timing_file = targets
-        with clock.stage("write"):
-            write_image(fused_path, fused)
+    result = FusionResult(fused=fused, index_map=index_map, timing=timing, height=surface)
+    height_unit = "um" if physical.z_step_um is not None else "slices"
+    if surface is not None:
+        finite = np.isfinite(surface)
+        timing["height_map"] = {
+            "unit": height_unit,
+            "z_step_um": physical.z_step_um,
+            "z_source": physical.z_source,
+            "textured_fraction": round(float(finite.mean()), 6),
+            "range": [float(surface[finite].min()), float(surface[finite].max())] if finite.any() else None,
+            "filled": fill_height,
+        }
+    with clock.stage("write"):
+        if targets:
+            fused_path, index_path, timing_file = targets
+            write_image(fused_path, fused, physical)
             write_image(index_path, index_map)
+        if surface is not None and height_map_path is not None:
+            write_image(Path(height_map_path), surface, physical)
+        if surface is not None and height_preview_path is not None:
+            write_image(Path(height_preview_path), height_preview(surface, height_unit, physical))
+    if targets:
         timing["outputs"] = {"fused": str(fused_path), "index_map": str(index_path), "timing": str(timing_file)}
+        if height_map_path is not None:
+            timing["outputs"]["height_map"] = str(height_map_path)
+        if height_preview_path is not None:
+            timing["outputs"]["height_preview"] = str(height_preview_path)
     timing["peak_rss_bytes"] = peak_resident_bytes()
     timing["stages_s"] = {name: round(seconds, 6) for name, seconds in clock.stages.items()}
     timing["total_s"] = round(clock.total(), 6)

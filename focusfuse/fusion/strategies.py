@@ -365,6 +365,11 @@ def running_best_choice(
     return fused, index_map, peak_sharpness
 
 
+def textured_pixels(peak_sharpness: torch.Tensor) -> torch.Tensor:
+    """Pixels some slice shows textured: the sharpest slice reaches ``TEXTURED_FRACTION`` of the image's median."""
+    return peak_sharpness >= TEXTURED_FRACTION * peak_sharpness.median()
+
+
 def fill_flat_regions(
     context: StackContext, fused: np.ndarray, index_map: np.ndarray, peak_sharpness: torch.Tensor
 ) -> None:
@@ -382,7 +387,7 @@ def fill_flat_regions(
     clock = context.clock
     started = clock.now()
     with clock.stage("fill"):
-        known = peak_sharpness >= TEXTURED_FRACTION * peak_sharpness.median()
+        known = textured_pixels(peak_sharpness)
         if bool(known.all()) or not bool(known.any()):
             return
         current = torch.from_numpy(index_map.astype(np.float32)).to(context.device)[None, None]

@@ -31,6 +31,7 @@ from focusfuse.io.filecheck import (
     decoder_messages,
     sniff_format,
 )
+from focusfuse.io.metadata import PhysicalSize, read_physical_size
 
 # OpenCV's own warnings would print a second, library-worded line beside ours.
 cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
@@ -178,6 +179,8 @@ class StackSource:
     shape: tuple[int, ...] | None = None
     dtype: np.dtype | None = None
     declared_size: tuple[int, int] | None = None  # (height, width) from the headers, before decoding
+    physical: PhysicalSize = PhysicalSize()  # from the (first) TIFF's metadata
+    axes: str = "YX"  # the TIFF series' axes, or YX / YXS for image files
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -253,6 +256,8 @@ def _tiff_stack(path: Path) -> StackSource | None:
         paths=[path],
         reader=read_plane,
         declared_size=(int(image_shape[0]), int(image_shape[1])),
+        physical=read_physical_size(path),
+        axes=axes,
     )
 
 
@@ -300,7 +305,11 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
             raise FocusFuseError(f"{path}: is a directory; pass either one directory or a list of image files")
     size = precheck_files(paths)
     return StackSource(
-        labels=[str(p) for p in paths], paths=paths, reader=lambda i: read_image(paths[i]), declared_size=size
+        labels=[str(p) for p in paths],
+        paths=paths,
+        reader=lambda i: read_image(paths[i]),
+        declared_size=size,
+        physical=read_physical_size(paths[0]) if sniff_format(paths[0]) == "tiff" else PhysicalSize(),
     )
 
 

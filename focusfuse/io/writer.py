@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 from focusfuse.errors import FocusFuseError
+from focusfuse.io.metadata import PhysicalSize, tiff_physical_arguments
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
@@ -91,8 +92,12 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def write_image(path: Path, image: np.ndarray) -> None:
-    """Write ``(H, W)`` or ``(H, W, C)`` (RGB(A) order) by the file's extension."""
+def write_image(path: Path, image: np.ndarray, physical: PhysicalSize | None = None) -> None:
+    """Write ``(H, W)`` or ``(H, W, C)`` (RGB(A) order) by the file's extension.
+
+    A TIFF records ``physical``'s pixel size: as ImageJ metadata where ImageJ can hold
+    the image (gray 8/16/32-bit, RGB 8-bit), else as resolution tags in centimetres.
+    """
     check_format_holds(path, image.dtype)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -100,8 +105,10 @@ def write_image(path: Path, image: np.ndarray) -> None:
 
     def write(temporary: Path) -> None:
         if kind == "TIFF":
-            photometric = "rgb" if image.ndim == 3 and image.shape[2] in (3, 4) else "minisblack"
-            tifffile.imwrite(temporary, image, photometric=photometric)
+            rgb = image.ndim == 3 and image.shape[2] in (3, 4)
+            imagej = image.ndim == 2 or (image.shape[2] == 3 and image.dtype == np.uint8)
+            physical_arguments = tiff_physical_arguments(physical, imagej)
+            tifffile.imwrite(temporary, image, photometric="rgb" if rgb else "minisblack", **physical_arguments)
             return
         pixels = image
         if image.ndim == 3 and image.shape[2] in (3, 4):
