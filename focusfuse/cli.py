@@ -267,6 +267,17 @@ def fusion_options(command: Callable) -> Callable:
     help="Micrometres between slices. [default: the stack's OME or ImageJ metadata, else slice units]",
 )
 @click.option("--fill-height", is_flag=True, help="Untextured pixels get the height of their rims instead of NaN.")
+@click.option(
+    "--channels",
+    "channel_folders",
+    is_flag=True,
+    help="INPUTS are folders, one per channel, of gray slices: fused as one multichannel stack.",
+)
+@click.option(
+    "--reference-channel",
+    type=click.IntRange(min=0),
+    help="Channel (from 0) whose index map fuses every channel. [default: the one with the most texture]",
+)
 @fusion_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> None:
@@ -276,7 +287,7 @@ def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> Non
     one multipage TIFF (also ImageJ hyperstacks and OME-TIFF with a Z axis).
     """
     mode = output_mode(quiet)
-    paths = expand_inputs(inputs)
+    paths = list(inputs) if fusion.get("channel_folders") else expand_inputs(inputs)
     with progress_reporter(mode, "fusing") as progress:
         result = fuse_stack(
             paths,
@@ -457,7 +468,9 @@ def batch_reporter(mode: str) -> Iterator[tuple[Callable[[int], None], Callable]
 @click.option("--max-memory", type=MemorySize(), default="2G", show_default=True, help="The budget to plan for.")
 @click.option("--z-step", type=click.FloatRange(min=0, min_open=True), help="Micrometres between slices.")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True)
-def info(inputs, as_json, align, max_memory, z_step, strategy) -> None:
+@click.option("--channels", "channel_folders", is_flag=True, help="INPUTS are folders, one per channel.")
+@click.option("--reference-channel", type=click.IntRange(min=0), help="The channel whose index map would fuse all.")
+def info(inputs, as_json, align, max_memory, z_step, strategy, channel_folders, reference_channel) -> None:
     """What `stack` would read and do with INPUTS, without fusing.
 
     Slices and their order, size, dtype and the bits the pixels use, axes and

@@ -12,10 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
+
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, estimate_alignment
+from focusfuse.fusion.channels import channel_texture
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, memory_budget, stack_memory_plan
-from focusfuse.io.reader import open_stack
+from focusfuse.io.reader import open_channel_stack, open_stack
 
 
 def describe_stack(
@@ -25,11 +28,13 @@ def describe_stack(
     align: str = "none",
     z_step: float | None = None,
     strategy: str = "calibrated",
+    channel_folders: bool = False,
+    reference_channel: int | None = None,
 ) -> dict:
     """The facts ``focusfuse info`` prints, as a JSON-ready dict."""
     if align not in ALIGN_MODES:
         raise FocusFuseError(f"--align {align}: use one of {', '.join(ALIGN_MODES)}")
-    source = open_stack(inputs)
+    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs)
     if len(source) < 2:
         raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
     first = source.read(0)
@@ -45,6 +50,16 @@ def describe_stack(
         source, height, width, channels, first.dtype.itemsize, used_strategy, DEFAULT_BATCH_SIZE, budget
     )
     physical = source.physical.with_z_step(z_step, "--z-step")
+    channel_fusion = None
+    if source.channel_axis or reference_channel is not None:
+        if reference_channel is not None and not 0 <= reference_channel < channels:
+            raise FocusFuseError(f"--reference-channel {reference_channel}: the slices have {channels} channel(s)")
+        texture = channel_texture(source.read, len(source))
+        channel_fusion = {
+            "reference": int(np.argmax(texture)) if reference_channel is None else reference_channel,
+            "chosen_by": "most texture" if reference_channel is None else "--reference-channel",
+            "texture": texture,
+        }
     facts = {
         "stack": source.labels[0] if len(source.paths) == 1 else str(source.paths[0].parent),
         "n_slices": len(source),
@@ -57,6 +72,7 @@ def describe_stack(
         "value_range": [low, high],
         "axes": source.axes if len(source.paths) == 1 else ("YX" if first.ndim == 2 else "YXS"),
         "physical": physical.report(),
+        "channel_fusion": channel_fusion,
         "strategy": used_strategy,
         "memory_plan": plan.report(),
         "alignment": None,
@@ -68,6 +84,14 @@ def describe_stack(
 
 def _size(number_of_bytes: int) -> str:
     return f"{number_of_bytes / 2**30:.2f} GiB" if number_of_bytes >= 2**30 else f"{number_of_bytes / 2**20:.0f} MiB"
+
+
+def _channels_line(facts: dict) -> str:
+    fusion = facts["channel_fusion"]
+    if fusion is None:
+        return "gray" if facts["channels"] == 1 else "colour: decided on the luminance"
+    scores = ", ".join(f"{score:.3g}" for score in fusion["texture"])
+    return f"fused by channel {fusion['reference']}'s index map ({fusion['chosen_by']}; texture {scores})"
 
 
 def format_info(facts: dict) -> str:
@@ -94,6 +118,7 @@ def format_info(facts: dict) -> str:
         ("stack", facts["stack"]),
         ("slices", f"{facts['n_slices']} in this order: {order}"),
         ("size", f"{facts['width']} x {facts['height']}, {facts['channels']} channel(s), axes {facts['axes']}"),
+        ("channels", _channels_line(facts)),
         ("pixels", f"{facts['dtype']}{bits}, values {low:g} to {high:g}"),
         ("pixel size", pixel),
         ("z-step", z_step),

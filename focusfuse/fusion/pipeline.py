@@ -11,7 +11,7 @@ import math
 import os
 import platform
 import resource
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +22,7 @@ import torch
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, AlignMode, StackAlignment, estimate_alignment
+from focusfuse.fusion.channels import ChannelView, channel_texture, select_by_index
 from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, composite_pyramid
 from focusfuse.fusion.height import height_map, height_preview
 from focusfuse.fusion.strategies import (
@@ -50,7 +51,7 @@ from focusfuse.fusion.tiling import (
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import unit_scale
 from focusfuse.io.filecheck import available_memory
-from focusfuse.io.reader import StackSource, open_stack
+from focusfuse.io.reader import StackSource, open_channel_stack, open_stack
 from focusfuse.io.slice_cache import DecodedStack
 from focusfuse.io.writer import check_format_holds, check_free_space, check_output_path, write_image, write_json
 from focusfuse.model.network import GACN
@@ -228,7 +229,7 @@ def stack_memory_plan(
 
 
 def _fuse_decoded(
-    decoded: DecodedStack,
+    read: Callable[[int], np.ndarray],
     source: StackSource,
     model: GACN,
     plan: MemoryPlan,
@@ -245,13 +246,13 @@ def _fuse_decoded(
     prune: bool,
     progress: Progress,
 ) -> tuple[np.ndarray, np.ndarray, str, int, np.ndarray | None]:
-    """Run the strategy on the decoded slices, whole or in tiles, then fill and composite.
+    """Run the strategy on the decoded slices ``read(j)``, whole or in tiles, then fill and composite.
 
     Returns the fused image, the index map, the composite used, the slice-tiles run,
     and (``calibrated``) the pixels that some slice shows textured.
     """
-    first_slice = decoded.read(0)
-    whole = StackSource(labels=source.labels, paths=source.paths, reader=decoded.read)
+    first_slice = read(0)
+    whole = StackSource(labels=source.labels, paths=source.paths, reader=read)
     offset, scale = intensity_mapping(first_slice)
     n_slices = len(source)
     height, width = first_slice.shape[:2]
@@ -334,6 +335,8 @@ def fuse_stack(
     height_preview_path: str | os.PathLike | None = None,
     z_step: float | None = None,
     fill_height: bool = False,
+    channel_folders: bool = False,
+    reference_channel: int | None = None,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -372,6 +375,11 @@ def fuse_stack(
         height_preview_path: the height as a colour-mapped PNG with a colour bar.
         z_step: micrometres between slices; overrides the files' metadata.
         fill_height: give untextured pixels the height filled in from their rims, not NaN.
+        channel_folders: ``inputs`` are folders, one per channel, of gray slices.
+        reference_channel: the channel whose index map fuses every channel (0-based).
+            Default for a stack with a channel axis (TIFF C, ``channel_folders``): the
+            channel with the most texture. Given for a colour stack, its channels are
+            fused as channels too, instead of by their luminance.
     Returns:
         FusionResult with the fused array in the input dtype (and ``height`` when asked for).
     """
@@ -398,7 +406,7 @@ def fuse_stack(
     wants_height = height_map_path is not None or height_preview_path is not None
     torch_device = resolve_device(device)
     clock = StageClock(torch_device)
-    source = open_stack(inputs)
+    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs)
     if len(source) < 2:
         raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
     try:
@@ -447,14 +455,36 @@ def fuse_stack(
         # Uncompressed sizes bound what the fused image and the index map can take.
         check_free_space(targets, first_slice.nbytes + 2 * first_slice.shape[0] * first_slice.shape[1] + 2**20)
     channels = 1 if first_slice.ndim == 2 else first_slice.shape[2]
+    by_channel = source.channel_axis or reference_channel is not None
+    if reference_channel is not None and not 0 <= reference_channel < channels:
+        raise FocusFuseError(
+            f"{source.labels[0]}: --reference-channel {reference_channel}: the slices have {channels} channel(s), "
+            f"numbered from 0"
+        )
+    if by_channel and output is not None and Path(output).suffix.lower() not in (".tif", ".tiff"):
+        raise FocusFuseError(f"{output}: a {channels}-channel stack keeps its channel axis in a TIFF; write a .tif")
     height, width = first_slice.shape[:2]
     plan = stack_memory_plan(
         source, height, width, channels, first_slice.dtype.itemsize, used_strategy, batch_size, budget
     )
     decoded = DecodedStack(source.read, len(source), first_slice, in_memory=plan.slices_in_memory)
+    channel_report = None
     try:
+        decide_read = decoded.read
+        reference: int | None = None
+        if by_channel:
+            with clock.stage("channels"):
+                texture = channel_texture(decoded.read, len(source))
+            reference = reference_channel if reference_channel is not None else int(np.argmax(texture))
+            channel_report = {
+                "channels": channels,
+                "reference": reference,
+                "chosen_by": "--reference-channel" if reference_channel is not None else "most texture",
+                "texture": texture,
+            }
+            decide_read = ChannelView(decoded.read, reference).read
         with clock.stage("align"):
-            alignment = estimate_alignment(decoded.read, len(source), align, crop=crop)
+            alignment = estimate_alignment(decide_read, len(source), align, crop=crop)
         if alignment.active:
             with clock.stage("align"):
                 aligned = _aligned_slices(decoded, alignment, first_slice)
@@ -462,8 +492,9 @@ def fuse_stack(
             decoded.close()
             decoded = aligned
             first_slice = decoded.read(0)
+            decide_read = decoded.read if reference is None else ChannelView(decoded.read, reference).read
         fused, index_map, used_composite, slice_tiles_run, textured = _fuse_decoded(
-            decoded,
+            decide_read,
             source,
             model,
             plan,
@@ -474,17 +505,26 @@ def fuse_stack(
             slices_per_decision=slices_per_decision,
             adjacent_by_sharpness=adjacent_by_sharpness,
             fill_flat=fill_flat,
-            composite=composite,
+            composite="select" if by_channel else composite,
             pyramid_levels=pyramid_levels,
             prune=prune,
             progress=progress or (lambda done, total: None),
         )
+        if by_channel:  # every channel under the reference channel's index map
+            used_composite = composite if used_strategy.startswith("calibrated") else "select"
+            with clock.stage("composite"):
+                if used_composite == "pyramid":
+                    fused = composite_pyramid(
+                        decoded.read, index_map, len(source), pyramid_levels, max_pixels=plan.composite_pixels
+                    )
+                else:
+                    fused = select_by_index(decoded.read, index_map, len(source))
         surface = None
         if wants_height:
             with clock.stage("height"):
                 rows = max(1, plan.composite_pixels // max(1, width)) if plan.composite_pixels else 1024
                 surface = height_map(
-                    decoded.read, len(source), index_map, textured, physical, fill=fill_height, strip_rows=rows
+                    decide_read, len(source), index_map, textured, physical, fill=fill_height, strip_rows=rows
                 )
     finally:
         decoded.close()
@@ -506,6 +546,8 @@ def fuse_stack(
         "composite": used_composite,
         "alignment": alignment.report(),
         "physical": physical.report(),
+        "channel_fusion": channel_report,
+        "icc_profile_bytes": None if source.icc_profile is None else len(source.icc_profile),
         "memory_plan": plan.report(),
         "prune": prune and used_strategy == "calibrated",
         "slice_tiles": {"run": slice_tiles_run, "in_all": plan.tiles * len(source)},
@@ -547,7 +589,8 @@ def fuse_stack(
     with clock.stage("write"):
         if targets:
             fused_path, index_path, timing_file = targets
-            write_image(fused_path, fused, physical)
+            profile = None if by_channel else source.icc_profile
+            write_image(fused_path, fused, physical, channel_axis=by_channel, icc_profile=profile)
             write_image(index_path, index_map)
         if surface is not None and height_map_path is not None:
             write_image(Path(height_map_path), surface, physical)

@@ -39,6 +39,10 @@ MEMORY_SHARE = 0.5
 
 # What libjpeg and libpng print on stderr while they decode a damaged file anyway.
 DECODER_COMPLAINT = re.compile(r"corrupt|premature|bad huffman|libpng|jpeg|warning|invalid|truncat", re.IGNORECASE)
+# libpng's warnings about optional chunks (a colour profile that does not match the
+# image, an odd gamma or text chunk): the pixels are whole, so the file is read and
+# the warning, common in files from cameras and editors, is not printed.
+ANCILLARY_CHUNK_WARNING = re.compile(r"libpng warning: (iCCP|sRGB|cHRM|gAMA|tEXt|zTXt|iTXt|pHYs|tIME|bKGD|eXIf)\b")
 
 
 # fd 2 is one per process: two threads redirecting it at once would each restore the
@@ -75,6 +79,8 @@ def _captured_stderr() -> Iterator[list[str]]:
             sink.seek(0)
             others = []
             for line in sink.read().decode(errors="replace").splitlines(keepends=True):
+                if ANCILLARY_CHUNK_WARNING.search(line):
+                    continue
                 if DECODER_COMPLAINT.search(line):
                     messages.append(line.strip())
                 else:

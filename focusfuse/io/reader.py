@@ -31,6 +31,7 @@ from focusfuse.io.filecheck import (
     decoder_messages,
     sniff_format,
 )
+from focusfuse.io.icc import read_icc_profile
 from focusfuse.io.metadata import PhysicalSize, read_physical_size
 
 # OpenCV's own warnings would print a second, library-worded line beside ours.
@@ -47,12 +48,13 @@ def natural_key(name: str) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
 
 
-def _check_array(image: np.ndarray, label: str) -> np.ndarray:
+def _check_array(image: np.ndarray, label: str, *, channel_axis: bool = False) -> np.ndarray:
+    """Supported dtype, 2-D gray or colour (up to 4 samples; any number of channels for a channel stack)."""
     if image.dtype not in SUPPORTED_DTYPES:
         raise FocusFuseError(f"{label}: unsupported pixel type {image.dtype} (use uint8, uint16 or float32)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4):
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4 and not channel_axis):
         raise FocusFuseError(f"{label}: expected a 2-D gray or colour image, got shape {image.shape}")
     if image.dtype == np.float32 and not np.isfinite(image).all():
         raise FocusFuseError(f"{label}: contains NaN or infinite values")
@@ -181,6 +183,8 @@ class StackSource:
     declared_size: tuple[int, int] | None = None  # (height, width) from the headers, before decoding
     physical: PhysicalSize = PhysicalSize()  # from the (first) TIFF's metadata
     axes: str = "YX"  # the TIFF series' axes, or YX / YXS for image files
+    channel_axis: bool = False  # the last axis holds channels (TIFF C, one folder each), not RGB samples
+    icc_profile: bytes | None = None  # the first file's colour profile, for the fused image
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -226,6 +230,7 @@ def _tiff_stack(path: Path) -> StackSource | None:
             f"not {''.join(extra)}"
         )
     page_shape = shape[: len(page_axes)]
+    channel_axis = "C" in page_axes and shape[page_axes.index("C")] > 1
     stack_position = page_axes.index(stack_axis)
     depth = shape[stack_position]
     contiguous_pages = int(np.prod(page_shape)) == page_count
@@ -249,7 +254,7 @@ def _tiff_stack(path: Path) -> StackSource | None:
             plane = plane[0]
         else:
             plane = np.moveaxis(plane, 0, -1).reshape(image_shape[:2] + (-1,))
-        return _check_array(np.ascontiguousarray(plane), label)
+        return _check_array(np.ascontiguousarray(plane), label, channel_axis=channel_axis)
 
     return StackSource(
         labels=[f"{path}[z={i}]" for i in range(depth)],
@@ -258,6 +263,8 @@ def _tiff_stack(path: Path) -> StackSource | None:
         declared_size=(int(image_shape[0]), int(image_shape[1])),
         physical=read_physical_size(path),
         axes=axes,
+        channel_axis=channel_axis,
+        icc_profile=read_icc_profile(path),
     )
 
 
@@ -284,18 +291,7 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
         if not path.is_dir():
             check_readable(path)
     if len(paths) == 1 and paths[0].is_dir():
-        folder = paths[0]
-        files = sorted(
-            (
-                p
-                for p in folder.iterdir()
-                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-            ),
-            key=lambda p: natural_key(p.name),
-        )
-        if not files:
-            raise FocusFuseError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
-        paths = files
+        paths = _images_in_folder(paths[0])
     elif len(paths) == 1 and sniff_format(paths[0]) == "tiff":
         stack = _tiff_stack(paths[0])
         if stack is not None:
@@ -310,7 +306,70 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
         reader=lambda i: read_image(paths[i]),
         declared_size=size,
         physical=read_physical_size(paths[0]) if sniff_format(paths[0]) == "tiff" else PhysicalSize(),
+        icc_profile=read_icc_profile(paths[0]),
     )
+
+
+def open_channel_stack(folders: Sequence[str | os.PathLike]) -> StackSource:
+    """One folder of gray slices per channel (``--channels``): slice j is the j-th image of every folder.
+
+    The folders must hold the same number of images, in natural order; the first
+    folder's images name the slices.
+    """
+    paths = [Path(folder) for folder in folders]
+    if len(paths) < 2:
+        raise FocusFuseError("--channels: give one folder per channel, at least two")
+    per_channel: list[list[Path]] = []
+    for folder in paths:
+        if not folder.is_dir():
+            raise FocusFuseError(f"{folder}: --channels takes folders, one per channel; this is not a folder")
+        files = _images_in_folder(folder)
+        if per_channel and len(files) != len(per_channel[0]):
+            raise FocusFuseError(
+                f"{folder}: {len(files)} images, but {paths[0]} has {len(per_channel[0])}; "
+                "every channel needs one image per slice"
+            )
+        precheck_files(files)
+        per_channel.append(files)
+
+    def read_slice(index: int) -> np.ndarray:
+        planes = []
+        for files in per_channel:
+            plane = read_image(files[index])
+            if plane.ndim != 2:
+                raise FocusFuseError(f"{files[index]}: --channels needs gray images, one channel each")
+            planes.append(plane)
+        shapes = {(plane.shape, plane.dtype) for plane in planes}
+        if len(shapes) > 1:
+            raise FocusFuseError(
+                f"{per_channel[0][index]}: its channels differ in size or type ({sorted(map(str, shapes))})"
+            )
+        return np.stack(planes, axis=-1)
+
+    first = per_channel[0]
+    return StackSource(
+        labels=[str(path) for path in first],
+        paths=[path for files in per_channel for path in files],
+        reader=read_slice,
+        declared_size=precheck_files(first),
+        physical=read_physical_size(first[0]) if sniff_format(first[0]) == "tiff" else PhysicalSize(),
+        axes="CYX",
+        channel_axis=True,
+    )
+
+
+def _images_in_folder(folder: Path) -> list[Path]:
+    files = sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+        ),
+        key=lambda p: natural_key(p.name),
+    )
+    if not files:
+        raise FocusFuseError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
+    return files
 
 
 def precheck_files(paths: list[Path]) -> tuple[int, int] | None:

@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 from focusfuse.errors import FocusFuseError
+from focusfuse.io.icc import embed_in_jpeg, embed_in_png
 from focusfuse.io.metadata import PhysicalSize, tiff_physical_arguments
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -92,11 +93,21 @@ def _atomic(path: Path, write) -> None:
         raise
 
 
-def write_image(path: Path, image: np.ndarray, physical: PhysicalSize | None = None) -> None:
+def write_image(
+    path: Path,
+    image: np.ndarray,
+    physical: PhysicalSize | None = None,
+    *,
+    channel_axis: bool = False,
+    icc_profile: bytes | None = None,
+) -> None:
     """Write ``(H, W)`` or ``(H, W, C)`` (RGB(A) order) by the file's extension.
 
     A TIFF records ``physical``'s pixel size: as ImageJ metadata where ImageJ can hold
     the image (gray 8/16/32-bit, RGB 8-bit), else as resolution tags in centimetres.
+    With ``channel_axis`` the last axis holds channels, not colour samples: the TIFF is
+    an ImageJ hyperstack ``CYX``, which Fiji opens as channels. ``icc_profile`` (the
+    source's colour profile) is embedded in PNG, JPEG and colour TIFF outputs.
     """
     check_format_holds(path, image.dtype)
     kind = FORMATS.get(path.suffix.lower())
@@ -104,10 +115,17 @@ def write_image(path: Path, image: np.ndarray, physical: PhysicalSize | None = N
         raise FocusFuseError(f"{path}: unsupported output format {path.suffix or '(none)'} (use .png, .tif or .jpg)")
 
     def write(temporary: Path) -> None:
+        if kind == "TIFF" and channel_axis and image.ndim == 3:
+            arguments = tiff_physical_arguments(physical, imagej=True) or {"imagej": True, "metadata": {}}
+            arguments["metadata"] = {**arguments["metadata"], "axes": "CYX"}
+            tifffile.imwrite(temporary, np.moveaxis(image, -1, 0), photometric="minisblack", **arguments)
+            return
         if kind == "TIFF":
             rgb = image.ndim == 3 and image.shape[2] in (3, 4)
             imagej = image.ndim == 2 or (image.shape[2] == 3 and image.dtype == np.uint8)
             physical_arguments = tiff_physical_arguments(physical, imagej)
+            if icc_profile is not None:
+                physical_arguments["iccprofile"] = icc_profile
             tifffile.imwrite(temporary, image, photometric="rgb" if rgb else "minisblack", **physical_arguments)
             return
         pixels = image
@@ -117,6 +135,8 @@ def write_image(path: Path, image: np.ndarray, physical: PhysicalSize | None = N
             raise FocusFuseError(f"{path}: {kind} cannot hold {image.shape[2]} channels; write a .tif instead")
         if not cv2.imwrite(str(temporary), pixels):
             raise FocusFuseError(f"{path}: could not write the {kind} file")
+        if icc_profile is not None:
+            (embed_in_png if kind == "PNG" else embed_in_jpeg)(temporary, icc_profile)
 
     try:
         _atomic(path, write)
