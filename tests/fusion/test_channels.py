@@ -22,10 +22,15 @@ def three_channel_stack(n_slices: int = 5, size: int = 96) -> np.ndarray:
     return np.stack([textured, flat_rising, flat_falling], axis=1)
 
 
-def test_channels_without_texture_are_fused_by_channel_0s_index_map_exactly(tmp_path):
+@pytest.mark.parametrize("container", ["imagej", "ome"])
+def test_channels_without_texture_are_fused_by_channel_0s_index_map_exactly(tmp_path, container):
     zcyx = three_channel_stack()
     source = tmp_path / "cells.tif"
-    tifffile.imwrite(source, zcyx, imagej=True, metadata={"axes": "ZCYX"})
+    if container == "imagej":
+        tifffile.imwrite(source, zcyx, imagej=True, metadata={"axes": "ZCYX"})
+    else:
+        tifffile.imwrite(source.with_suffix(".ome.tif"), zcyx, photometric="minisblack", metadata={"axes": "ZCYX"})
+        source = source.with_suffix(".ome.tif")
     selected = fuse_stack([source], output=tmp_path / "select.tif", composite="select", device="cpu")
     assert selected.timing["channel_fusion"]["reference"] == 0
     assert selected.timing["channel_fusion"]["chosen_by"] == "most texture"
