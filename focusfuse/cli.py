@@ -396,6 +396,8 @@ def batch(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise FocusFuseError(f"{out}: cannot create ({error.strerror or error})") from None
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise FocusFuseError(f"{out}: is not writable (permission denied)")
     report_file = Path(report_path) if report_path else None
     if report_file is not None:
         check_output_path(report_file, report=True)

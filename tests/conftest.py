@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import cv2
@@ -59,3 +61,60 @@ def interior(mask_shape, n_slices: int, margin: int = 8) -> np.ndarray:
     for k in range(n_slices):
         keep[margin:-margin, k * band + margin : (k + 1) * band - margin] = True
     return keep
+
+
+def run_as_nobody(arguments: list[str], **kwargs):
+    """Run ``python ARGUMENTS`` as user nobody, where permissions apply (root reads and writes anything).
+
+    The interpreter must be one nobody may run (this one, or the system's python3 of the
+    same version, with this environment's packages on PYTHONPATH); skips with the
+    reason where there is none.
+    """
+    import pwd
+    import shutil
+    import subprocess
+    import sysconfig
+
+    import focusfuse
+
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        pytest.skip("not root: the test runs directly")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("running as root and there is no user 'nobody' to drop to")
+    packages = [str(Path(focusfuse.__file__).resolve().parents[1]), sysconfig.get_paths()["purelib"]]
+    environment = {**os.environ, "HOME": "/tmp", "PYTHONPATH": os.pathsep.join(packages)}
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for interpreter in (sys.executable, shutil.which(f"python{version}", path="/usr/bin:/usr/local/bin")):
+        if interpreter is None:
+            continue
+        try:
+            completed = subprocess.run(
+                [interpreter, *arguments],
+                capture_output=True,
+                text=True,
+                user=nobody.pw_uid,
+                group=nobody.pw_gid,
+                extra_groups=[],
+                env=environment,
+                **kwargs,
+            )
+        except PermissionError:
+            continue
+        if "ModuleNotFoundError" in completed.stderr or "ImportError" in completed.stderr:
+            continue
+        return completed
+    pytest.skip(f"running as root and user nobody cannot run a Python {version} that imports focusfuse")
+
+
+@pytest.fixture
+def shared_tmp():
+    """A folder every user may enter (pytest's own tmp_path is private to root)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="focusfuse-perm-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)

@@ -23,7 +23,7 @@ from focusfuse.batch.runner import BatchSettings, run_batch
 from focusfuse.fusion.pipeline import fuse_stack
 from focusfuse.model.weights import load_model, save_weights
 
-from conftest import REPO
+from conftest import REPO, run_as_nobody
 
 ALL_STACKS = sorted([*FOLDER_STACKS, TIFF_STACK])
 
@@ -290,3 +290,18 @@ def test_a_terminal_gets_a_bar_over_the_stacks_error_lines_and_the_summary(tree,
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert any(line.startswith(f"focusfuse: error: {tree / 'day1/pos1/z2.png'}: ") for line in lines)
     assert lines[-1].startswith("batch: 1 fused, 0 done before, 0 settling, 1 failed in ")
+
+
+def test_an_output_root_this_user_cannot_write_is_one_error_line(shared_tmp):
+    root = shared_tmp / "acq"
+    write_folder_stack(root / "pos1", seed=0)
+    out = shared_tmp / "fused"
+    out.mkdir(mode=0o755)  # root's, and not writable by anyone else
+    arguments = ["-m", "focusfuse", "batch", str(root), "-o", str(out), "--settle", "0", "--device", "cpu"]
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        out.chmod(0o555)
+        completed = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, cwd=REPO)
+    else:
+        completed = run_as_nobody(arguments, cwd="/tmp")
+    assert completed.returncode == 1
+    assert completed.stderr.strip() == f"focusfuse: error: {out}: is not writable (permission denied)"

@@ -18,6 +18,8 @@ from focusfuse.errors import FocusFuseError
 from focusfuse.io.reader import open_stack, read_image
 from focusfuse.training.synthetic import procedural_texture
 
+from conftest import run_as_nobody
+
 
 def texture(height=96, width=128, colour=True) -> np.ndarray:
     gray = np.rint(procedural_texture(height, width, np.random.default_rng(0)) * 255).astype(np.uint8)
@@ -183,63 +185,6 @@ def test_an_imagej_time_series_is_not_taken_for_a_stack(tmp_path):
     tifffile.imwrite(path, np.stack([texture(colour=False)] * 4), imagej=True, metadata={"axes": "TYX"})
     with pytest.raises(FocusFuseError, match=r"holds a time series \(T=4\), not a z-stack"):
         open_stack([path])
-
-
-def run_as_nobody(arguments: list[str], **kwargs):
-    """Run ``python ARGUMENTS`` as user nobody, where permissions apply (root reads and writes anything).
-
-    The interpreter must be one nobody may run (this one, or the system's python3 of the
-    same version, with this environment's packages on PYTHONPATH); skips with the
-    reason where there is none.
-    """
-    import pwd
-    import shutil
-    import subprocess
-    import sysconfig
-
-    import focusfuse
-
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("not root: the test runs directly")
-    try:
-        nobody = pwd.getpwnam("nobody")
-    except KeyError:
-        pytest.skip("running as root and there is no user 'nobody' to drop to")
-    packages = [str(Path(focusfuse.__file__).resolve().parents[1]), sysconfig.get_paths()["purelib"]]
-    environment = {**os.environ, "HOME": "/tmp", "PYTHONPATH": os.pathsep.join(packages)}
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for interpreter in (sys.executable, shutil.which(f"python{version}", path="/usr/bin:/usr/local/bin")):
-        if interpreter is None:
-            continue
-        try:
-            completed = subprocess.run(
-                [interpreter, *arguments],
-                capture_output=True,
-                text=True,
-                user=nobody.pw_uid,
-                group=nobody.pw_gid,
-                extra_groups=[],
-                env=environment,
-                **kwargs,
-            )
-        except PermissionError:
-            continue
-        if "ModuleNotFoundError" in completed.stderr or "ImportError" in completed.stderr:
-            continue
-        return completed
-    pytest.skip(f"running as root and user nobody cannot run a Python {version} that imports focusfuse")
-
-
-@pytest.fixture
-def shared_tmp():
-    """A folder every user may enter (pytest's own tmp_path is private to root)."""
-    import shutil
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="focusfuse-perm-"))
-    folder.chmod(0o755)
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
 
 
 def test_an_unreadable_file_says_permission_denied(shared_tmp):
