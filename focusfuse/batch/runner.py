@@ -18,7 +18,6 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
-from pathlib import Path
 from typing import Any, Literal
 
 from focusfuse.batch.discovery import StackJob
@@ -146,7 +145,7 @@ def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *
         seen = known(inputs)
         if seen is not None:
             return seen
-        problem = job.problem or _fuse(job, settings)
+        problem = job.problem or _fuse(job, settings, weights_sha256)
         if problem is None:
             clear_failure(job)
             return outcome("fused", fused=str(job.fused))
@@ -157,11 +156,19 @@ def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *
         return outcome("failed", error=problem)
 
 
-def _fuse(job: StackJob, settings: BatchSettings) -> str | None:
-    """Fuse one stack; the error as one line, or None."""
+def _fuse(job: StackJob, settings: BatchSettings, weights_sha256: str) -> str | None:
+    """Fuse one stack; the error as one line, or None.
+
+    A worker whose own weights differ from the batch's (another installation on a
+    cluster node) would write results that every later run finds out of date: refused.
+    """
     from focusfuse.fusion.pipeline import fuse_stack
+    from focusfuse.model.weights import find_weights, verify_checksum
 
     try:
+        weights_path = find_weights(settings.weights)
+        if verify_checksum(weights_path) != weights_sha256:
+            return f"{weights_path}: this worker's weights differ from the batch's (sha256 {weights_sha256[:12]}...)"
         fuse_stack(
             list(job.inputs),
             output=job.fused,
@@ -228,16 +235,23 @@ def _start_worker(threads: int) -> None:
 
 def dry_run(jobs: Sequence[StackJob], settings: BatchSettings) -> list[StackOutcome]:
     """What ``run_batch`` would do with each stack (``due`` for those it would fuse), fusing nothing."""
-    weights_path, weights_sha256 = _checked_weights(settings)
-    settings = replace(settings, weights=str(weights_path))
+    settings, weights_sha256 = _checked_weights(settings)
     return [process_stack(job, settings, weights_sha256, fuse=False) for job in jobs]
 
 
-def _checked_weights(settings: BatchSettings) -> tuple[Path, str]:
+def _checked_weights(settings: BatchSettings) -> tuple[BatchSettings, str]:
+    """The settings with an explicit weights path made absolute, and the weights' checksum.
+
+    Without --weights every worker finds its own installed weights (a cluster's nodes
+    may have focusfuse installed elsewhere); the checksum in each result tells whether
+    they were the same.
+    """
     from focusfuse.model.weights import find_weights, verify_checksum
 
     weights_path = find_weights(settings.weights).resolve()
-    return weights_path, verify_checksum(weights_path)
+    if settings.weights is not None:
+        settings = replace(settings, weights=str(weights_path))
+    return settings, verify_checksum(weights_path)
 
 
 def run_batch(
@@ -258,8 +272,7 @@ def run_batch(
         on_outcome: called with each outcome as it is known.
         on_due: called once with the number of stacks to fuse.
     """
-    weights_path, weights_sha256 = _checked_weights(settings)
-    settings = replace(settings, weights=str(weights_path))
+    settings, weights_sha256 = _checked_weights(settings)
     report = on_outcome or (lambda outcome: None)
     outcomes: dict[int, StackOutcome] = {}
     due: list[int] = []

@@ -305,3 +305,12 @@ def test_an_output_root_this_user_cannot_write_is_one_error_line(shared_tmp):
         completed = run_as_nobody(arguments, cwd="/tmp")
     assert completed.returncode == 1
     assert completed.stderr.strip() == f"focusfuse: error: {out}: is not writable (permission denied)"
+
+
+def test_a_worker_with_other_weights_than_the_batch_refuses_to_fuse(tree, tmp_path):
+    from focusfuse.batch.runner import process_stack
+
+    job = discover_stacks([tree], tmp_path / "out", pattern="day1/pos1").jobs[0]
+    outcome = process_stack(job, BatchSettings(device="cpu", settle_s=0), "0" * 64)
+    assert outcome.status == "failed" and "this worker's weights differ from the batch's" in outcome.error
+    assert not job.fused.exists()
