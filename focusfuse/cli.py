@@ -89,11 +89,8 @@ def expand_inputs(inputs: tuple[str, ...]) -> list[str]:
 
 
 @contextmanager
-def progress_reporter(mode: str, description: str) -> Iterator[Callable[[int, int], None]]:
-    """A progress callback: a rich bar on stderr in ``progress`` mode, else a no-op."""
-    if mode != "progress":
-        yield lambda done, total: None
-        return
+def progress_bar(unit: str):
+    """A rich bar on stderr counting ``unit``, cleared when done; yields (bar, task)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -101,11 +98,20 @@ def progress_reporter(mode: str, description: str) -> Iterator[Callable[[int, in
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("slices"),
+        TextColumn(unit),
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task(description, total=None)
+        yield bar, bar.add_task("fusing", total=None)
+
+
+@contextmanager
+def progress_reporter(mode: str) -> Iterator[Callable[[int, int], None]]:
+    """A progress callback over slices: a rich bar in ``progress`` mode, else a no-op."""
+    if mode != "progress":
+        yield lambda done, total: None
+        return
+    with progress_bar("slices") as (bar, task):
         yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
@@ -288,7 +294,7 @@ def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> Non
     """
     mode = output_mode(quiet)
     paths = list(inputs) if fusion.get("channel_folders") else expand_inputs(inputs)
-    with progress_reporter(mode, "fusing") as progress:
+    with progress_reporter(mode) as progress:
         result = fuse_stack(
             paths,
             output=output,
@@ -429,18 +435,7 @@ def batch_reporter(mode: str) -> Iterator[tuple[Callable[[int], None], Callable]
 
         yield (lambda due: None), on_outcome
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("stacks"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("fusing", total=None)
+    with progress_bar("stacks") as (bar, task):
         fusing = {"started": False}
 
         def on_due(due: int) -> None:

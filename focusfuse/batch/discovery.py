@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.io.reader import IMAGE_SUFFIXES, TIFF_SUFFIXES, multipage_depth, natural_key
+from focusfuse.fusion.pipeline import default_index_map_path, default_timing_path
+from focusfuse.io.reader import TIFF_SUFFIXES, images_in_folder, multipage_depth, natural_key
 
 OUTPUT_FORMATS = ("png", "tif")
 
@@ -41,12 +42,17 @@ class StackJob:
     problem: str | None = None
 
     @property
+    def source(self) -> str:
+        """The folder, or the multipage TIFF: what messages name."""
+        return str(self.folder if self.folder is not None else self.inputs[0])
+
+    @property
     def index_map(self) -> Path:
-        return self.fused.with_name(self.fused.stem + ".index.png")
+        return default_index_map_path(self.fused)
 
     @property
     def timing(self) -> Path:
-        return self.fused.with_name(self.fused.stem + ".timing.json")
+        return default_timing_path(self.fused)
 
     @property
     def lock(self) -> Path:
@@ -84,13 +90,9 @@ def stack_name(path: Path) -> str:
 
 def _images_in(folder: Path) -> list[Path]:
     try:
-        entries = list(folder.iterdir())
-    except OSError:
+        return images_in_folder(folder)
+    except OSError:  # gone or unreadable since the walk listed it
         return []
-    return sorted(
-        (p for p in entries if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-        key=lambda p: natural_key(p.name),
-    )
 
 
 def _walk(root: Path, skip: Path) -> list[Path]:
@@ -184,13 +186,9 @@ def _select(found: Discovery, pattern: str | None, min_slices: int) -> Discovery
             continue
         owner = owners.get(job.fused)
         if owner is not None:
-            clash = f"its results would overwrite those of {_source(owner)} ({job.fused})"
+            clash = f"its results would overwrite those of {owner.source} ({job.fused})"
             selected.jobs.append(StackJob(job.name, job.inputs, job.fused, job.n_slices, job.folder, problem=clash))
             continue
         owners[job.fused] = job
         selected.jobs.append(job)
     return selected
-
-
-def _source(job: StackJob) -> str:
-    return str(job.folder if job.folder is not None else job.inputs[0])

@@ -48,11 +48,8 @@ def _read_json(path: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def finished(job: StackJob, inputs: list[dict], weights_sha256: str, options: dict) -> bool:
-    """True when the stack's outputs exist and were made from exactly these inputs, weights and options."""
-    if not (job.fused.is_file() and job.index_map.is_file()):
-        return False
-    record = _read_json(job.timing)
+def _made_from(record: dict | None, inputs: list[dict], weights_sha256: str, options: dict) -> bool:
+    """Whether a timing report or failure record names these files, weights and options."""
     return (
         record is not None
         and record.get("inputs") == inputs
@@ -61,17 +58,19 @@ def finished(job: StackJob, inputs: list[dict], weights_sha256: str, options: di
     )
 
 
+def finished(job: StackJob, inputs: list[dict], weights_sha256: str, options: dict) -> bool:
+    """True when the stack's outputs exist and were made from exactly these inputs, weights and options."""
+    if not (job.fused.is_file() and job.index_map.is_file()):
+        return False
+    return _made_from(_read_json(job.timing), inputs, weights_sha256, options)
+
+
 def earlier_failure(job: StackJob, inputs: list[dict], weights_sha256: str, options: dict) -> str | None:
     """The error of an earlier run that failed on these same files, weights and options, else None."""
     record = _read_json(job.failure)
-    if record is None:
+    if record is None or not _made_from(record, inputs, weights_sha256, options):
         return None
-    same = (
-        record.get("inputs") == inputs
-        and record.get("weights_sha256") == weights_sha256
-        and record.get("options") == options
-    )
-    return str(record.get("error", "failed")) if same else None
+    return str(record.get("error", "failed"))
 
 
 def record_failure(job: StackJob, inputs: list[dict], weights_sha256: str, options: dict, error: str) -> None:

@@ -14,7 +14,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 from multiprocessing import get_context
@@ -85,13 +85,9 @@ class StackOutcome:
         return asdict(self)
 
 
-def _source(job: StackJob) -> str:
-    return str(job.folder if job.folder is not None else job.inputs[0])
-
-
 def _lost(job: StackJob, why: str) -> StackOutcome:
     """A stack whose worker never answered."""
-    return StackOutcome(job.name, _source(job), "failed", job.n_slices, 0.0, error=f"{_source(job)}: {why}")
+    return StackOutcome(job.name, job.source, "failed", job.n_slices, 0.0, error=f"{job.source}: {why}")
 
 
 def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *, fuse: bool = True) -> StackOutcome:
@@ -106,10 +102,10 @@ def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *
 
     def outcome(status: Status, **fields: Any) -> StackOutcome:
         fields.setdefault("slices", job.n_slices)
-        return StackOutcome(job.name, _source(job), status, seconds=round(time.perf_counter() - started, 3), **fields)
+        return StackOutcome(job.name, job.source, status, seconds=round(time.perf_counter() - started, 3), **fields)
 
     def changing(error: OSError) -> StackOutcome:
-        return outcome("settling", detail=f"{error.filename or _source(job)} changed while being listed")
+        return outcome("settling", detail=f"{error.filename or job.source} changed while being listed")
 
     def known(inputs: list[dict]) -> StackOutcome | None:
         """``done`` or ``failed-before`` for these files; None when the stack is due."""
@@ -184,10 +180,10 @@ def _fuse(job: StackJob, settings: BatchSettings, weights_sha256: str) -> str | 
     except FocusFuseError as error:
         return str(error)
     except MemoryError:
-        return f"{_source(job)}: out of memory (the image is too large for this machine or --max-memory)"
+        return f"{job.source}: out of memory (the image is too large for this machine or --max-memory)"
     except Exception as error:  # a bug, or a library's failure on an odd file: report it, go on with the rest
         message = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return f"{_source(job)}: internal error ({type(error).__name__}: {message[:200]})"
+        return f"{job.source}: internal error ({type(error).__name__}: {message[:200]})"
     return None
 
 
@@ -318,18 +314,16 @@ def _in_processes(
         initargs=(threads,),
     )
     try:
-        pending: dict[Future, int] = {
+        numbers: dict[Future, int] = {
             pool.submit(process_stack, job, settings, weights_sha256): number for number, job in enumerate(jobs)
         }
-        while pending:
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                number = pending.pop(future)
-                try:
-                    results[number] = future.result()
-                except BrokenProcessPool:
-                    results[number] = _lost(jobs[number], "its worker process died (killed, or out of memory)")
-                report(results[number])  # type: ignore[arg-type]
+        for future in as_completed(numbers):
+            number = numbers[future]
+            try:
+                results[number] = future.result()
+            except BrokenProcessPool:
+                results[number] = _lost(jobs[number], "its worker process died (killed, or out of memory)")
+            report(results[number])  # type: ignore[arg-type]
     except BaseException:
         for process in list(getattr(pool, "_processes", {}).values()):
             process.terminate()  # SIGTERM: the worker removes what it was writing
@@ -348,7 +342,8 @@ def _on_dask(
 ) -> list[StackOutcome]:
     """One task per stack on a Dask cluster; each worker process loads the model once (``shared_model``)."""
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
+        from distributed import as_completed as cluster_completed
     except ImportError:
         raise FocusFuseError(
             "--scheduler needs dask.distributed, which is not installed: pip install 'focusfuse[dask]'"
@@ -366,7 +361,7 @@ def _on_dask(
         ]
         numbers = {future.key: number for number, future in enumerate(futures)}
         results: list[StackOutcome | None] = [None] * len(jobs)
-        for future in as_completed(futures):
+        for future in cluster_completed(futures):
             number = numbers[future.key]
             try:
                 results[number] = future.result()

@@ -291,7 +291,7 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
         if not path.is_dir():
             check_readable(path)
     if len(paths) == 1 and paths[0].is_dir():
-        paths = _images_in_folder(paths[0])
+        paths = _slices_in_folder(paths[0])
     elif len(paths) == 1 and sniff_format(paths[0]) == "tiff":
         stack = _tiff_stack(paths[0])
         if stack is not None:
@@ -320,16 +320,17 @@ def open_channel_stack(folders: Sequence[str | os.PathLike]) -> StackSource:
     if len(paths) < 2:
         raise FocusFuseError("--channels: give one folder per channel, at least two")
     per_channel: list[list[Path]] = []
+    sizes: list[tuple[int, int] | None] = []
     for folder in paths:
         if not folder.is_dir():
             raise FocusFuseError(f"{folder}: --channels takes folders, one per channel; this is not a folder")
-        files = _images_in_folder(folder)
+        files = _slices_in_folder(folder)
         if per_channel and len(files) != len(per_channel[0]):
             raise FocusFuseError(
                 f"{folder}: {len(files)} images, but {paths[0]} has {len(per_channel[0])}; "
                 "every channel needs one image per slice"
             )
-        precheck_files(files)
+        sizes.append(precheck_files(files))
         per_channel.append(files)
 
     def read_slice(index: int) -> np.ndarray:
@@ -351,15 +352,16 @@ def open_channel_stack(folders: Sequence[str | os.PathLike]) -> StackSource:
         labels=[str(path) for path in first],
         paths=[path for files in per_channel for path in files],
         reader=read_slice,
-        declared_size=precheck_files(first),
+        declared_size=sizes[0],
         physical=read_physical_size(first[0]) if sniff_format(first[0]) == "tiff" else PhysicalSize(),
         axes="CYX",
         channel_axis=True,
     )
 
 
-def _images_in_folder(folder: Path) -> list[Path]:
-    files = sorted(
+def images_in_folder(folder: Path) -> list[Path]:
+    """The folder's image files (by suffix, hidden ones left out) in natural order: a stack's slices."""
+    return sorted(
         (
             p
             for p in folder.iterdir()
@@ -367,6 +369,10 @@ def _images_in_folder(folder: Path) -> list[Path]:
         ),
         key=lambda p: natural_key(p.name),
     )
+
+
+def _slices_in_folder(folder: Path) -> list[Path]:
+    files = images_in_folder(folder)
     if not files:
         raise FocusFuseError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
     return files
