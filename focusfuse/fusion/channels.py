@@ -14,6 +14,9 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from focusfuse.errors import FocusFuseError
+from focusfuse.fusion.height import tenengrad
+
 TEXTURE_SIDE = 512  # slices are measured at most this large: texture is a ranking, not a measurement
 
 
@@ -28,31 +31,45 @@ class ChannelView:
         return np.ascontiguousarray(self._read(index)[:, :, self.channel])
 
 
-def channel_texture(read: Callable[[int], np.ndarray], n_slices: int) -> list[float]:
-    """Per channel: the mean squared Sobel gradient of its sharpest slice, relative to its mean intensity.
+def slice_texture(image: np.ndarray) -> np.ndarray:
+    """Per channel of one slice: its mean Tenengrad relative to its squared mean intensity.
 
     Relative, so that a dim fluorescence channel with sharp detail ranks above a bright
-    but smooth one; the sharpest slice, so that a channel in focus in one slice counts.
+    but smooth one.
     """
-    best: np.ndarray | None = None
-    for index in range(n_slices):
-        image: np.ndarray = read(index).astype(np.float32)
-        factor = min(1.0, TEXTURE_SIDE / max(image.shape[:2]))
-        if factor < 1.0:
-            image = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
-        if image.ndim == 2:
-            image = image[:, :, None]
-        scores = []
-        for channel in range(image.shape[2]):
-            plane = np.ascontiguousarray(image[:, :, channel])
-            gradient_x = cv2.Sobel(plane, cv2.CV_32F, 1, 0, ksize=3)
-            gradient_y = cv2.Sobel(plane, cv2.CV_32F, 0, 1, ksize=3)
-            energy = float(np.mean(gradient_x * gradient_x + gradient_y * gradient_y))
-            scores.append(energy / (float(np.mean(plane)) ** 2 + 1e-12))
-        measured = np.array(scores, np.float64)
-        best = measured if best is None else np.maximum(best, measured)
-    assert best is not None
-    return [round(float(score), 6) for score in best]
+    planes: np.ndarray = image.astype(np.float32)
+    factor = min(1.0, TEXTURE_SIDE / max(planes.shape[:2]))
+    if factor < 1.0:
+        planes = cv2.resize(planes, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA)
+    if planes.ndim == 2:
+        planes = planes[:, :, None]
+    scores = []
+    for channel in range(planes.shape[2]):
+        plane = np.ascontiguousarray(planes[:, :, channel])
+        scores.append(float(np.mean(tenengrad(plane))) / (float(np.mean(plane)) ** 2 + 1e-12))
+    return np.array(scores, np.float64)
+
+
+def channel_texture(read: Callable[[int], np.ndarray], n_slices: int) -> np.ndarray:
+    """Per channel, the texture of its sharpest slice (a channel in focus in one slice counts)."""
+    return np.maximum.reduce([slice_texture(read(index)) for index in range(n_slices)])
+
+
+def check_reference_channel(requested: int | None, channels: int, label: str) -> None:
+    if requested is not None and not 0 <= requested < channels:
+        raise FocusFuseError(
+            f"{label}: --reference-channel {requested}: the slices have {channels} channel(s), numbered from 0"
+        )
+
+
+def reference_record(texture: np.ndarray, requested: int | None) -> dict:
+    """The channel whose index map fuses all (``requested``, else the most textured) and why, for reports."""
+    return {
+        "channels": len(texture),
+        "reference": int(np.argmax(texture)) if requested is None else requested,
+        "chosen_by": "most texture" if requested is None else "--reference-channel",
+        "texture": [round(float(score), 6) for score in texture],
+    }
 
 
 def select_by_index(read: Callable[[int], np.ndarray], index_map: np.ndarray, n_slices: int) -> np.ndarray:

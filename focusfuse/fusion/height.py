@@ -30,12 +30,16 @@ STRIP_HALO = math.ceil(4 * FOCUS_SIGMA) + 1  # the Gaussian's reach (cv2 truncat
 PREVIEW_LONG_SIDE = 2048
 
 
-def focus_measure(gray: np.ndarray) -> np.ndarray:
-    """Tenengrad: squared Sobel gradient smoothed by a Gaussian of ``FOCUS_SIGMA``; float32 ``(H, W)``."""
+def tenengrad(gray: np.ndarray) -> np.ndarray:
+    """The squared Sobel gradient of a float32 ``(H, W)`` image, per pixel."""
     gradient_x = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
     gradient_y = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    energy = gradient_x * gradient_x + gradient_y * gradient_y
-    return cv2.GaussianBlur(energy, (0, 0), FOCUS_SIGMA, borderType=cv2.BORDER_REFLECT)
+    return gradient_x * gradient_x + gradient_y * gradient_y
+
+
+def focus_measure(gray: np.ndarray) -> np.ndarray:
+    """Tenengrad smoothed by a Gaussian of ``FOCUS_SIGMA``; float32 ``(H, W)``."""
+    return cv2.GaussianBlur(tenengrad(gray), (0, 0), FOCUS_SIGMA, borderType=cv2.BORDER_REFLECT)
 
 
 def height_in_slices(

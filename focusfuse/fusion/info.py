@@ -16,7 +16,7 @@ import numpy as np
 
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, estimate_alignment
-from focusfuse.fusion.channels import channel_texture
+from focusfuse.fusion.channels import check_reference_channel, reference_record, slice_texture
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, memory_budget, stack_memory_plan
 from focusfuse.io.reader import open_channel_stack, open_stack
 
@@ -38,11 +38,16 @@ def describe_stack(
     if len(source) < 2:
         raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
     first = source.read(0)
+    channels = 1 if first.ndim == 2 else first.shape[2]
+    by_channel = source.channel_axis or reference_channel is not None
+    check_reference_channel(reference_channel, channels, source.labels[0])
     low, high = float(first.min()), float(first.max())
-    for index in range(1, len(source)):
+    texture = slice_texture(first) if by_channel else None
+    for index in range(1, len(source)):  # every slice decoded once, for its range and texture
         image = source.read(index)
         low, high = min(low, float(image.min())), max(high, float(image.max()))
-    channels = 1 if first.ndim == 2 else first.shape[2]
+        if texture is not None:
+            texture = np.maximum(texture, slice_texture(image))
     height, width = first.shape[:2]
     used_strategy = "pair" if len(source) == 2 else strategy
     budget = memory_budget(max_memory)
@@ -51,15 +56,8 @@ def describe_stack(
     )
     physical = source.physical.with_z_step(z_step, "--z-step")
     channel_fusion = None
-    if source.channel_axis or reference_channel is not None:
-        if reference_channel is not None and not 0 <= reference_channel < channels:
-            raise FocusFuseError(f"--reference-channel {reference_channel}: the slices have {channels} channel(s)")
-        texture = channel_texture(source.read, len(source))
-        channel_fusion = {
-            "reference": int(np.argmax(texture)) if reference_channel is None else reference_channel,
-            "chosen_by": "most texture" if reference_channel is None else "--reference-channel",
-            "texture": texture,
-        }
+    if texture is not None:
+        channel_fusion = reference_record(texture, reference_channel)
     facts = {
         "stack": source.labels[0] if len(source.paths) == 1 else str(source.paths[0].parent),
         "n_slices": len(source),

@@ -22,7 +22,13 @@ import torch
 from focusfuse import __version__
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, AlignMode, StackAlignment, estimate_alignment
-from focusfuse.fusion.channels import ChannelView, channel_texture, select_by_index
+from focusfuse.fusion.channels import (
+    ChannelView,
+    channel_texture,
+    check_reference_channel,
+    reference_record,
+    select_by_index,
+)
 from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, composite_pyramid
 from focusfuse.fusion.height import height_map, height_preview
 from focusfuse.fusion.strategies import (
@@ -138,12 +144,18 @@ def _aligned_slices(decoded: DecodedStack, alignment: StackAlignment, first: np.
     )
 
 
-def _composite_by_pyramid(context: StackContext, index_map: np.ndarray, levels: int, max_pixels: int) -> np.ndarray:
-    """The pyramid blend of the decoded slices; its time is shared among the slices."""
-    clock = context.clock
+def _composite_by_pyramid(
+    clock: StageClock,
+    read: Callable[[int], np.ndarray],
+    n_slices: int,
+    index_map: np.ndarray,
+    levels: int,
+    max_pixels: int,
+) -> np.ndarray:
+    """The pyramid blend of the decoded slices ``read(j)``; its time is shared among the slices."""
     started = clock.now()
     with clock.stage("composite"):
-        fused = composite_pyramid(context.source.read, index_map, len(context.source), levels, max_pixels=max_pixels)
+        fused = composite_pyramid(read, index_map, n_slices, levels, max_pixels=max_pixels)
     share = (clock.now() - started) / len(clock.per_slice)
     clock.per_slice[:] = [seconds + share for seconds in clock.per_slice]
     return fused
@@ -245,11 +257,15 @@ def _fuse_decoded(
     pyramid_levels: int,
     prune: bool,
     progress: Progress,
-) -> tuple[np.ndarray, np.ndarray, str, int, np.ndarray | None]:
+    composite_read: Callable[[int], np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, str, int, torch.Tensor | None]:
     """Run the strategy on the decoded slices ``read(j)``, whole or in tiles, then fill and composite.
 
+    ``composite_read``: the whole slices, when ``read`` gives one channel of them (a
+    multichannel stack decided on its reference channel): every channel is then
+    composited from them under the index map, by the pyramid or by copying.
     Returns the fused image, the index map, the composite used, the slice-tiles run,
-    and (``calibrated``) the pixels that some slice shows textured.
+    and (``calibrated``) the sharpest any slice is at each pixel.
     """
     first_slice = read(0)
     whole = StackSource(labels=source.labels, paths=source.paths, reader=read)
@@ -300,15 +316,18 @@ def _fuse_decoded(
         )
         clock.per_slice[:] = slice_times
         fused, index_map = tiled.fused, tiled.index_map
-        textured = None
-        if tiled.peak_sharpness is not None:
-            textured = textured_pixels(tiled.peak_sharpness).reshape(index_map.shape).cpu().numpy()
         if strategy == "calibrated" and fill_flat and tiled.peak_sharpness is not None:
             fill_flat_regions(context, fused, index_map, tiled.peak_sharpness.to(device))
     used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
+    if composite_read is not None and used_composite != "pyramid":
+        used_composite = "select"  # a decision-map blend of one channel cannot make the others
+        with clock.stage("composite"):
+            fused = select_by_index(composite_read, index_map, n_slices)
     if used_composite == "pyramid":
-        fused = _composite_by_pyramid(context, index_map, pyramid_levels, plan.composite_pixels)
-    return fused, index_map, used_composite, tiled.slice_tiles_run, textured
+        fused = _composite_by_pyramid(
+            clock, composite_read or read, n_slices, index_map, pyramid_levels, plan.composite_pixels
+        )
+    return fused, index_map, used_composite, tiled.slice_tiles_run, tiled.peak_sharpness
 
 
 def fuse_stack(
@@ -456,11 +475,7 @@ def fuse_stack(
         check_free_space(targets, first_slice.nbytes + 2 * first_slice.shape[0] * first_slice.shape[1] + 2**20)
     channels = 1 if first_slice.ndim == 2 else first_slice.shape[2]
     by_channel = source.channel_axis or reference_channel is not None
-    if reference_channel is not None and not 0 <= reference_channel < channels:
-        raise FocusFuseError(
-            f"{source.labels[0]}: --reference-channel {reference_channel}: the slices have {channels} channel(s), "
-            f"numbered from 0"
-        )
+    check_reference_channel(reference_channel, channels, source.labels[0])
     if by_channel and output is not None and Path(output).suffix.lower() not in (".tif", ".tiff"):
         raise FocusFuseError(f"{output}: a {channels}-channel stack keeps its channel axis in a TIFF; write a .tif")
     height, width = first_slice.shape[:2]
@@ -474,14 +489,8 @@ def fuse_stack(
         reference: int | None = None
         if by_channel:
             with clock.stage("channels"):
-                texture = channel_texture(decoded.read, len(source))
-            reference = reference_channel if reference_channel is not None else int(np.argmax(texture))
-            channel_report = {
-                "channels": channels,
-                "reference": reference,
-                "chosen_by": "--reference-channel" if reference_channel is not None else "most texture",
-                "texture": texture,
-            }
+                channel_report = reference_record(channel_texture(decoded.read, len(source)), reference_channel)
+            reference = channel_report["reference"]
             decide_read = ChannelView(decoded.read, reference).read
         with clock.stage("align"):
             alignment = estimate_alignment(decide_read, len(source), align, crop=crop)
@@ -493,7 +502,7 @@ def fuse_stack(
             decoded = aligned
             first_slice = decoded.read(0)
             decide_read = decoded.read if reference is None else ChannelView(decoded.read, reference).read
-        fused, index_map, used_composite, slice_tiles_run, textured = _fuse_decoded(
+        fused, index_map, used_composite, slice_tiles_run, peak_sharpness = _fuse_decoded(
             decide_read,
             source,
             model,
@@ -505,23 +514,18 @@ def fuse_stack(
             slices_per_decision=slices_per_decision,
             adjacent_by_sharpness=adjacent_by_sharpness,
             fill_flat=fill_flat,
-            composite="select" if by_channel else composite,
+            composite=composite,
             pyramid_levels=pyramid_levels,
             prune=prune,
             progress=progress or (lambda done, total: None),
+            composite_read=decoded.read if by_channel else None,  # every channel under one index map
         )
-        if by_channel:  # every channel under the reference channel's index map
-            used_composite = composite if used_strategy.startswith("calibrated") else "select"
-            with clock.stage("composite"):
-                if used_composite == "pyramid":
-                    fused = composite_pyramid(
-                        decoded.read, index_map, len(source), pyramid_levels, max_pixels=plan.composite_pixels
-                    )
-                else:
-                    fused = select_by_index(decoded.read, index_map, len(source))
         surface = None
         if wants_height:
             with clock.stage("height"):
+                textured = None
+                if peak_sharpness is not None:
+                    textured = textured_pixels(peak_sharpness).reshape(index_map.shape).cpu().numpy()
                 rows = max(1, plan.composite_pixels // max(1, width)) if plan.composite_pixels else 1024
                 surface = height_map(
                     decide_read, len(source), index_map, textured, physical, fill=fill_height, strip_rows=rows

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import tifffile
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from focusfuse.io.filecheck import sniff_format
+
 JPEG_ICC_MARKER = b"ICC_PROFILE\x00"
 JPEG_ICC_CHUNK = 65519  # a segment holds 65535 bytes: less its length, marker name, sequence and count
 
@@ -22,13 +23,12 @@ JPEG_ICC_CHUNK = 65519  # a segment holds 65535 bytes: less its length, marker n
 def read_icc_profile(path: Path) -> bytes | None:
     """The embedded ICC profile of a PNG, JPEG or TIFF, or None (also for unreadable structure)."""
     try:
-        with open(path, "rb") as handle:
-            start = handle.read(8)
-        if start == PNG_SIGNATURE:
+        kind = sniff_format(path)
+        if kind == "png":
             return _png_profile(path)
-        if start[:2] == b"\xff\xd8":
+        if kind == "jpeg":
             return _jpeg_profile(path)
-        if start[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        if kind == "tiff":
             with tifffile.TiffFile(path) as tif:
                 tag = tif.pages.first.tags.get("InterColorProfile")
                 return bytes(tag.value) if tag is not None else None
