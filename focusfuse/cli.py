@@ -30,6 +30,7 @@ from focusfuse.fusion.alignment import ALIGN_MODES
 from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.fusion.strategies import STRATEGIES
+from focusfuse.interruption import stop
 from focusfuse.io.reader import natural_key
 from focusfuse.io.writer import check_output_path
 
@@ -125,7 +126,12 @@ def stop_like_ctrl_c(signum, frame) -> None:
     Outputs being written are removed (atomic writes), a training run stops its batch
     workers and keeps its last whole checkpoint.
     """
-    raise Terminated
+    stop(Terminated())
+
+
+def stop_on_ctrl_c(signum, frame) -> None:
+    """SIGINT handler: Python's KeyboardInterrupt, held back while a lock or temporary file is being set up."""
+    stop(KeyboardInterrupt())
 
 
 def fail(error: Exception) -> None:
@@ -143,6 +149,8 @@ class FocusFuseGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, stop_on_ctrl_c)
         debug = bool(ctx.params.get("debug")) or os.environ.get("FOCUSFUSE_DEBUG") == "1"
         try:
             return super().invoke(ctx)

@@ -14,9 +14,15 @@ import fcntl
 import os
 from pathlib import Path
 
+from focusfuse.interruption import critical_section
+
 
 class OutputLock:
-    """Held from ``acquire`` until ``release``; the lock file is removed on release."""
+    """Held from ``acquire`` until ``release``; the lock file is removed on release.
+
+    Enter the ``with`` block before ``acquire``, so that a stop arriving while the lock
+    is being taken still releases it (and removes the file).
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -24,6 +30,10 @@ class OutputLock:
 
     def acquire(self) -> bool:
         """Take the lock without waiting: False when another process holds it."""
+        with critical_section():
+            return self._acquire()
+
+    def _acquire(self) -> bool:
         while True:
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
             try:
@@ -43,14 +53,15 @@ class OutputLock:
             os.close(descriptor)
 
     def release(self) -> None:
-        if self.descriptor is None:
-            return
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
-        os.close(self.descriptor)
-        self.descriptor = None
+        with critical_section():
+            if self.descriptor is None:
+                return
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            os.close(self.descriptor)
+            self.descriptor = None
 
     def __enter__(self) -> OutputLock:
         return self

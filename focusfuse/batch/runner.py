@@ -32,6 +32,7 @@ from focusfuse.batch.records import (
 )
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.tiling import DEFAULT_MAX_MEMORY
+from focusfuse.interruption import stop
 from focusfuse.io.filecheck import available_memory
 
 Status = Literal["fused", "due", "done", "settling", "busy", "failed", "failed-before"]
@@ -125,14 +126,13 @@ def process_stack(job: StackJob, settings: BatchSettings, weights_sha256: str, *
     if seen is not None or not fuse:
         return seen or outcome("due", fused=str(job.fused))
 
-    lock = OutputLock(job.lock)
-    try:
-        job.fused.parent.mkdir(parents=True, exist_ok=True)
-        if not lock.acquire():
-            return outcome("busy", detail="another run is fusing it")
-    except OSError as error:
-        return outcome("failed", error=f"{job.lock.parent}: cannot lock ({error.strerror or error})")
-    with lock:
+    with OutputLock(job.lock) as lock:
+        try:
+            job.fused.parent.mkdir(parents=True, exist_ok=True)
+            if not lock.acquire():
+                return outcome("busy", detail="another run is fusing it")
+        except OSError as error:
+            return outcome("failed", error=f"{job.lock.parent}: cannot lock ({error.strerror or error})")
         # Another run may have fused (or failed) it between our first look and the lock.
         try:
             inputs = current_inputs(job)
@@ -216,6 +216,14 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+class WorkerStopped(SystemExit):
+    """SIGTERM in a worker process: unwinds a stack being fused (its lock and partial files are removed).
+
+    A SystemExit, not a KeyboardInterrupt: a worker stopped while waiting for its next
+    stack exits quietly, where a KeyboardInterrupt would print a traceback.
+    """
+
+
 def _start_worker(threads: int) -> None:
     """A worker's threads, and its signals: Ctrl-C is the parent's to handle; SIGTERM stops it cleanly."""
     import torch
@@ -223,10 +231,7 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    def stop(signum, frame) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop(WorkerStopped(128 + signal.SIGTERM)))
 
 
 def dry_run(jobs: Sequence[StackJob], settings: BatchSettings) -> list[StackOutcome]:
@@ -323,6 +328,8 @@ def _in_processes(
                 results[number] = future.result()
             except BrokenProcessPool:
                 results[number] = _lost(jobs[number], "its worker process died (killed, or out of memory)")
+            except WorkerStopped:
+                results[number] = _lost(jobs[number], "its worker process was stopped (SIGTERM)")
             report(results[number])  # type: ignore[arg-type]
     except BaseException:
         for process in list(getattr(pool, "_processes", {}).values()):

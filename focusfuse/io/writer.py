@@ -18,6 +18,7 @@ import numpy as np
 import tifffile
 
 from focusfuse.errors import FocusFuseError
+from focusfuse.interruption import critical_section
 from focusfuse.io.icc import embed_in_jpeg, embed_in_png
 from focusfuse.io.metadata import PhysicalSize, tiff_physical_arguments
 
@@ -82,14 +83,17 @@ def _readable_as_umask_allows(path: Path) -> None:
 
 
 def _atomic(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    temporary: str | None = None
     try:
-        os.close(handle)
+        with critical_section():  # a stop between creating the file and this try would leave it behind
+            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+            os.close(handle)
         write(Path(temporary))
         _readable_as_umask_allows(Path(temporary))
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
         raise
 
 

@@ -314,3 +314,26 @@ def test_a_worker_with_other_weights_than_the_batch_refuses_to_fuse(tree, tmp_pa
     outcome = process_stack(job, BatchSettings(device="cpu", settle_s=0), "0" * 64)
     assert outcome.status == "failed" and "this worker's weights differ from the batch's" in outcome.error
     assert not job.fused.exists()
+
+
+def test_a_worker_stopped_while_waiting_for_its_next_stack_exits_without_a_traceback(capfd):
+    """Regression: SIGTERM to an idle worker printed a KeyboardInterrupt traceback under the one error line."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from focusfuse.batch.runner import _start_worker
+
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"), initializer=_start_worker, initargs=(1,))
+    try:
+        worker = pool.submit(os.getpid).result(timeout=120)
+        os.kill(worker, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{worker}").exists() and time.monotonic() < deadline:
+            try:
+                os.waitpid(worker, os.WNOHANG)
+            except ChildProcessError:
+                pass
+            time.sleep(0.05)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    assert capfd.readouterr().err == ""
