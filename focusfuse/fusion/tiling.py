@@ -23,6 +23,7 @@ goes into the index map. What a decision depends on:
 
 from __future__ import annotations
 
+import ctypes
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -198,7 +199,8 @@ def measure_statistics(
 
 
 def _window_reader(source: StackSource, kept: list[int], window: tuple[slice, slice]) -> Callable[[int], np.ndarray]:
-    return lambda j: source.read(kept[j])[window]
+    """A tile's reader: a copy of the window, so that a slice read whole from the temporary file is freed at once."""
+    return lambda j: source.read(kept[j])[window].copy()
 
 
 def _tile_progress(
@@ -213,6 +215,30 @@ def take_slice_times(clock: StageClock, start: int, numbers: list[int], totals: 
     for number, seconds in zip(numbers, clock.per_slice[start:], strict=True):
         totals[number] += seconds
     del clock.per_slice[start:]
+
+
+def _glibc_malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _glibc_malloc_trim()
+
+
+def return_freed_memory() -> None:
+    """Hand the memory freed by a tile back to the system before the next tile.
+
+    glibc keeps freed blocks below its mmap threshold (up to 32 MiB: a tile's
+    narrower tensors) in the heap for reuse, and over a deep stack the heap fragments
+    and the resident size creeps up: a 64-slice 2000x1500 stack peaked at 1877 MiB,
+    300 MiB above the same scene in 16 slices, nearly all of it free heap. Trimming
+    after every slice cost a third of the time (every allocation faults its pages in
+    again); after each tile it costs no measurable time (docs/benchmarks.md, Memory).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
 
 
 @dataclass
@@ -278,6 +304,8 @@ def fuse_tiles(
         index_map[core] = np.asarray(kept, index_map.dtype)[tile_index[inner]]
         if peak is not None and tile_peak is not None:
             peak[0, 0][core] = tile_peak[0, 0][inner].cpu()
+        del tile_fused, tile_index, tile_peak, context
+        return_freed_memory()
     assert fused is not None and index_map is not None
     return TiledResult(fused, index_map, peak, run_count)
 
@@ -288,8 +316,11 @@ def fuse_tiles(
 # mosaics and decision paths held at once. In tiles the process holds about 150 MiB more
 # (decoding threads, allocator arenas; pcb10 crop in 9 tiles: 1125 MiB against 944 planned).
 BASE_BYTES = 450 * 2**20
-# The plan fills this share of the budget; the rest absorbs what the estimate misses.
-PLAN_SHARE = 0.75
+# The plan fills this share of the budget; the rest absorbs what the estimate misses. With the
+# heap trimmed after each tile (``return_freed_memory``), 0.65 keeps the default 2G budget's
+# fusions of pcb10, plankton5 and 2000x1500 stacks of 16 and 64 slices under 1.5 GB
+# (bench/scale.py, docs/benchmarks.md); at 0.75, 16 slices peaked at 1577 MiB.
+PLAN_SHARE = 0.65
 WORK_BYTES_PER_PIXEL = {"calibrated": (1550, 460), "calibrated-paper": (2300, 1000), "serial": (2000, 0)}
 # Image-wide arrays held throughout, per pixel: the index map and the peak sharpness (float32),
 # besides the fused image (its channels x bytes). The flat-region fill's push-pull pyramid
@@ -348,26 +379,29 @@ def plan_memory(
     The plan's estimate is kept under ``PLAN_SHARE`` of ``budget``.
     What stays resident (the process, the index map, the peak sharpness, the fused
     image) is counted first; the decoded slices stay in RAM when they take at most
-    half of what is left. The tiles, the flat-region fill and the composite then take
-    turns with the rest. Raises ValueError, saying what is needed, when not even the
-    smallest tile fits (or, for a strategy that cannot be tiled, the whole image).
+    half of what is left and leave room for the fill and the smallest tile. The
+    tiles, the flat-region fill and the composite then take turns with the rest.
+    Raises ValueError, saying what is needed, when not even the smallest tile fits
+    (or, for a strategy that cannot be tiled, the whole image).
     """
     pixels = height * width
     usable = int(PLAN_SHARE * budget)
     kept = BASE_BYTES + pixels * (KEPT_BYTES_PER_PIXEL + channels * itemsize)
     slice_bytes = n_slices * pixels * channels * itemsize
-    in_memory = slice_bytes <= (usable - kept) / 2
+    work = work_bytes_per_pixel(strategy, batch_size)
+    smallest = (MIN_TILE_CORE + 2 * TILE_HALO) ** 2
+    # What must fit beside the decoded slices for them to stay in RAM: else they go to a file.
+    least_work = max(pixels * FILL_BYTES_PER_PIXEL, (smallest if tileable else pixels) * work)
+    in_memory = slice_bytes <= (usable - kept) / 2 and usable - kept - slice_bytes >= least_work
     if in_memory:
         kept += slice_bytes
     remaining = usable - kept
-    work = work_bytes_per_pixel(strategy, batch_size)
     composite_pixels = max(0, remaining) // (COMPOSITE_BYTES_PER_CHANNEL_PIXEL * channels)
     if pixels * FILL_BYTES_PER_PIXEL > remaining:
         least = (kept - (slice_bytes if in_memory else 0) + pixels * FILL_BYTES_PER_PIXEL) / PLAN_SHARE
         raise ValueError(f"fusing {width}x{height} slices needs a budget of at least {least / 2**30:.1f} GiB")
     if pixels * work <= remaining:
         return MemoryPlan(budget, None, 1, 0, in_memory, composite_pixels, kept + pixels * work)
-    smallest = (MIN_TILE_CORE + 2 * TILE_HALO) ** 2
     if not tileable or smallest * work > remaining:
         least = (kept - (slice_bytes if in_memory else 0) + (smallest if tileable else pixels) * work) / PLAN_SHARE
         how = "in tiles" if tileable else "whole (this strategy does not run in tiles)"

@@ -5,9 +5,12 @@ pyramid composite read slices again; decoding a PNG or JPEG each time would cost
 than the network. ``DecodedStack`` decodes the slices in a small thread pool (PNG,
 JPEG and TIFF decoders release the GIL) while the caller already works on the first
 ones, and keeps them as read (8/16-bit, as the file had them): in RAM when the memory
-plan allows it, else in a memory-mapped temporary file in $TMPDIR. That file is
-unlinked as soon as it is created, so nothing is left on disk whatever ends the
-process (Ctrl-C, SIGTERM, SIGKILL).
+plan allows it, else in a temporary file in $TMPDIR. That file is unlinked as soon as
+it is created, so nothing is left on disk whatever ends the process (Ctrl-C, SIGTERM,
+SIGKILL). It is written and read with pwrite/pread, not mapped: the pages of a mapped
+file count in the process's resident memory as they are touched, and a 20-megapixel
+stack's 300 MB of mapped slices took plankton5's fusion to 1655 MiB, over a plan
+that had put them on disk to stay near 1.3 GiB (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ class DecodedStack:
             ``first``'s shape and dtype (``StackSource.read`` checks that).
         n_slices: N.
         first: slice 0, already decoded.
-        in_memory: keep the slices in RAM; False maps them to a temporary file.
+        in_memory: keep the slices in RAM; False keeps them in a temporary file, and
+            every ``read`` of one is a fresh array.
         workers: decoding threads.
     """
 
@@ -48,10 +52,9 @@ class DecodedStack:
         self.in_memory = in_memory
         self._file = None
         self._slices: list[np.ndarray | None] = [None] * n_slices
-        self._mapped: np.ndarray | None = None
         if not in_memory:
             self._file = tempfile.TemporaryFile(prefix="focusfuse-", dir=os.environ.get("TMPDIR"))
-            self._mapped = np.memmap(self._file, dtype=self.dtype, mode="w+", shape=(n_slices, *self.shape))
+        self._slice_bytes = int(np.prod(self.shape)) * self.dtype.itemsize
         self._store(0, first)
         self._pool = ThreadPoolExecutor(max_workers=max(1, min(workers, n_slices - 1)), thread_name_prefix="decode")
         self._pending: dict[int, Future] = {j: self._pool.submit(self._decode, read, j) for j in range(1, n_slices)}
@@ -62,10 +65,24 @@ class DecodedStack:
         return self.n_slices * int(np.prod(self.shape)) * self.dtype.itemsize
 
     def _store(self, index: int, image: np.ndarray) -> None:
-        if self._mapped is not None:
-            self._mapped[index] = image
-        else:
+        if self._file is None:
             self._slices[index] = image
+            return
+        data = np.ascontiguousarray(image, dtype=self.dtype).data.cast("B")
+        offset, written = index * self._slice_bytes, 0
+        while written < len(data):  # a regular file takes it all at once; loop in case it does not
+            written += os.pwrite(self._file.fileno(), data[written:], offset + written)
+
+    def _load(self, index: int) -> np.ndarray:
+        image = np.empty(self.shape, self.dtype)
+        buffer = image.data.cast("B")
+        offset, done = index * self._slice_bytes, 0
+        while done < len(buffer):
+            count = os.preadv(self._file.fileno(), [buffer[done:]], offset + done)  # type: ignore[union-attr]
+            if count == 0:
+                raise OSError(f"temporary slice file ended at slice {index}")
+            done += count
+        return image
 
     def _decode(self, read: Callable[[int], np.ndarray], index: int) -> None:
         self._store(index, read(index))
@@ -75,8 +92,8 @@ class DecodedStack:
         pending = self._pending.pop(index, None)
         if pending is not None:
             pending.result()
-        if self._mapped is not None:
-            return self._mapped[index]
+        if self._file is not None:
+            return self._load(index)
         image = self._slices[index]
         assert image is not None
         return image
@@ -93,7 +110,6 @@ class DecodedStack:
         self._pool.shutdown(wait=True)
         self._pending.clear()
         self._slices = [None] * self.n_slices
-        self._mapped = None
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -327,7 +327,7 @@ def test_a_stack_too_large_for_the_budget_is_refused_before_fusing(tmp_path, mon
     monkeypatch.setattr(pipeline, "running_best_choice", lambda *a, **k: pytest.fail("fused before refusing"))
     with pytest.raises(
         FocusFuseError,
-        match=r"fusing 481x321 slices needs a budget of at least 0\.6 GiB; the budget is 0\.5 GiB",
+        match=r"fusing 481x321 slices needs a budget of at least 0\.7 GiB; the budget is 0\.5 GiB",
     ):
         fuse_stack([EXAMPLES / "stack8"], device="cpu", output=tmp_path / "f.png", max_memory=512 * 2**20)
     assert list(tmp_path.iterdir()) == []

@@ -115,6 +115,16 @@ def test_the_plan_tiles_only_what_does_not_fit():
         tiling.plan_memory(3000, 3000, 3, 1, 5, strategy="serial", batch_size=1, budget=2 * 2**30, tileable=False)
 
 
+def test_a_20_megapixel_stack_plans_under_the_default_budget_with_its_slices_on_file():
+    """Regression: plankton5's slices (5 x 5440x3648 RGB) fitted half of what was left, so they were
+    kept in RAM, which left no room for the flat-region fill, and the plan was refused."""
+    plan = tiling.plan_memory(
+        3648, 5440, 3, 1, 5, strategy="calibrated", batch_size=1, budget=tiling.DEFAULT_MAX_MEMORY, tileable=True
+    )
+    assert not plan.slices_in_memory and plan.tiles > 1
+    assert plan.estimated_peak <= tiling.PLAN_SHARE * tiling.DEFAULT_MAX_MEMORY
+
+
 def test_a_pyramid_blended_in_strips_equals_the_whole_blend():
     rng = np.random.default_rng(2)
     slices = [np.rint(rng.random((1100, 300, 3)) * 255).astype(np.uint8) for _ in range(3)]

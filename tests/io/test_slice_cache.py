@@ -1,0 +1,44 @@
+"""The decoded-slice store: every slice decoded once, in RAM or in an unmapped temporary file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from focusfuse.io.slice_cache import DecodedStack
+
+
+def slices(dtype: str, shape: tuple[int, ...]) -> list[np.ndarray]:
+    rng = np.random.default_rng(4)
+    top = np.iinfo(dtype).max
+    return [rng.integers(0, top, size=shape, endpoint=True).astype(dtype) for _ in range(5)]
+
+
+@pytest.mark.parametrize(("dtype", "shape"), [("uint8", (37, 53, 3)), ("uint16", (64, 48))])
+def test_slices_on_file_read_back_exactly_and_are_never_mapped(dtype, shape):
+    """Regression: a memory-mapped store put plankton5's 300 MB of slices back into the resident memory."""
+    stack = slices(dtype, shape)
+    with DecodedStack(lambda j: stack[j], len(stack), stack[0], in_memory=False) as store:
+        for j in reversed(range(len(stack))):
+            np.testing.assert_array_equal(store.read(j), stack[j])
+        maps = Path("/proc/self/maps").read_text() if Path("/proc/self/maps").exists() else ""
+        assert "focusfuse-" not in maps  # the temporary file is read and written, not mapped
+        first = store.read(0)
+        first[...] = 0  # a read is the caller's own copy
+        np.testing.assert_array_equal(store.read(0), stack[0])
+
+
+def test_a_decoding_error_is_raised_by_the_read_of_that_slice():
+    stack = slices("uint8", (16, 16))
+
+    def read(j: int) -> np.ndarray:
+        if j == 3:
+            raise ValueError("z4.png: damaged")
+        return stack[j]
+
+    with DecodedStack(read, len(stack), stack[0], in_memory=False) as store:
+        np.testing.assert_array_equal(store.read(2), stack[2])
+        with pytest.raises(ValueError, match="z4.png: damaged"):
+            store.read(3)
