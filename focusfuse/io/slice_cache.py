@@ -62,7 +62,7 @@ class DecodedStack:
     @property
     def nbytes(self) -> int:
         """Bytes the whole stack takes, in RAM or on disk."""
-        return self.n_slices * int(np.prod(self.shape)) * self.dtype.itemsize
+        return self.n_slices * self._slice_bytes
 
     def _store(self, index: int, image: np.ndarray) -> None:
         if self._file is None:
