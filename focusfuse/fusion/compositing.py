@@ -10,6 +10,16 @@ where brightness differences live, change gradually across a choice boundary, so
 those differences fade out over a width that grows with the level instead of
 stepping at one pixel. The index map is the same in both modes.
 
+The blend is kept only where copying would leave a seam: ``pyramid`` writes
+``select + need * (blend - select)``, where ``need`` (0 to 1) grows with how far the
+blend moves from the copied pixels, smoothed and spread so that noise does not count
+and the change between the two is gradual. Where neighbouring slices differ only by
+their blur (a well-behaved stack), the blend would mix a sharp slice's detail with a
+blurrier one's across every choice boundary, and copying is closer to the truth
+(0.05-0.14 dB on deep 20-slice stacks, bench/multislice.py); where they differ in
+brightness or position, the blend takes over. Away from choice boundaries the result
+is the source pixel.
+
 Slices stream through one at a time and only slices that the index map uses are
 read, so memory is one accumulator pyramid (4/3 of the image in float32) plus one
 slice's pyramid, whatever N is. A large image is blended in horizontal strips
@@ -35,8 +45,18 @@ COMPOSITES: tuple[str, ...] = ("pyramid", "select")
 # 30.00 -> 30.50 dB; 8 added 0.03 dB. Clean stacks did not change (36.52 dB).
 PYRAMID_LEVELS = 7
 # Bytes per pixel and channel while a strip is blended: the float32 slice, its Gaussian and
-# Laplacian pyramids and the accumulator pyramid, the mask pyramid shared by the channels.
-COMPOSITE_BYTES_PER_CHANNEL_PIXEL = 40
+# Laplacian pyramids and the accumulator pyramid, the mask pyramid shared by the channels,
+# and the copied (select) image and the seam-need maps beside the blend.
+COMPOSITE_BYTES_PER_CHANNEL_PIXEL = 52
+# Where the blend is kept (``seam_need``). Chosen on bench/multislice.py's stacks with seeds 1-3
+# and bench/seams.py --seed 1, not on the seeds or stacks those benches report (probe): with the
+# difference blurred by 2 px, spread by 8 px, and blending fully from half an 8-bit grey level,
+# every such stack is at or above ``select`` in PSNR (the blend alone: up to 0.14 dB below on
+# 20-slice stacks) and the seam measures equal the blend's. A full level blended a little less
+# (seam_px 0.06 against 0.05 per mille on the clean seams stack) at equal PSNR.
+SEAM_DIFFERENCE_SIGMA = 2.0  # px: blend minus select is smoothed first, so that noise does not count
+SEAM_SPREAD_SIGMA = 8.0  # px: the need is spread, so the change from copying to blending is gradual
+SEAM_FULL_NEED = 0.5 / 255  # of the full range: a smoothed difference this large blends fully
 # A strip's halo in units of the coarsest level's pixels: the 5-tap kernels of pyrDown and of
 # pyrUp in the collapse reach about 2 such pixels each. With 2, strips differ from the whole
 # blend by at most one grey level on under 0.5% of the pixels (tests/fusion/test_tiling.py).
@@ -64,18 +84,16 @@ def _laplacian_pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
 
 
 def _mask_pyramid(mask: np.ndarray, levels: int) -> list[np.ndarray]:
-    """A slice's weight at every level: its Gaussian pyramid, with the half-resolution level
-    a plain 2x2 average instead, so the two finest bands switch slices within a pixel or
-    two and only coarser ones blend. With the 5-tap Gaussian at that level too, the
-    finest detail mixed across every boundary: 0.03 dB below ``select`` on clean 20-slice
-    stacks, against 0.01 above (bench/multislice.py's stacks, seed 1, probe).
+    """A slice's weight at every level: the Gaussian pyramid of its one-hot mask.
+
+    The finest band switches slices within a pixel; every coarser one blends. (A plain
+    2x2 average at the half-resolution level, which kept more detail at boundaries, is
+    not needed now that ``seam_need`` copies pixels where the slices differ only in blur;
+    the Gaussian there left fewer seams on the nuisance stack of bench/seams.py --seed 1.)
     """
     pyramid = [mask]
     for _ in range(levels):
         pyramid.append(cv2.pyrDown(pyramid[-1]))
-    if levels >= 1:
-        height, width = pyramid[1].shape[:2]
-        pyramid[1] = cv2.resize(mask, (width, height), interpolation=cv2.INTER_AREA)
     return pyramid
 
 
@@ -84,6 +102,27 @@ def _collapse(bands: list[np.ndarray]) -> np.ndarray:
     for band in reversed(bands[:-1]):
         image = cv2.pyrUp(image, dstsize=(band.shape[1], band.shape[0])) + band
     return image
+
+
+def _blurred(image: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian blur of every channel (OpenCV blurs at most 4 channels in one call)."""
+    if image.ndim == 3 and image.shape[2] > 4:
+        return np.dstack([_blurred(image[:, :, c], sigma) for c in range(image.shape[2])])
+    blurred = cv2.GaussianBlur(image, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return blurred.reshape(image.shape)
+
+
+def seam_need(blended: np.ndarray, selected: np.ndarray, full_range: float | np.ndarray) -> np.ndarray:
+    """How much of the blend to keep at each pixel and channel, 0 to 1 (float32, the images' shape).
+
+    The blend's difference from the copied pixels, smoothed (noise alone does not ask
+    for blending) and spread (the change from copying to blending is gradual), in
+    units of ``SEAM_FULL_NEED`` of the full range (one per channel, or one for all).
+    Each channel needs its own: the channels of a multichannel stack are independent images.
+    """
+    difference = np.abs(_blurred(blended - selected, SEAM_DIFFERENCE_SIGMA))
+    need = _blurred(difference, SEAM_SPREAD_SIGMA) / (SEAM_FULL_NEED * full_range)
+    return np.clip(need, 0.0, 1.0)
 
 
 def _to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -95,19 +134,30 @@ def _to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 class PyramidBlend:
-    """Accumulates slices, each weighted by its one-hot mask at every pyramid level.
+    """Accumulates slices, each weighted by its one-hot mask at every pyramid level, and
+    the copied pixels beside them.
 
     ``add`` each slice the index map uses (in any order), then ``result``. A pixel
     whose whole neighbourhood, out to the coarsest level, comes from one slice is that
     slice's pixel (to float rounding).
     """
 
-    def __init__(self, index_map: np.ndarray, levels: int = PYRAMID_LEVELS, *, fit: bool = True) -> None:
-        """``fit``: fewer levels where the image is too small for ``levels`` (``level_count``)."""
+    def __init__(
+        self,
+        index_map: np.ndarray,
+        levels: int = PYRAMID_LEVELS,
+        *,
+        fit: bool = True,
+        full_range: float | np.ndarray | None = None,
+    ) -> None:
+        """``fit``: fewer levels where the image is too small for ``levels`` (``level_count``).
+        ``full_range``: the slices' range, for ``seam_need`` (default: the dtype's, 1.0 for floats)."""
         self.index_map = index_map
         height, width = index_map.shape
         self.levels = level_count(height, width, levels) if fit else levels
+        self.full_range = full_range
         self.accumulator: list[np.ndarray] | None = None
+        self.selected: np.ndarray | None = None
         self.dtype: np.dtype | None = None
 
     def used_slices(self, n_slices: int) -> list[int]:
@@ -117,8 +167,13 @@ class PyramidBlend:
     def add(self, index: int, image: np.ndarray) -> None:
         """Fold in slice ``index``, ``(H, W)`` or ``(H, W, C)``."""
         self.dtype = image.dtype
-        bands = _laplacian_pyramid(image.astype(np.float32), self.levels)
-        weights = _mask_pyramid((self.index_map == index).astype(np.float32), self.levels)
+        image = image.astype(np.float32)
+        chosen = self.index_map == index
+        if self.selected is None:
+            self.selected = np.zeros_like(image)
+        self.selected[chosen] = image[chosen]
+        bands = _laplacian_pyramid(image, self.levels)
+        weights = _mask_pyramid(chosen.astype(np.float32), self.levels)
         if image.ndim == 3:
             weights = [weight[:, :, None] for weight in weights]
         if self.accumulator is None:
@@ -128,10 +183,35 @@ class PyramidBlend:
             total += band * weight
 
     def result(self) -> np.ndarray:
-        """The blended image in the slices' dtype (integers rounded and clipped to their range)."""
-        if self.accumulator is None or self.dtype is None:
+        """The blend where copying leaves a seam, the copied pixels elsewhere (``seam_need``),
+        in the slices' dtype (integers rounded and clipped to their range)."""
+        if self.accumulator is None or self.selected is None or self.dtype is None:
             raise ValueError("PyramidBlend.result() before any slice was added")
-        return _to_dtype(_collapse(self.accumulator), self.dtype)
+        blended = _collapse(self.accumulator)
+        full_range = self.full_range if self.full_range is not None else full_range_of(self.dtype)
+        need = seam_need(blended, self.selected, full_range)
+        return _to_dtype(self.selected + need * (blended - self.selected), self.dtype)
+
+
+def full_range_of(dtype: np.dtype) -> float:
+    """An integer dtype's largest value; 1.0 for floats (images in [0, 1])."""
+    return float(np.iinfo(dtype).max) if dtype.kind in "ui" else 1.0
+
+
+def recorded_range(sample: np.ndarray) -> float | np.ndarray:
+    """The range a slice was recorded in, per channel for ``(H, W, C)``.
+
+    Integers: the smallest 2 ** bits - 1 (8 bits at least) that holds the largest value,
+    so that a 12-bit camera's images in 16-bit files are not judged against 65535.
+    Floats: 1.0, or the largest magnitude when it is beyond 1. An underestimate only
+    blends more (``seam_need``).
+    """
+    peaks = np.abs(sample.reshape(-1, sample.shape[2]) if sample.ndim == 3 else sample.reshape(-1, 1)).max(axis=0)
+    if sample.dtype.kind in "ui":
+        ranges = np.array([2.0 ** max(8, int(peak).bit_length()) - 1 for peak in peaks])
+    else:
+        ranges = np.maximum(1.0, peaks.astype(np.float64))
+    return ranges.astype(np.float32) if sample.ndim == 3 else float(ranges[0])
 
 
 def strip_halo(levels: int) -> int:
@@ -159,16 +239,18 @@ def composite_pyramid(
     levels: int = PYRAMID_LEVELS,
     *,
     max_pixels: int | None = None,
+    full_range: float | np.ndarray | None = None,
 ) -> np.ndarray:
-    """The pyramid blend of the slices ``read(j)`` under ``index_map`` (``(H, W)``, 0-based).
+    """The pyramid composite of the slices ``read(j)`` under ``index_map`` (``(H, W)``, 0-based).
 
     With ``max_pixels`` the image is blended in strips of at most about that many pixels.
+    ``full_range``: the slices' range (``PyramidBlend``).
     """
     height, width = index_map.shape
     levels = level_count(height, width, levels)
     strips = strip_rows(height, width, levels, max_pixels)
     if len(strips) == 1:
-        blend = PyramidBlend(index_map, levels, fit=False)
+        blend = PyramidBlend(index_map, levels, fit=False, full_range=full_range)
         for j in blend.used_slices(n_slices):
             blend.add(j, read(j))
         return blend.result()
@@ -176,7 +258,7 @@ def composite_pyramid(
     fused: np.ndarray | None = None
     for start, stop in strips:
         top, bottom = max(0, start - halo), min(height, stop + halo)
-        blend = PyramidBlend(index_map[top:bottom], levels, fit=False)
+        blend = PyramidBlend(index_map[top:bottom], levels, fit=False, full_range=full_range)
         for j in blend.used_slices(n_slices):
             blend.add(j, read(j)[top:bottom])
         strip = blend.result()

@@ -29,7 +29,7 @@ from focusfuse.fusion.channels import (
     reference_record,
     select_by_index,
 )
-from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, composite_pyramid
+from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, composite_pyramid, recorded_range
 from focusfuse.fusion.height import height_map, height_preview
 from focusfuse.fusion.strategies import (
     SLICES_PER_DECISION,
@@ -152,10 +152,11 @@ def _composite_by_pyramid(
     levels: int,
     max_pixels: int,
 ) -> np.ndarray:
-    """The pyramid blend of the decoded slices ``read(j)``; its time is shared among the slices."""
+    """The pyramid composite of the decoded slices ``read(j)``; its time is shared among the slices."""
     started = clock.now()
     with clock.stage("composite"):
-        fused = composite_pyramid(read, index_map, n_slices, levels, max_pixels=max_pixels)
+        full_range = recorded_range(read(0))
+        fused = composite_pyramid(read, index_map, n_slices, levels, max_pixels=max_pixels, full_range=full_range)
     share = (clock.now() - started) / len(clock.per_slice)
     clock.per_slice[:] = [seconds + share for seconds in clock.per_slice]
     return fused

@@ -11,7 +11,7 @@ from test_height import tilted_plane
 
 import focusfuse.cli as cli
 from focusfuse import FocusFuseError, fuse_stack
-from focusfuse.fusion.compositing import composite_pyramid
+from focusfuse.fusion.compositing import composite_pyramid, recorded_range
 
 
 def three_channel_stack(n_slices: int = 5, size: int = 96) -> np.ndarray:
@@ -41,7 +41,8 @@ def test_channels_without_texture_are_fused_by_channel_0s_index_map_exactly(tmp_
     blended = fuse_stack([source], output=tmp_path / "pyramid.tif", device="cpu")
     assert np.array_equal(blended.index_map, selected.index_map)
     for channel in (1, 2):
-        alone = composite_pyramid(lambda j, c=channel: zcyx[j, c], blended.index_map, len(zcyx))
+        range_ = recorded_range(zcyx[0, channel])  # what the fusion takes from its first slice, per channel
+        alone = composite_pyramid(lambda j, c=channel: zcyx[j, c], blended.index_map, len(zcyx), full_range=range_)
         assert np.array_equal(blended.fused[..., channel], alone), channel
     with tifffile.TiffFile(tmp_path / "pyramid.tif") as tif:  # the channel axis is kept for Fiji
         assert tif.is_imagej and tif.series[0].axes == "CYX" and tif.series[0].shape == (3, 96, 96)
