@@ -25,8 +25,9 @@ as not moved, so the slice keeps its neighbour's transform, and the report says 
 
 Where the depth of the scene varies, two neighbouring slices are blurred differently
 from place to place, and intensity registration reads some of that as motion: on
-synthetic stacks that never moved, a few tenths of a pixel per pair, chained to 0.7
-to 1.5 px at the ends of an 8-slice stack (examples/stack8). So alignment is asked
+synthetic stacks that never moved, up to a tenth of a pixel per pair, chained to 0.2
+to 0.4 px at the corners of the end slices of examples/stack8 (costing it 0.5 dB,
+bench/alignment.py). So alignment is asked
 for (``--align similarity``), not applied by default: it is right for stacks that
 drift or breathe by more than that, and a loss for stacks that are already aligned.
 """
