@@ -194,9 +194,9 @@ class _PhaseTiles:
 
     def __init__(self, height: int, width: int) -> None:
         size = PHASE_TILE
-        self.rows = np.arange(0, height - size + 1, PHASE_STEP)
-        self.cols = np.arange(0, width - size + 1, PHASE_STEP)
-        centre_y, centre_x = np.meshgrid(self.rows + (size - 1) / 2, self.cols + (size - 1) / 2, indexing="ij")
+        rows = np.arange(0, height - size + 1, PHASE_STEP)  # tile origins, as ``spectra`` slices them
+        cols = np.arange(0, width - size + 1, PHASE_STEP)
+        centre_y, centre_x = np.meshgrid(rows + (size - 1) / 2, cols + (size - 1) / 2, indexing="ij")
         self.centres = np.stack([centre_x.ravel(), centre_y.ravel()], axis=1)
         self.window = np.outer(np.hanning(size), np.hanning(size)).astype(np.float32)
         fy = np.arange(-PHASE_CUTOFF, PHASE_CUTOFF + 1)[:, None] / size  # cycles per px, both signs

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from test_pipeline import psnr
 
 from focusfuse import fuse_stack
 from focusfuse.fusion import compositing
@@ -108,11 +109,6 @@ def test_fuse_stack_blends_by_default_and_selects_on_request(tmp_path):
 def test_serial_fusion_ignores_the_compositing_mode(tmp_path):
     result = fuse_stack([EXAMPLES / "stack8"], device="cpu", strategy="serial", composite="select")
     assert result.timing["composite"] == "decision-map blend"
-
-
-def psnr(image: np.ndarray, truth: np.ndarray) -> float:
-    mse = float(np.mean((image.astype(np.float64) - truth.astype(np.float64)) ** 2))
-    return 10 * np.log10(255.0**2 / mse)
 
 
 def test_where_slices_differ_only_in_blur_the_composite_leans_to_the_source_pixels(monkeypatch):
