@@ -17,6 +17,7 @@ reading the used slices a second time). enfuse (focus
 flags, --hard-mask) runs on the same files when installed, focus-stack when
 $FOCUS_STACK or the PATH has it.
 Usage: python bench/seams.py [--stacks nuisance,clean,pcb10] [--size 512] [--seed 0] [--levels 7]
+(``--stacks`` also takes any other folder of ../shared/data/stacks, e.g. plankton5.)
 """
 
 from __future__ import annotations
