@@ -44,7 +44,7 @@ class SeamScores:
 
     def row(self) -> str:
         return (
-            f"spurious {self.spurious:7.2%}  seam_px {self.seam_px * 1000:6.2f}\u2030  edge_kept {self.edge_kept:6.1%}"
+            f"spurious {self.spurious:7.3%}  seam_px {self.seam_px * 1000:7.3f}\u2030  edge_kept {self.edge_kept:6.1%}"
         )
 
 
