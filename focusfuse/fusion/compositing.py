@@ -241,10 +241,12 @@ def composite_pyramid(
     *,
     max_pixels: int | None = None,
     full_range: float | np.ndarray | None = None,
+    read_rows: Callable[[int, slice], np.ndarray] | None = None,
 ) -> np.ndarray:
     """The pyramid composite of the slices ``read(j)`` under ``index_map`` (``(H, W)``, 0-based).
 
-    With ``max_pixels`` the image is blended in strips of at most about that many pixels.
+    With ``max_pixels`` the image is blended in strips of at most about that many pixels,
+    each strip's rows read by ``read_rows`` when given (no whole slice held per strip).
     ``full_range``: the slices' range (``PyramidBlend``).
     """
     height, width = index_map.shape
@@ -261,7 +263,7 @@ def composite_pyramid(
         top, bottom = max(0, start - halo), min(height, stop + halo)
         blend = PyramidBlend(index_map[top:bottom], levels, fit=False, full_range=full_range)
         for j in blend.used_slices(n_slices):
-            blend.add(j, read(j)[top:bottom])
+            blend.add(j, read_rows(j, slice(top, bottom)) if read_rows is not None else read(j)[top:bottom])
         strip = blend.result()
         if fused is None:
             fused = np.empty((height, *strip.shape[1:]), strip.dtype)

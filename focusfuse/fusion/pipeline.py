@@ -58,7 +58,7 @@ from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import unit_scale
 from focusfuse.io.filecheck import available_memory
 from focusfuse.io.reader import StackSource, open_channel_stack, open_stack
-from focusfuse.io.slice_cache import DecodedStack
+from focusfuse.io.slice_cache import DecodedStack, RowReader
 from focusfuse.io.writer import check_format_holds, check_free_space, check_output_path, write_image, write_json
 from focusfuse.model.network import GACN
 from focusfuse.model.weights import find_weights, shared_model
@@ -151,12 +151,15 @@ def _composite_by_pyramid(
     index_map: np.ndarray,
     levels: int,
     max_pixels: int,
+    read_rows: RowReader | None = None,
 ) -> np.ndarray:
     """The pyramid composite of the decoded slices ``read(j)``; its time is shared among the slices."""
     started = clock.now()
     with clock.stage("composite"):
         full_range = recorded_range(read(0))
-        fused = composite_pyramid(read, index_map, n_slices, levels, max_pixels=max_pixels, full_range=full_range)
+        fused = composite_pyramid(
+            read, index_map, n_slices, levels, max_pixels=max_pixels, full_range=full_range, read_rows=read_rows
+        )
     share = (clock.now() - started) / len(clock.per_slice)
     clock.per_slice[:] = [seconds + share for seconds in clock.per_slice]
     return fused
@@ -258,13 +261,17 @@ def _fuse_decoded(
     pyramid_levels: int,
     prune: bool,
     progress: Progress,
+    read_rows: RowReader | None = None,
     composite_read: Callable[[int], np.ndarray] | None = None,
+    composite_rows: RowReader | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str, int, torch.Tensor | None]:
     """Run the strategy on the decoded slices ``read(j)``, whole or in tiles, then fill and composite.
 
-    ``composite_read``: the whole slices, when ``read`` gives one channel of them (a
-    multichannel stack decided on its reference channel): every channel is then
-    composited from them under the index map, by the pyramid or by copying.
+    ``read_rows`` reads rows of a slice, so that tiles and composite strips never hold a
+    whole slice. ``composite_read`` (with ``composite_rows``): the whole slices, when
+    ``read`` gives one channel of them (a multichannel stack decided on its reference
+    channel): every channel is then composited from them under the index map, by the
+    pyramid or by copying.
     Returns the fused image, the index map, the composite used, the slice-tiles run,
     and (``calibrated``) the sharpest any slice is at each pixel.
     """
@@ -295,6 +302,11 @@ def _fuse_decoded(
             return (*fuse_calibrated_paper(context, batch_size), None)
         return (*fuse_serial(context), None)
 
+    used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
+    if composite_read is not None and used_composite != "pyramid":
+        used_composite = "select"  # a decision-map blend of one channel cannot make the others
+    # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
+    keep_fused = used_composite != "pyramid" and composite_read is None
     context = make_context(whole, first_slice)
     slice_times = [0.0] * n_slices
     with torch.inference_mode(), full_float32():
@@ -314,21 +326,29 @@ def _fuse_decoded(
             clock=clock,
             prune=prune and strategy == "calibrated",
             slice_times=slice_times,
+            read_rows=read_rows,
+            keep_fused=keep_fused,
         )
         clock.per_slice[:] = slice_times
         fused, index_map = tiled.fused, tiled.index_map
-        if strategy == "calibrated" and fill_flat and tiled.peak_sharpness is not None:
-            fill_flat_regions(context, fused, index_map, tiled.peak_sharpness.to(device))
-    used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
-    if composite_read is not None and used_composite != "pyramid":
-        used_composite = "select"  # a decision-map blend of one channel cannot make the others
-        with clock.stage("composite"):
-            fused = select_by_index(composite_read, index_map, n_slices)
+        peak_sharpness, slice_tiles_run = tiled.peak_sharpness, tiled.slice_tiles_run
+        if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
+            fill_flat_regions(context, fused, index_map, peak_sharpness.to(device))
     if used_composite == "pyramid":
         fused = _composite_by_pyramid(
-            clock, composite_read or read, n_slices, index_map, pyramid_levels, plan.composite_pixels
+            clock,
+            composite_read or read,
+            n_slices,
+            index_map,
+            pyramid_levels,
+            plan.composite_pixels,
+            composite_rows if composite_read is not None else read_rows,
         )
-    return fused, index_map, used_composite, tiled.slice_tiles_run, tiled.peak_sharpness
+    elif composite_read is not None:
+        with clock.stage("composite"):
+            fused = select_by_index(composite_read, index_map, n_slices)
+    assert fused is not None
+    return fused, index_map, used_composite, slice_tiles_run, peak_sharpness
 
 
 def fuse_stack(
@@ -502,7 +522,11 @@ def fuse_stack(
             decoded.close()
             decoded = aligned
             first_slice = decoded.read(0)
-            decide_read = decoded.read if reference is None else ChannelView(decoded.read, reference).read
+        if reference is not None:
+            view = ChannelView(decoded.read, reference, decoded.read_rows)
+            decide_read, decide_rows = view.read, view.read_rows
+        else:
+            decide_read, decide_rows = decoded.read, decoded.read_rows
         fused, index_map, used_composite, slice_tiles_run, peak_sharpness = _fuse_decoded(
             decide_read,
             source,
@@ -519,7 +543,9 @@ def fuse_stack(
             pyramid_levels=pyramid_levels,
             prune=prune,
             progress=progress or (lambda done, total: None),
+            read_rows=decide_rows,
             composite_read=decoded.read if by_channel else None,  # every channel under one index map
+            composite_rows=decoded.read_rows if by_channel else None,
         )
         surface = None
         if wants_height:

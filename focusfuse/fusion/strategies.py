@@ -371,7 +371,7 @@ def textured_pixels(peak_sharpness: torch.Tensor) -> torch.Tensor:
 
 
 def fill_flat_regions(
-    context: StackContext, fused: np.ndarray, index_map: np.ndarray, peak_sharpness: torch.Tensor
+    context: StackContext, fused: np.ndarray | None, index_map: np.ndarray, peak_sharpness: torch.Tensor
 ) -> None:
     """Give pixels that no slice shows textured the slice of the textured pixels around them.
 
@@ -382,7 +382,8 @@ def fill_flat_regions(
     is filled in from the textured pixels (``fill_from_known``), rounded, and the
     changed pixels are fetched from their slices in a second read of the stack.
     "Textured" is the sharpest slice reaching ``TEXTURED_FRACTION`` of the median.
-    The time is shared evenly among the slices' times. Updates both arrays in place.
+    The time is shared evenly among the slices' times. Updates both arrays in place;
+    ``fused`` None: the index map only (a composite makes the image from it afterwards).
     """
     clock = context.clock
     started = clock.now()
@@ -394,12 +395,13 @@ def fill_flat_regions(
         filled = fill_from_known(current, known).round_().clamp_(0, len(context.source) - 1)
         refilled = filled[0, 0].cpu().numpy().astype(index_map.dtype)
         changed = refilled != index_map
-    for j in np.unique(refilled[changed]).tolist():
-        image = context.read(j)
-        with clock.stage("fill"):
-            take = changed & (refilled == j)
-            fused[take] = image[take]
-            index_map[take] = j
+        index_map[changed] = refilled[changed]
+    if fused is not None:
+        for j in np.unique(refilled[changed]).tolist():
+            image = context.read(j)
+            with clock.stage("fill"):
+                take = changed & (refilled == j)
+                fused[take] = image[take]
     share = (clock.now() - started) / len(clock.per_slice)
     clock.per_slice[:] = [seconds + share for seconds in clock.per_slice]
 

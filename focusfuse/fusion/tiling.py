@@ -36,6 +36,7 @@ from focusfuse.fusion.pruning import candidate_slices
 from focusfuse.fusion.strategies import ImageWideStatistics, StackContext
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.reader import StackSource
+from focusfuse.io.slice_cache import RowReader
 from focusfuse.model import refinement
 from focusfuse.model.network import SF_RADIUS, DecisionPath
 
@@ -198,9 +199,11 @@ def measure_statistics(
     return ImageWideStatistics(context.statistics.gates, dict(context.measured_medians))
 
 
-def _window_reader(source: StackSource, kept: list[int], window: tuple[slice, slice]) -> Callable[[int], np.ndarray]:
-    """A tile's reader: a copy of the window, so that a slice read whole from the temporary file is freed at once."""
-    return lambda j: source.read(kept[j])[window].copy()
+def _window_reader(read_rows: RowReader, kept: list[int], window: tuple[slice, slice]) -> Callable[[int], np.ndarray]:
+    """A tile's reader: a copy of the window, cut from only the window's rows of the slice, so that
+    no whole slice is held beside the tile's work."""
+    rows, columns = window
+    return lambda j: read_rows(kept[j], rows)[:, columns].copy()
 
 
 def _tile_progress(
@@ -246,7 +249,7 @@ class TiledResult:
     """The fused image, index map (slice numbers of the whole stack) and peak sharpness of all
     tiles, and how many slice-tiles ran the network."""
 
-    fused: np.ndarray
+    fused: np.ndarray | None  # None: not gathered (``keep_fused``)
     index_map: np.ndarray
     peak_sharpness: torch.Tensor | None
     slice_tiles_run: int
@@ -263,11 +266,16 @@ def fuse_tiles(
     clock: StageClock,
     prune: bool,
     slice_times: list[float],
+    read_rows: RowReader | None = None,
+    keep_fused: bool = True,
 ) -> TiledResult:
     """Run the strategy on every tile; the cores make the fused image, index map and peak sharpness.
 
     ``source`` reads whole decoded slices (a ``DecodedStack``); each tile reads its
-    window of them, only the candidates (``candidate_slices``) when ``prune``.
+    window of them (by ``read_rows``, the rows of a slice, when given), only the
+    candidates (``candidate_slices``) when ``prune``. Without ``keep_fused`` the tiles'
+    copied pixels are not gathered (the pyramid composite makes the image from the
+    slices and the index map alone).
     ``statistics`` None: the one tile is the whole image and measures its own. Each
     slice's time is added to ``slice_times``; progress counts slice-tiles.
     """
@@ -276,15 +284,16 @@ def fuse_tiles(
     index_map: np.ndarray | None = None
     peak: torch.Tensor | None = None
     run_count = 0
+    rows_of = read_rows if read_rows is not None else lambda j, rows: source.read(j)[rows]
     for number, tile in enumerate(tiles):
         window = tile.window_slices()
         kept = list(range(n_slices))
         if prune:
             with clock.stage("prune"):
-                kept = candidate_slices(source.read(j)[window] for j in range(n_slices))
+                kept = candidate_slices(rows_of(j, window[0])[:, window[1]] for j in range(n_slices))
         run_count += len(kept)
         tile_source = StackSource(
-            labels=[source.labels[j] for j in kept], paths=source.paths, reader=_window_reader(source, kept, window)
+            labels=[source.labels[j] for j in kept], paths=source.paths, reader=_window_reader(rows_of, kept, window)
         )
         context = make_context(tile_source, tile_source.read(0))
         context.statistics = statistics
@@ -293,20 +302,22 @@ def fuse_tiles(
         started = len(clock.per_slice)
         tile_fused, tile_index, tile_peak = run(context)
         take_slice_times(clock, started, kept, slice_times)
-        if fused is None or index_map is None:
+        if index_map is None:
             height, width = source.read(0).shape[:2]
-            fused = np.empty((height, width, *tile_fused.shape[2:]), tile_fused.dtype)
+            if keep_fused:
+                fused = np.empty((height, width, *tile_fused.shape[2:]), tile_fused.dtype)
             index_map = np.empty((height, width), np.uint8 if n_slices <= 256 else np.uint16)
             if tile_peak is not None:
                 peak = torch.empty((1, 1, height, width), dtype=tile_peak.dtype)
         core, inner = tile.core_slices(), tile.core_in_window()
-        fused[core] = tile_fused[inner]
+        if fused is not None:
+            fused[core] = tile_fused[inner]
         index_map[core] = np.asarray(kept, index_map.dtype)[tile_index[inner]]
         if peak is not None and tile_peak is not None:
             peak[0, 0][core] = tile_peak[0, 0][inner].cpu()
         del tile_fused, tile_index, tile_peak, context
         return_freed_memory()
-    assert fused is not None and index_map is not None
+    assert index_map is not None
     return TiledResult(fused, index_map, peak, run_count)
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 
 DECODE_WORKERS = 4  # decoders in flight; more only queue behind each other on a few cores
+RowReader = Callable[[int, slice], np.ndarray]  # (slice number, rows) -> those rows of the slice
 
 
 class DecodedStack:
@@ -84,6 +85,23 @@ class DecodedStack:
             done += count
         return image
 
+    def _load_rows(self, index: int, rows: slice) -> np.ndarray:
+        """Rows ``rows`` of slice ``index`` from the file: one contiguous range, read alone."""
+        top, bottom, _ = rows.indices(self.shape[0])
+        bottom = max(top, bottom)
+        row_bytes = self._slice_bytes // self.shape[0]
+        part = np.empty((bottom - top, *self.shape[1:]), self.dtype)
+        if part.size == 0:
+            return part
+        buffer = part.data.cast("B")
+        offset, done = index * self._slice_bytes + top * row_bytes, 0
+        while done < len(buffer):
+            count = os.preadv(self._file.fileno(), [buffer[done:]], offset + done)  # type: ignore[union-attr]
+            if count == 0:
+                raise OSError(f"temporary slice file ended at slice {index}")
+            done += count
+        return part
+
     def _decode(self, read: Callable[[int], np.ndarray], index: int) -> None:
         self._store(index, read(index))
 
@@ -97,6 +115,18 @@ class DecodedStack:
         image = self._slices[index]
         assert image is not None
         return image
+
+    def read_rows(self, index: int, rows: slice) -> np.ndarray:
+        """Rows ``rows`` (step 1) of slice ``index``: from the file only those rows are read, so a
+        tile or strip of a large slice costs no whole-slice array; in RAM, a view."""
+        pending = self._pending.pop(index, None)
+        if pending is not None:
+            pending.result()
+        if self._file is not None:
+            return self._load_rows(index, rows)
+        image = self._slices[index]
+        assert image is not None
+        return image[rows]
 
     def read_all(self) -> None:
         """Wait until every slice is decoded (raises the first decoding error, in slice order)."""

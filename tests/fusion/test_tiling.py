@@ -10,6 +10,7 @@ from focusfuse import fuse_stack
 from focusfuse.fusion import tiling
 from focusfuse.fusion.compositing import composite_pyramid, strip_rows
 from focusfuse.fusion.pruning import candidate_slices
+from focusfuse.io.slice_cache import DecodedStack
 from focusfuse.io.writer import write_image
 from focusfuse.model import refinement
 from focusfuse.model.weights import find_weights, load_model
@@ -136,6 +137,9 @@ def test_a_pyramid_blended_in_strips_equals_the_whole_blend():
     assert len(strips) >= 3 and all(start % 128 == 0 for start, _ in strips)
     in_strips = composite_pyramid(lambda j: slices[j], index, 3, max_pixels=300 * 1000)
     assert np.abs(whole.astype(int) - in_strips.astype(int)).max() <= 1
+    with DecodedStack(lambda j: slices[j], 3, slices[0], in_memory=False) as on_file:  # strips read their rows only
+        by_rows = composite_pyramid(on_file.read, index, 3, max_pixels=300 * 1000, read_rows=on_file.read_rows)
+    np.testing.assert_array_equal(by_rows, in_strips)
 
 
 def test_the_focus_screen_drops_slices_that_are_sharp_nowhere_and_keeps_all_on_flat_ground():

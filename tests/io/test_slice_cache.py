@@ -42,3 +42,13 @@ def test_a_decoding_error_is_raised_by_the_read_of_that_slice():
         np.testing.assert_array_equal(store.read(2), stack[2])
         with pytest.raises(ValueError, match="z4.png: damaged"):
             store.read(3)
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+@pytest.mark.parametrize("rows", [slice(0, 37), slice(5, 6), slice(12, 30), slice(30, 99), slice(20, 20)])
+def test_rows_of_a_slice_are_those_of_the_whole_slice(in_memory, rows):
+    """Tiles and composite strips read only their rows; they must be the slice's own."""
+    stack = slices("uint16", (37, 53, 3))
+    with DecodedStack(lambda j: stack[j], len(stack), stack[0], in_memory=in_memory) as store:
+        for j in (4, 0, 2):
+            np.testing.assert_array_equal(store.read_rows(j, rows), stack[j][rows])
