@@ -8,7 +8,9 @@
    with ``--align similarity``, and with the slices re-aligned by their true transforms
    (Lanczos), the reference the estimate is judged by.
 2. examples/stack8 (never moved, known truth): the motion the estimate reads anyway,
-   and what aligning it costs.
+   and what aligning it costs; and, to separate blur from depth, its sharp image
+   blurred uniformly (one Gaussian per slice, no depth, no motion): the scale and the
+   corner error read between two such slices.
 3. ../shared/data/stacks/pcb10 (hand-held, focus breathing): the per-slice transforms,
    the fusion time with and without alignment, and a figure of the SW1 lettering
    (docs/figures/alignment.png) with focus-stack beside when $FOCUS_STACK or the PATH
@@ -106,6 +108,19 @@ def stack8() -> None:
         )
 
 
+def uniform_blur() -> None:
+    sharp = read_image(REPO / "examples" / "stack8_truth" / "sharp.png").astype(np.float32)
+    height, width = sharp.shape[:2]
+    for sigmas in ((3.75, 5.25), (0.75, 2.25), (5.25, 3.75)):
+        slices = [np.rint(np.clip(cv2.GaussianBlur(sharp, (0, 0), s), 0, 255)).astype(np.uint8) for s in sigmas]
+        moved = estimate_alignment(lambda j, slices=slices: slices[j], 2, "similarity").transforms[1]
+        described = moved.describe(height, width)
+        print(
+            f"  uniform blur sigma {sigmas[0]} -> {sigmas[1]} (no depth, no motion): scale read "
+            f"{described['scale']:.5f}, corner error {moved.corner_error(np.eye(2, 3), height, width):.2f} px"
+        )
+
+
 def pcb10(figure: Path, scratch: Path) -> None:
     folder = REAL_STACKS / "pcb10"
     if not folder.is_dir():
@@ -156,6 +171,7 @@ def main() -> None:
         scratch = Path(scratch_name)
         synthetic(args.size, args.seed, scratch)
         stack8()
+        uniform_blur()
         plankton5()
         pcb10(args.figure, scratch)
 

@@ -280,6 +280,7 @@ def _fuse_decoded(
     offset, scale = intensity_mapping(first_slice)
     n_slices = len(source)
     height, width = first_slice.shape[:2]
+    del first_slice  # read from the temporary file, it would be a whole slice beside every tile's work
     whole_image = Tile((0, height, 0, width), (0, height, 0, width))
     tiles = tile_grid(height, width, plan.tile_pixels, plan.halo) if plan.tile_pixels is not None else [whole_image]
 
@@ -307,7 +308,6 @@ def _fuse_decoded(
         used_composite = "select"  # a decision-map blend of one channel cannot make the others
     # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
     keep_fused = used_composite != "pyramid" and composite_read is None
-    context = make_context(whole, first_slice)
     slice_times = [0.0] * n_slices
     with torch.inference_mode(), full_float32():
         statistics = None
@@ -333,7 +333,7 @@ def _fuse_decoded(
         fused, index_map = tiled.fused, tiled.index_map
         peak_sharpness, slice_tiles_run = tiled.peak_sharpness, tiled.slice_tiles_run
         if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
-            fill_flat_regions(context, fused, index_map, peak_sharpness.to(device))
+            fill_flat_regions(make_context(whole, read(0)), fused, index_map, peak_sharpness.to(device))
     if used_composite == "pyramid":
         fused = _composite_by_pyramid(
             clock,
@@ -504,6 +504,9 @@ def fuse_stack(
         source, height, width, channels, first_slice.dtype.itemsize, used_strategy, batch_size, budget
     )
     decoded = DecodedStack(source.read, len(source), first_slice, in_memory=plan.slices_in_memory)
+    # The store holds slice 0 now; on file, a copy kept here would be a whole slice beside the tiles' work.
+    slice_shape, slice_dtype = first_slice.shape, first_slice.dtype
+    del first_slice
     channel_report = None
     try:
         decide_read = decoded.read
@@ -517,11 +520,11 @@ def fuse_stack(
             alignment = estimate_alignment(decide_read, len(source), align, crop=crop)
         if alignment.active:
             with clock.stage("align"):
-                aligned = _aligned_slices(decoded, alignment, first_slice)
+                aligned = _aligned_slices(decoded, alignment, decoded.read(0))
                 aligned.read_all()
             decoded.close()
             decoded = aligned
-            first_slice = decoded.read(0)
+            slice_shape = decoded.shape
         if reference is not None:
             view = ChannelView(decoded.read, reference, decoded.read_rows)
             decide_read, decide_rows = view.read, view.read_rows
@@ -560,14 +563,14 @@ def fuse_stack(
     finally:
         decoded.close()
 
-    height, width = first_slice.shape[:2]
+    height, width = slice_shape[:2]
     timing = {
         "stack": source.labels[0] if len(source.paths) == 1 else str(Path(source.labels[0]).parent),
         "n_slices": len(source),
         "height": height,
         "width": width,
-        "channels": 1 if first_slice.ndim == 2 else first_slice.shape[2],
-        "dtype": str(first_slice.dtype),
+        "channels": 1 if len(slice_shape) == 2 else slice_shape[2],
+        "dtype": str(slice_dtype),
         "device": str(torch_device),
         "strategy": used_strategy,
         "batch_size": batch_size if used_strategy.startswith("calibrated") else 1,

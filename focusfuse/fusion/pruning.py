@@ -54,10 +54,13 @@ def cell_focus_energy(image: np.ndarray, cell: int = SCREEN_CELL) -> np.ndarray:
     return cv2.resize(laplacian * laplacian, size, interpolation=cv2.INTER_AREA)
 
 
-def candidate_slices(images: Iterable[np.ndarray]) -> list[int]:
-    """The slices (positions in ``images``) that reach ``KEEP_FRACTION`` of the best focus energy in
-    some textured cell (``TEXTURED_CELL``)."""
-    energies = np.stack([cell_focus_energy(image) for image in images])
+def candidate_slices(
+    images: Iterable[np.ndarray], *, keep_fraction: float | None = None, cell: int = SCREEN_CELL
+) -> list[int]:
+    """The slices (positions in ``images``) that reach ``keep_fraction`` (default ``KEEP_FRACTION``) of
+    the best focus energy in some textured cell (``TEXTURED_CELL``)."""
+    fraction = KEEP_FRACTION if keep_fraction is None else keep_fraction
+    energies = np.stack([cell_focus_energy(image, cell) for image in images])
     best = energies.max(axis=0)
     textured = best >= TEXTURED_CELL * np.percentile(best, 90)
-    return np.flatnonzero(((energies >= KEEP_FRACTION * best) & textured).any(axis=(1, 2))).tolist()
+    return np.flatnonzero(((energies >= fraction * best) & textured).any(axis=(1, 2))).tolist()

@@ -303,7 +303,7 @@ def fuse_tiles(
         tile_fused, tile_index, tile_peak = run(context)
         take_slice_times(clock, started, kept, slice_times)
         if index_map is None:
-            height, width = source.read(0).shape[:2]
+            height, width = max(t.core[1] for t in tiles), max(t.core[3] for t in tiles)  # the cores cover the image
             if keep_fused:
                 fused = np.empty((height, width, *tile_fused.shape[2:]), tile_fused.dtype)
             index_map = np.empty((height, width), np.uint8 if n_slices <= 256 else np.uint16)
