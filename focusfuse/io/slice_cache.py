@@ -74,17 +74,6 @@ class DecodedStack:
         while written < len(data):  # a regular file takes it all at once; loop in case it does not
             written += os.pwrite(self._file.fileno(), data[written:], offset + written)
 
-    def _load(self, index: int) -> np.ndarray:
-        image = np.empty(self.shape, self.dtype)
-        buffer = image.data.cast("B")
-        offset, done = index * self._slice_bytes, 0
-        while done < len(buffer):
-            count = os.preadv(self._file.fileno(), [buffer[done:]], offset + done)  # type: ignore[union-attr]
-            if count == 0:
-                raise OSError(f"temporary slice file ended at slice {index}")
-            done += count
-        return image
-
     def _load_rows(self, index: int, rows: slice) -> np.ndarray:
         """Rows ``rows`` of slice ``index`` from the file: one contiguous range, read alone."""
         top, bottom, _ = rows.indices(self.shape[0])
@@ -105,13 +94,17 @@ class DecodedStack:
     def _decode(self, read: Callable[[int], np.ndarray], index: int) -> None:
         self._store(index, read(index))
 
-    def read(self, index: int) -> np.ndarray:
-        """Slice ``index`` (waits for its decoding; a decoding error is raised here)."""
+    def _wait(self, index: int) -> None:
+        """Until slice ``index`` is decoded and stored (a decoding error is raised here)."""
         pending = self._pending.pop(index, None)
         if pending is not None:
             pending.result()
+
+    def read(self, index: int) -> np.ndarray:
+        """Slice ``index`` (waits for its decoding; a decoding error is raised here)."""
+        self._wait(index)
         if self._file is not None:
-            return self._load(index)
+            return self._load_rows(index, slice(None))
         image = self._slices[index]
         assert image is not None
         return image
@@ -119,9 +112,7 @@ class DecodedStack:
     def read_rows(self, index: int, rows: slice) -> np.ndarray:
         """Rows ``rows`` (step 1) of slice ``index``: from the file only those rows are read, so a
         tile or strip of a large slice costs no whole-slice array; in RAM, a view."""
-        pending = self._pending.pop(index, None)
-        if pending is not None:
-            pending.result()
+        self._wait(index)
         if self._file is not None:
             return self._load_rows(index, rows)
         image = self._slices[index]
