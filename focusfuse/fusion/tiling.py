@@ -328,9 +328,10 @@ def fuse_tiles(
 # (decoding threads, allocator arenas; pcb10 crop in 9 tiles: 1125 MiB against 944 planned).
 BASE_BYTES = 450 * 2**20
 # The plan fills this share of the budget; the rest absorbs what the estimate misses. With the
-# heap trimmed after each tile (``return_freed_memory``), 0.65 keeps the default 2G budget's
-# fusions of pcb10 and of 2000x1500 stacks of 16 and 64 slices at 1.2-1.3 GiB, plankton5 at
-# 1.36-1.42 (bench/scale.py, docs/benchmarks.md); at 0.75, 16 slices peaked at 1577 MiB.
+# heap trimmed after each tile (``return_freed_memory``) and no whole slice held beside the tiles,
+# 0.65 keeps the default 2G budget's fusions of pcb10, of 2000x1500 stacks of 16 and 64 slices and
+# of plankton5 (5 x 20 Mpx) at 1.19-1.30 GiB (bench/scale.py, docs/benchmarks.md); at 0.75, 16
+# slices peaked at 1577 MiB.
 PLAN_SHARE = 0.65
 WORK_BYTES_PER_PIXEL = {"calibrated": (1550, 460), "calibrated-paper": (2300, 1000), "serial": (2000, 0)}
 # Image-wide arrays held throughout, per pixel: the index map and the peak sharpness (float32),
