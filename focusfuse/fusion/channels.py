@@ -16,30 +16,24 @@ import numpy as np
 
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.height import tenengrad
+from focusfuse.io.slice_cache import DecodedStack
 
 TEXTURE_SIDE = 512  # slices are measured at most this large: texture is a ranking, not a measurement
 
 
 class ChannelView:
-    """Reads channel ``channel`` of every slice of ``read``: what the decisions see."""
+    """Reads channel ``channel`` of every slice of ``store``: what the decisions see."""
 
-    def __init__(
-        self,
-        read: Callable[[int], np.ndarray],
-        channel: int,
-        read_rows: Callable[[int, slice], np.ndarray] | None = None,
-    ) -> None:
-        self._read = read
-        self._read_rows = read_rows
+    def __init__(self, store: DecodedStack, channel: int) -> None:
+        self._store = store
         self.channel = channel
 
     def read(self, index: int) -> np.ndarray:
-        return np.ascontiguousarray(self._read(index)[:, :, self.channel])
+        return np.ascontiguousarray(self._store.read(index)[:, :, self.channel])
 
     def read_rows(self, index: int, rows: slice) -> np.ndarray:
-        """Rows ``rows`` of the channel (from ``read_rows`` when given, else cut from the whole slice)."""
-        part = self._read_rows(index, rows) if self._read_rows is not None else self._read(index)[rows]
-        return np.ascontiguousarray(part[:, :, self.channel])
+        """Rows ``rows`` of the channel, read as rows (``DecodedStack.read_rows``)."""
+        return np.ascontiguousarray(self._store.read_rows(index, rows)[:, :, self.channel])
 
 
 def slice_texture(image: np.ndarray) -> np.ndarray:

@@ -147,16 +147,16 @@ def _aligned_slices(decoded: DecodedStack, alignment: StackAlignment, first: np.
 def _composite_by_pyramid(
     clock: StageClock,
     read: Callable[[int], np.ndarray],
+    read_rows: RowReader,
     n_slices: int,
     index_map: np.ndarray,
     levels: int,
     max_pixels: int,
-    read_rows: RowReader | None = None,
+    full_range: float | np.ndarray | None,
 ) -> np.ndarray:
     """The pyramid composite of the decoded slices ``read(j)``; its time is shared among the slices."""
     started = clock.now()
     with clock.stage("composite"):
-        full_range = recorded_range(read(0))
         fused = composite_pyramid(
             read, index_map, n_slices, levels, max_pixels=max_pixels, full_range=full_range, read_rows=read_rows
         )
@@ -261,23 +261,29 @@ def _fuse_decoded(
     pyramid_levels: int,
     prune: bool,
     progress: Progress,
-    read_rows: RowReader | None = None,
-    composite_read: Callable[[int], np.ndarray] | None = None,
-    composite_rows: RowReader | None = None,
+    read_rows: RowReader,
+    composite_store: DecodedStack | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str, int, torch.Tensor | None]:
     """Run the strategy on the decoded slices ``read(j)``, whole or in tiles, then fill and composite.
 
     ``read_rows`` reads rows of a slice, so that tiles and composite strips never hold a
-    whole slice. ``composite_read`` (with ``composite_rows``): the whole slices, when
-    ``read`` gives one channel of them (a multichannel stack decided on its reference
-    channel): every channel is then composited from them under the index map, by the
-    pyramid or by copying.
+    whole slice. ``composite_store``: the whole slices, when ``read`` gives one channel of
+    them (a multichannel stack decided on its reference channel): every channel is then
+    composited from them under the index map, by the pyramid or by copying.
     Returns the fused image, the index map, the composite used, the slice-tiles run,
     and (``calibrated``) the sharpest any slice is at each pixel.
     """
+    used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
+    if composite_store is not None and used_composite != "pyramid":
+        used_composite = "select"  # a decision-map blend of one channel cannot make the others
+    # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
+    keep_fused = used_composite != "pyramid" and composite_store is None
     first_slice = read(0)
     whole = StackSource(labels=source.labels, paths=source.paths, reader=read)
     offset, scale = intensity_mapping(first_slice)
+    full_range: float | np.ndarray | None = None  # the pyramid composite's, from the slices it blends
+    if used_composite == "pyramid":
+        full_range = recorded_range(first_slice if composite_store is None else composite_store.read(0))
     n_slices = len(source)
     height, width = first_slice.shape[:2]
     del first_slice  # read from the temporary file, it would be a whole slice beside every tile's work
@@ -303,11 +309,6 @@ def _fuse_decoded(
             return (*fuse_calibrated_paper(context, batch_size), None)
         return (*fuse_serial(context), None)
 
-    used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
-    if composite_read is not None and used_composite != "pyramid":
-        used_composite = "select"  # a decision-map blend of one channel cannot make the others
-    # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
-    keep_fused = used_composite != "pyramid" and composite_read is None
     slice_times = [0.0] * n_slices
     with torch.inference_mode(), full_float32():
         statistics = None
@@ -335,18 +336,14 @@ def _fuse_decoded(
         if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
             fill_flat_regions(make_context(whole, read(0)), fused, index_map, peak_sharpness.to(device))
     if used_composite == "pyramid":
+        store = composite_store
+        paint_read, paint_rows = (read, read_rows) if store is None else (store.read, store.read_rows)
         fused = _composite_by_pyramid(
-            clock,
-            composite_read or read,
-            n_slices,
-            index_map,
-            pyramid_levels,
-            plan.composite_pixels,
-            composite_rows if composite_read is not None else read_rows,
+            clock, paint_read, paint_rows, n_slices, index_map, pyramid_levels, plan.composite_pixels, full_range
         )
-    elif composite_read is not None:
+    elif composite_store is not None:
         with clock.stage("composite"):
-            fused = select_by_index(composite_read, index_map, n_slices)
+            fused = select_by_index(composite_store.read, index_map, n_slices)
     assert fused is not None
     return fused, index_map, used_composite, slice_tiles_run, peak_sharpness
 
@@ -515,7 +512,7 @@ def fuse_stack(
             with clock.stage("channels"):
                 channel_report = reference_record(channel_texture(decoded.read, len(source)), reference_channel)
             reference = channel_report["reference"]
-            decide_read = ChannelView(decoded.read, reference).read
+            decide_read = ChannelView(decoded, reference).read
         with clock.stage("align"):
             alignment = estimate_alignment(decide_read, len(source), align, crop=crop)
         if alignment.active:
@@ -525,11 +522,8 @@ def fuse_stack(
             decoded.close()
             decoded = aligned
             slice_shape = decoded.shape
-        if reference is not None:
-            view = ChannelView(decoded.read, reference, decoded.read_rows)
-            decide_read, decide_rows = view.read, view.read_rows
-        else:
-            decide_read, decide_rows = decoded.read, decoded.read_rows
+        decisions: DecodedStack | ChannelView = decoded if reference is None else ChannelView(decoded, reference)
+        decide_read = decisions.read
         fused, index_map, used_composite, slice_tiles_run, peak_sharpness = _fuse_decoded(
             decide_read,
             source,
@@ -546,9 +540,8 @@ def fuse_stack(
             pyramid_levels=pyramid_levels,
             prune=prune,
             progress=progress or (lambda done, total: None),
-            read_rows=decide_rows,
-            composite_read=decoded.read if by_channel else None,  # every channel under one index map
-            composite_rows=decoded.read_rows if by_channel else None,
+            read_rows=decisions.read_rows,
+            composite_store=decoded if by_channel else None,  # every channel under one index map
         )
         surface = None
         if wants_height:

@@ -266,13 +266,13 @@ def fuse_tiles(
     clock: StageClock,
     prune: bool,
     slice_times: list[float],
-    read_rows: RowReader | None = None,
+    read_rows: RowReader,
     keep_fused: bool = True,
 ) -> TiledResult:
     """Run the strategy on every tile; the cores make the fused image, index map and peak sharpness.
 
     ``source`` reads whole decoded slices (a ``DecodedStack``); each tile reads its
-    window of them (by ``read_rows``, the rows of a slice, when given), only the
+    window of them (from ``read_rows``, the rows of a slice), only the
     candidates (``candidate_slices``) when ``prune``. Without ``keep_fused`` the tiles'
     copied pixels are not gathered (the pyramid composite makes the image from the
     slices and the index map alone).
@@ -284,16 +284,15 @@ def fuse_tiles(
     index_map: np.ndarray | None = None
     peak: torch.Tensor | None = None
     run_count = 0
-    rows_of = read_rows if read_rows is not None else lambda j, rows: source.read(j)[rows]
     for number, tile in enumerate(tiles):
         window = tile.window_slices()
         kept = list(range(n_slices))
         if prune:
             with clock.stage("prune"):
-                kept = candidate_slices(rows_of(j, window[0])[:, window[1]] for j in range(n_slices))
+                kept = candidate_slices(read_rows(j, window[0])[:, window[1]] for j in range(n_slices))
         run_count += len(kept)
         tile_source = StackSource(
-            labels=[source.labels[j] for j in kept], paths=source.paths, reader=_window_reader(rows_of, kept, window)
+            labels=[source.labels[j] for j in kept], paths=source.paths, reader=_window_reader(read_rows, kept, window)
         )
         context = make_context(tile_source, tile_source.read(0))
         context.statistics = statistics
