@@ -10,12 +10,22 @@ invariant to brightness and contrast changes, on gray images downscaled to at mo
 correlation: the slice is cut into overlapping tiles, each tile's shift is read from
 the slope of the Fourier phase of its cross-power spectrum at the lowest frequencies,
 and the transform is fitted to the tiles' shifts (weighted by their spectral energy,
-with outlying tiles down-weighted). Defocus blur is symmetric, so it changes a tile's
-spectral amplitudes but not its phase: neighbours blurred differently across the frame
-bias the phase far less than they bias ECC's intensity match, which reads them partly
-as scale and shear (on synthetic drifting stacks the largest corner error of
-``similarity`` fell from a median 0.70 px to 0.34 px over 8 seeds; probe, seeds 3-10).
-``translation`` has no scale or shear to absorb the bias and stays with ECC at both sizes.
+with outlying tiles down-weighted). ``translation`` has no scale or shear to absorb a
+bias and stays with ECC at both sizes.
+
+Neighbouring slices differ in blur, and blur moves the phase a tile is read by: the
+window that cuts a tile weights the light that the blur spreads across its edge
+unevenly, wherever the detail in the tile is not spread evenly, and where the blur
+changes across the frame the spread light shifts the detail's phase. Read plainly, a
+slice blurred more than its neighbour looks scaled (0.2 px at the corners of the demo
+image blurred uniformly, bench/alignment.py) and a stack that never moved reads
+0.2-1.2 px at its end slices' corners (probe). So each tile's shift is modelled as the
+motion plus a blur term: the blur difference between the two slices is a smooth field
+(a cubic polynomial over the frame), and how much a unit of it, or of its gradient,
+moves each tile's shift is measured on the slices themselves, by blurring them by a
+known amount (uniformly, and growing across the frame as scattered light does). The
+motion and the field are fitted together. The moving tiles are cut at whole pixels and
+the fraction is subtracted, so that no interpolation moves their phase either.
 
 Transforms map reference-frame coordinates to slice coordinates (2x3, float64), as
 ``cv2.warpAffine(..., flags=WARP_INVERSE_MAP)`` takes them. ``similarity`` fits an
@@ -23,12 +33,10 @@ affine ECC and keeps its closest scale + rotation + translation. A neighbour pai
 cannot be registered (too flat or too blurred: ECC fails or correlates weakly) counts
 as not moved, so the slice keeps its neighbour's transform, and the report says so.
 
-Where the depth of the scene varies, two neighbouring slices are blurred differently
-from place to place, and intensity registration reads some of that as motion: on
-synthetic stacks that never moved, up to a tenth of a pixel per pair, chained to 0.2
-to 0.4 px at the corners of the end slices of examples/stack8 (costing it 0.5 dB,
-bench/alignment.py). So alignment is asked
-for (``--align similarity``), not applied by default: it is right for stacks that
+What is left is measured by bench/alignment.py on stacks with known motion: a tenth to
+a few tenths of a pixel at the end slices' corners, more on stacks rendered by gathering
+blur than on stacks whose blur spreads from each point as a lens's does. So alignment is
+asked for (``--align similarity``), not applied by default: it is right for stacks that
 drift or breathe by more than that, and a loss for stacks that are already aligned.
 """
 
@@ -55,15 +63,20 @@ MAX_SCALE_CHANGE = 0.05  # likewise a neighbour scale change beyond 5%
 ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
 HIGH_PASS_SIGMA = 8.0  # px: detail only; ECC's own invariance covers global brightness, not vignetting
 ECC_PREFILTER = 5  # px: ECC smooths both images by a Gaussian of this size first
-# Phase refinement. Chosen on synthetic drifting stacks (bench/alignment.py's generator, seeds
-# 1 and 2, and a static 8-slice stack rendered with blur spread from each scene point), not on
-# the seed the bench reports: tiles of 64 px every 16 px, frequencies up to 5 cycles per tile
-# (higher ones carry more of the defocus bias: 20 cycles doubled the largest corner error).
+# Phase refinement. Chosen on synthetic stacks that are never reported: bench/alignment.py's
+# drifting generator at seeds 1-4 and static 8-slice stacks of BSDS500 val images 0-3, each
+# rendered by scatter and by gather (probe): tiles of 64 px, frequencies up to 5 cycles per tile
+# (8 cycles: larger errors), a cubic blur field (quadratic: larger on static stacks; quartic: no
+# better), a probe blur of 2 px² (1 and 8-16 px²: larger errors). Tiles every 24 px read as well
+# as every 16 at less than half the cost; every 32 px, slightly worse.
 PHASE_TILE = 64  # px
-PHASE_STEP = 16  # px between tile origins
+PHASE_STEP = 24  # px between tile origins
 PHASE_CUTOFF = 5  # cycles per tile: the highest spatial frequency whose phase is used
 PHASE_ROUNDS = 4  # warp, measure, fit: each round removes most of what is left
 PHASE_OUTLIER = 3.0  # tiles further than this many median residuals from the fit count less
+BLUR_PROBE = 2.0  # px² of known blur whose effect on each tile's shift is measured
+BLUR_RAMP = 4.0  # px² of blur across the frame, to measure the effect of a blur gradient
+BLUR_FIELD_ORDER = 3  # the blur difference between neighbours: a cubic polynomial over the frame
 
 
 @dataclass
@@ -194,10 +207,12 @@ class _PhaseTiles:
 
     def __init__(self, height: int, width: int) -> None:
         size = PHASE_TILE
-        rows = np.arange(0, height - size + 1, PHASE_STEP)  # tile origins, as ``spectra`` slices them
+        self.height, self.width = height, width
+        rows = np.arange(0, height - size + 1, PHASE_STEP)  # tile origins on the template
         cols = np.arange(0, width - size + 1, PHASE_STEP)
-        centre_y, centre_x = np.meshgrid(rows + (size - 1) / 2, cols + (size - 1) / 2, indexing="ij")
-        self.centres = np.stack([centre_x.ravel(), centre_y.ravel()], axis=1)
+        origin_y, origin_x = np.meshgrid(rows, cols, indexing="ij")
+        self.origins = np.stack([origin_x.ravel(), origin_y.ravel()], axis=1)
+        self.centres = self.origins + (size - 1) / 2
         self.window = np.outer(np.hanning(size), np.hanning(size)).astype(np.float32)
         fy = np.arange(-PHASE_CUTOFF, PHASE_CUTOFF + 1)[:, None] / size  # cycles per px, both signs
         fx = np.arange(0, PHASE_CUTOFF + 1)[None, :] / size  # one half-plane: real input
@@ -212,11 +227,13 @@ class _PhaseTiles:
     def __len__(self) -> int:
         return len(self.centres)
 
-    def spectra(self, image: np.ndarray) -> np.ndarray:
-        """``(tiles, frequencies)``: every windowed tile's Fourier transform in the band."""
+    def spectra(self, image: np.ndarray, origins: np.ndarray | None = None) -> np.ndarray:
+        """``(tiles, frequencies)``: the windowed tiles' Fourier transforms in the band, the tiles
+        cut at ``origins`` (integer x, y per tile; the template's grid when not given)."""
         size = PHASE_TILE
-        windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))[::PHASE_STEP, ::PHASE_STEP]
-        tiles = windows.reshape(-1, size, size)
+        origins = self.origins if origins is None else origins
+        windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
+        tiles = windows[origins[:, 1], origins[:, 0]]
         count = len(tiles)
         tiles = (tiles - tiles.mean(axis=(1, 2), keepdims=True, dtype=np.float32)) * self.window
         rows = tiles.reshape(count * size, size)  # one matrix product for all tiles, not one per tile
@@ -225,14 +242,14 @@ class _PhaseTiles:
         spectra = (self.basis_y @ along_x).reshape(len(self.basis_y), count, -1).transpose(1, 0, 2)
         return spectra[:, self.band]
 
-    def shifts(self, template_spectra: np.ndarray, moving: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per tile: the shift (x, y) that takes the template onto ``moving``, and its weight.
+    def shifts(self, template_spectra: np.ndarray, moving_spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per tile: the shift (x, y) that takes the template tile onto the moving one, and its weight.
 
         The phase of the cross-power spectrum is a plane through the origin whose slope is the
         shift; it is fitted by least squares, each frequency weighted by the two amplitudes.
         The weight of a tile is its spectral energy, less where the phase fits no plane.
         """
-        cross = template_spectra * np.conj(self.spectra(moving))
+        cross = template_spectra * np.conj(moving_spectra)
         weight, phase = np.abs(cross), np.angle(cross)
         fx, fy = self.fx[None], self.fy[None]
         sxx, sxy, syy = (weight * fx * fx).sum(1), (weight * fx * fy).sum(1), (weight * fy * fy).sum(1)
@@ -245,10 +262,66 @@ class _PhaseTiles:
         return np.stack([dx, dy], axis=1), total / (1.0 + 10.0 * misfit)
 
 
-def _fit_displacement(centres: np.ndarray, shifts: np.ndarray, weights: np.ndarray, mode: str) -> np.ndarray:
+def _blur_probes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image blurred by ``BLUR_PROBE`` px² everywhere, and the changes (to first order) that
+    a blur growing across the frame by ``BLUR_RAMP`` px² makes on top, along x and along y.
+
+    A scene point spreads its own blur: the light of ``image * ramp`` is spread, so the change
+    is half the Laplacian (the derivative of a Gaussian in its variance) of that product blurred.
+    """
+    height, width = image.shape
+    sigma = math.sqrt(BLUR_PROBE)
+    uniform = cv2.GaussianBlur(image, (0, 0), sigma)
+    slope = BLUR_RAMP / max(height, width)
+    across_x = (np.arange(width, dtype=np.float32) - (width - 1) / 2)[None, :]
+    across_y = (np.arange(height, dtype=np.float32) - (height - 1) / 2)[:, None]
+    ramps = []
+    for ramp in (across_x, across_y):
+        spread = cv2.GaussianBlur(image * ramp, (0, 0), sigma)
+        ramps.append(uniform + 0.5 * slope * cv2.Laplacian(spread, cv2.CV_32F))
+    return uniform, ramps[0], ramps[1]
+
+
+def _blur_responses(
+    tiles: _PhaseTiles,
+    spectra: np.ndarray,
+    probes: tuple[np.ndarray, ...],
+    origins: np.ndarray | None,
+    centres: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per tile, how far a blur difference moves its phase-read shift, per px² of blur (uniform),
+    and per px² per px of blur gradient along x and along y: ``(tiles, 2)`` each."""
+    height, width = tiles.height, tiles.width
+    slope = BLUR_RAMP / max(height, width)
+    uniform = tiles.shifts(spectra, tiles.spectra(probes[0], origins))[0] / BLUR_PROBE
+    gradients = []
+    for probe, axis, extent in ((probes[1], 0, width), (probes[2], 1, height)):
+        ramped = tiles.shifts(spectra, tiles.spectra(probe, origins))[0]
+        local = BLUR_PROBE + slope * (centres[:, axis] - (extent - 1) / 2)
+        gradients.append((ramped - uniform * local[:, None]) / slope)
+    return uniform, gradients[0], gradients[1]
+
+
+def _blur_field_basis(centres: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The blur-difference field's polynomial terms at the tile centres, and their x and y derivatives."""
+    side = max(height, width)
+    u, v = (centres[:, 0] - width / 2) / side, (centres[:, 1] - height / 2) / side
+    terms, along_u, along_v = [], [], []
+    for i in range(BLUR_FIELD_ORDER + 1):
+        for j in range(BLUR_FIELD_ORDER + 1 - i):
+            terms.append(u**i * v**j)
+            along_u.append(i * u ** max(i - 1, 0) * v**j)
+            along_v.append(j * u**i * v ** max(j - 1, 0))
+    return np.stack(terms, 1), np.stack(along_u, 1) / side, np.stack(along_v, 1) / side
+
+
+def _fit_displacement(
+    centres: np.ndarray, shifts: np.ndarray, weights: np.ndarray, mode: str, nuisance: np.ndarray | None = None
+) -> np.ndarray:
     """The 2x3 ``D`` with ``shift ~ D @ (x, y, 1)`` for the mode's degrees of freedom, fitted by
     weighted least squares, re-weighted a few times so that outlying tiles (occlusions, depth
-    edges, noise) count less."""
+    edges, noise) count less. ``nuisance``, ``(2 * tiles, k)``, holds columns fitted alongside
+    (x rows, then y rows) whose coefficients are not part of the motion: the blur field."""
     x, y = centres[:, 0], centres[:, 1]
     one, zero = np.ones_like(x), np.zeros_like(x)
     if mode == "translation":
@@ -259,6 +332,9 @@ def _fit_displacement(centres: np.ndarray, shifts: np.ndarray, weights: np.ndarr
         design_x = np.stack([x, y, one, zero, zero, zero], 1)
         design_y = np.stack([zero, zero, zero, x, y, one], 1)
     design = np.concatenate([design_x, design_y])
+    motion = design.shape[1]
+    if nuisance is not None:
+        design = np.concatenate([design, nuisance], 1)
     target = np.concatenate([shifts[:, 0], shifts[:, 1]])
     robust = weights.copy()
     confident = weights >= np.median(weights)
@@ -268,6 +344,7 @@ def _fit_displacement(centres: np.ndarray, shifts: np.ndarray, weights: np.ndarr
         residual = np.hypot(*(target - design @ params).reshape(2, -1))
         scale = PHASE_OUTLIER * (float(np.median(residual[confident])) + 1e-3)
         robust = weights / (1.0 + (residual / scale) ** 2)
+    params = params[:motion]
     if mode == "translation":
         return np.array([[0.0, 0.0, params[0]], [0.0, 0.0, params[1]]])
     if mode == "similarity":
@@ -276,20 +353,53 @@ def _fit_displacement(centres: np.ndarray, shifts: np.ndarray, weights: np.ndarr
     return params.reshape(2, 3)
 
 
+def _blur_columns(
+    responses: tuple[np.ndarray, np.ndarray, np.ndarray], basis: tuple[np.ndarray, np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """``(2 * tiles, terms)``: each tile's shift caused by each term of the blur-difference field:
+    its value there times the uniform response plus its gradient times the gradient responses."""
+    uniform, along_x, along_y = responses
+    terms, d_u, d_v = basis
+    columns = [
+        uniform[:, axis, None] * terms + along_x[:, axis, None] * d_u + along_y[:, axis, None] * d_v for axis in (0, 1)
+    ]
+    return np.concatenate(columns)
+
+
 def _refine_by_phase(template: np.ndarray, moving: np.ndarray, warp: np.ndarray, mode: str) -> np.ndarray:
-    """``warp`` (template -> moving coordinates) refined by local phase correlation."""
+    """``warp`` (template -> moving coordinates) refined by local phase correlation.
+
+    Each round cuts every moving tile at the whole pixel the warp maps its template tile to
+    and subtracts the fraction, so the moving image is never resampled (interpolation moves
+    the phase it is read by). The tile shifts are fitted by the motion together with a smooth
+    blur-difference field between the two slices (``BLUR_FIELD_ORDER``), through each tile's
+    measured response to known blur, on both images (their mean), so that a slice sharper or
+    blurrier than its neighbour is not read as moved.
+    """
     height, width = template.shape
     tiles = _PhaseTiles(height, width)
     if len(tiles) < 4:  # too small to tile: keep ECC's estimate
         return warp
     template_spectra = tiles.spectra(template)
+    centres = tiles.centres
+    template_responses = _blur_responses(tiles, template_spectra, _blur_probes(template), None, centres)
+    moving_probes = _blur_probes(moving)
+    basis = _blur_field_basis(centres, height, width)
+    half = (PHASE_TILE - 1) / 2
+    limit = np.array([width - PHASE_TILE, height - PHASE_TILE])
+    nuisance = None
     for _ in range(PHASE_ROUNDS):
-        warped = cv2.warpAffine(
-            moving, warp, (width, height), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
-        )
-        shifts, weights = tiles.shifts(template_spectra, warped)
-        step = np.vstack((np.eye(2, 3) + _fit_displacement(tiles.centres, shifts, weights, mode), [0, 0, 1]))
-        warp = (np.vstack((warp, [0, 0, 1])) @ step)[:2]
+        mapped = centres @ warp[:, :2].T + warp[:, 2]
+        origins = np.clip(np.rint(mapped - half).astype(np.intp), 0, limit)
+        fraction = mapped - (origins + half)
+        moving_spectra = tiles.spectra(moving, origins)
+        shifts, weights = tiles.shifts(template_spectra, moving_spectra)
+        weights = weights * (np.abs(fraction).max(axis=1) < 2.0)  # cut far off at the border: not measured
+        if nuisance is None:  # once: the tiles move by a pixel or so after the first round
+            moving_responses = _blur_responses(tiles, moving_spectra, moving_probes, origins, mapped)
+            responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
+            nuisance = _blur_columns(responses, basis)
+        warp = warp + _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)
     return warp
 
 

@@ -3,7 +3,14 @@
 Two models: a layered one (a near and a far layer, each with its own blur; the
 blurred near layer spreads over the far one at their border, as a real lens does)
 for training pairs, and a depth-dependent one (blur grows with the distance of a
-pixel's depth from the focal plane) for synthetic z-stacks.
+pixel's depth from the focal plane) for synthetic z-stacks. The depth-dependent blur
+comes two ways: ``depth_defocus`` gathers, each output pixel averaging its neighbourhood
+with its own blur (one set of whole-image blurs serves every slice), and
+``scatter_defocus`` spreads, each scene point's light with the blur of its own depth, as
+a lens forms an image. They differ only where the blur changes across the frame, and
+there, in the phase of the detail: the scatter of a tilted textured plane shifts the
+phase between neighbouring slices, the gather does not, so slice alignment is judged on
+scattered stacks.
 """
 
 from __future__ import annotations
@@ -101,3 +108,23 @@ def depth_defocus(
     below = np.take_along_axis(stack, lower_c[None], 0)[0]
     above = np.take_along_axis(stack, lower_c[None] + 1, 0)[0]
     return (below * (1.0 - frac) + above * frac).astype(np.float32)
+
+
+def scatter_defocus(sharp: np.ndarray, blur_map: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Space-variant Gaussian blur as image formation makes it: each pixel's light spread with
+    its own sigma ``blur_map``, split linearly between the two nearest of ``levels``.
+
+    Args:
+        sharp: float32 ``(H, W)`` or ``(H, W, C)``.
+        blur_map: float32 ``(H, W)`` sigma per pixel, within [levels[0], levels[-1]].
+        levels: increasing sigmas; the closer they lie, the closer to a continuous blur.
+    """
+    position = np.interp(blur_map, levels, np.arange(len(levels), dtype=np.float32)).astype(np.float32)
+    out = np.zeros(sharp.shape, np.float32)
+    for level, sigma in enumerate(levels):
+        share = np.clip(1.0 - np.abs(position - level), 0.0, 1.0)
+        if not share.any():
+            continue
+        light = sharp * (share[:, :, None] if sharp.ndim == 3 else share)
+        out += light if sigma < 0.25 else cv2.GaussianBlur(light, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
+    return out

@@ -9,15 +9,17 @@ image and a depth surface: slice k is in focus where the depth is k.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import cv2
 import numpy as np
 
 from focusfuse.io.color import unit_scale
-from focusfuse.training.defocus import blur_levels, defocus_kernel, depth_defocus, layered_defocus
+from focusfuse.training.defocus import blur_levels, defocus_kernel, depth_defocus, layered_defocus, scatter_defocus
 
 TRAIN_SIZE = 256  # images are resized to this square before cropping (gacn.md)
 TEXTURE_THRESHOLD = 0.02  # gradient magnitude (intensity per pixel) that counts as texture
+SCATTER_LEVELS = 40  # blur levels of a scattered stack: spread light is split between neighbours
 
 
 @dataclass
@@ -223,6 +225,7 @@ def make_depth_stack(
     noise_sigma: float = 0.0,
     brightness_drift: float = 0.0,
     rng: np.random.Generator | None = None,
+    render: Literal["gather", "scatter"] = "gather",
 ) -> SyntheticStack:
     """Render slice k with Gaussian blur sigma = blur_per_slice * |depth - k| per pixel.
 
@@ -231,18 +234,25 @@ def make_depth_stack(
         depth: float32 ``(H, W)`` in [0, n_slices - 1].
         noise_sigma: Gaussian noise std as a fraction of the full range.
         brightness_drift: relative gain change from the first to the last slice.
+        render: ``gather`` (``depth_defocus``: fast, every slice from one set of blurs) or
+            ``scatter`` (``scatter_defocus``: each point spreads its own blur, as optics does,
+            with finer blur levels; the one slice alignment is judged on).
     """
     rng = rng or np.random.default_rng(0)
     dtype = sharp.dtype
     full = unit_scale(dtype)
     base = sharp.astype(np.float32) / full
     max_sigma = blur_per_slice * (n_slices - 1)
-    levels = np.concatenate(([0.0], np.geomspace(0.3, max(max_sigma, 0.31), 14))).astype(np.float32)
-    blurred = blur_levels(base, levels)
+    steps = 14 if render == "gather" else SCATTER_LEVELS
+    levels = np.concatenate(([0.0], np.geomspace(0.3, max(max_sigma, 0.31), steps))).astype(np.float32)
+    blurred = blur_levels(base, levels) if render == "gather" else None
     slices = []
     for k in range(n_slices):
         sigma = np.clip(blur_per_slice * np.abs(depth - k), 0.0, levels[-1]).astype(np.float32)
-        rendered = depth_defocus(base, sigma, levels, blurred)
+        if blurred is not None:
+            rendered = depth_defocus(base, sigma, levels, blurred)
+        else:
+            rendered = scatter_defocus(base, sigma, levels)
         gain = 1.0 + brightness_drift * (k / max(n_slices - 1, 1) - 0.5)
         rendered = rendered * gain
         if noise_sigma:
@@ -296,12 +306,14 @@ def make_drifting_stack(
     jitter: float = 0.3,
     noise_sigma: float = 0.005,
     texture: np.ndarray | None = None,
+    render: Literal["gather", "scatter"] = "scatter",
 ) -> DriftingStack:
     """A depth stack warped per slice: a linear drift of ``max_shift`` px end to end (plus
     ``jitter`` px of random shake per slice) and a scale change of ``scale_span`` over the
     stack about the centre. Slices are rendered larger (``drifting_render_side``) and cut
     after warping, so their borders hold real content, as a camera's do. ``texture``, in
-    [0, 1], must be at least that large.
+    [0, 1], must be at least that large. The depth stack is scattered by default (see
+    ``make_depth_stack``): how the blur moves the phase of detail is what alignment meets.
     """
     big = drifting_render_side(size, max_shift, scale_span)
     pad = (big - size) // 2
@@ -311,7 +323,8 @@ def make_drifting_stack(
         raise ValueError(f"texture {texture.shape[:2]} is smaller than the {big}x{big} the stack is rendered at")
     texture = texture[:big, :big]
     sharp = np.rint(np.clip(texture, 0, 1) * 255).astype(np.uint8)
-    stack = make_depth_stack(sharp, smooth_depth(big, big, n_slices, rng), n_slices, noise_sigma=noise_sigma, rng=rng)
+    depth = smooth_depth(big, big, n_slices, rng)
+    stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=noise_sigma, rng=rng, render=render)
     reference = (n_slices - 1) // 2
     direction = rng.uniform(-1, 1, 2)
     drift = direction / np.abs(direction).max() * max_shift / max(n_slices - 1, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from focusfuse.training.baselines import laplacian_energy
-from focusfuse.training.defocus import defocus_kernel, layered_defocus
+from focusfuse.training.defocus import defocus_kernel, layered_defocus, scatter_defocus
 from focusfuse.training.synthetic import (
     PairSettings,
     choose_region,
@@ -70,3 +70,29 @@ def test_depth_stack_focuses_each_slice_at_its_depth():
     assert depth.min() == 0.0 and abs(float(depth.max()) - 4.0) < 1e-5
     energies = np.stack([laplacian_energy(s.astype(np.float32)) for s in stack.slices])
     assert (energies.argmax(0) == stack.truth_index).mean() > 0.6
+
+
+def test_scattered_blur_spreads_each_point_with_its_own_blur_and_keeps_its_light():
+    """A point's light stays centred on it, spread by the blur at the point, even where the
+    pixels it reaches have another blur (a gather would spread it unevenly there), and none is lost."""
+    blur = np.where(np.arange(81)[None, :] < 40, 1.0, 4.0).astype(np.float32) * np.ones((81, 1), np.float32)
+    levels = np.array([0.0, 1.0, 2.0, 4.0], np.float32)
+    xs = np.arange(-15, 16)
+    for column, sigma in ((37, 1.0), (43, 4.0)):
+        image = np.zeros((81, 81), np.float32)
+        image[40, column] = 1.0
+        out = scatter_defocus(image, blur, levels)
+        assert abs(out.sum() - 1.0) < 1e-4
+        profile = out[:, column - 15 : column + 16].sum(0)
+        centre = (profile * xs).sum() / profile.sum()
+        spread = np.sqrt((profile * (xs - centre) ** 2).sum() / profile.sum())
+        assert abs(centre) < 1e-3 and abs(spread - sigma) < 0.05, (column, centre, spread)
+
+
+def test_a_scattered_stack_matches_a_gathered_one_where_the_depth_is_flat():
+    texture = procedural_texture(48, 48, np.random.default_rng(2))
+    depth = np.full((48, 48), 1.3, np.float32)
+    gathered = make_depth_stack(texture, depth, 3)
+    scattered = make_depth_stack(texture, depth, 3, render="scatter")
+    for a, b in zip(gathered.slices, scattered.slices, strict=True):
+        assert np.abs(a - b)[8:-8, 8:-8].max() < 0.01
