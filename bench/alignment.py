@@ -3,14 +3,16 @@
 
 1. Synthetic drifting stacks (``make_drifting_stack``: bench/multislice.py's texture with
    flat discs, 10 slices, a drift of 10 px end to end with 0.3 px of shake per slice, a
-   1.5% scale change over the stack): the largest error of the estimated transform at
-   an image corner, per slice; fused PSNR against the all-in-focus truth unaligned,
-   with ``--align similarity``, and with the slices re-aligned by their true transforms
-   (Lanczos), the reference the estimate is judged by.
-2. examples/stack8 (never moved, known truth): the motion the estimate reads anyway,
-   and what aligning it costs; and, to separate blur from depth, its sharp image
-   blurred uniformly (one Gaussian per slice, no depth, no motion): the scale and the
-   corner error read between two such slices.
+   1.5% scale change over the stack), once with the blur scattered from each scene point
+   as a lens forms it, once gathered as the fusion benches render it: the largest error
+   of the estimated transform at an image corner, per slice; fused PSNR against the
+   all-in-focus truth unaligned, with ``--align similarity``, and with the slices
+   re-aligned by their true transforms (Lanczos), the reference the estimate is judged by.
+2. examples/stack8 (never moved, known truth, blur gathered): the motion the estimate
+   reads anyway, and what aligning it costs; the same scene and depth with the blur
+   scattered; and, to separate blur from depth, its sharp image blurred uniformly (one
+   Gaussian per slice, no depth, no motion): the scale and the corner error read
+   between two such slices.
 3. ../shared/data/stacks/pcb10 (hand-held, focus breathing): the per-slice transforms,
    the fusion time with and without alignment, and a figure of the SW1 lettering
    (docs/figures/alignment.png) with focus-stack beside when $FOCUS_STACK or the PATH
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import tifffile
 from multislice import psnr, textured_with_flat_discs
 from multislice_figure import GAP, panel
 from peers import REAL_STACKS, run_peer
@@ -37,7 +40,7 @@ from focusfuse.fusion.alignment import estimate_alignment
 from focusfuse.fusion.pipeline import fuse_stack
 from focusfuse.io.reader import open_stack, read_image
 from focusfuse.io.writer import write_image
-from focusfuse.training.synthetic import drifting_render_side, make_drifting_stack
+from focusfuse.training.synthetic import drifting_render_side, make_depth_stack, make_drifting_stack
 
 REPO = Path(__file__).resolve().parent.parent
 SW1 = (slice(130, 430), slice(880, 1280))
@@ -59,10 +62,11 @@ def transforms_line(report: dict) -> str:
     )
 
 
-def synthetic(size: int, seed: int, scratch: Path) -> None:
+def synthetic(size: int, seed: int, render: str, scratch: Path) -> None:
     rng = np.random.default_rng([seed, 20])
     texture = textured_with_flat_discs(drifting_render_side(size), rng).astype(np.float32) / 255
-    stack = make_drifting_stack(size, 10, rng, texture=texture)
+    stack = make_drifting_stack(size, 10, rng, texture=texture, render=render)  # type: ignore[arg-type]
+    scratch = scratch / render
     paths = write_slices(scratch / "drift", stack.slices)
     started = time.perf_counter()
     alignment = estimate_alignment(lambda j: read_image(paths[j]), len(paths), "similarity")
@@ -70,7 +74,7 @@ def synthetic(size: int, seed: int, scratch: Path) -> None:
     errors = [
         t.corner_error(truth, size, size) for t, truth in zip(alignment.transforms, stack.transforms, strict=True)
     ]
-    print(f"synthetic 10x{size}x{size}, seed {seed}: estimated in {seconds:.2f} s")
+    print(f"synthetic 10x{size}x{size}, seed {seed}, blur rendered by {render}: estimated in {seconds:.2f} s")
     print("  corner error per slice, px: " + " ".join(f"{e:.2f}" for e in errors))
     truly = [
         cv2.warpAffine(
@@ -106,6 +110,20 @@ def stack8() -> None:
             f"  --align {mode:<11} PSNR {psnr(result.fused[inner], sharp[inner]):6.2f} dB, "
             f"index exact {(result.index_map == truth).mean():.3f}, largest centre shift read {moved:.2f} px"
         )
+
+
+def still_scattered() -> None:
+    """The demo's scene and depth (examples/make_demo_stack.py) rendered as a lens forms it."""
+    sharp = read_image(REPO / "examples" / "stack8_truth" / "sharp.png")
+    depth = tifffile.imread(REPO / "examples" / "stack8_truth" / "depth.tif")
+    stack = make_depth_stack(sharp, depth, 8, noise_sigma=0.004, rng=np.random.default_rng(8), render="scatter")
+    alignment = estimate_alignment(lambda j: stack.slices[j], 8, "similarity")
+    height, width = sharp.shape[:2]
+    errors = [t.corner_error(np.eye(2, 3), height, width) for t in alignment.transforms]
+    print(
+        "  the same scene and depth, blur scattered (never moved): corner error per slice, px: "
+        + " ".join(f"{e:.2f}" for e in errors)
+    )
 
 
 def uniform_blur() -> None:
@@ -169,8 +187,10 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        synthetic(args.size, args.seed, scratch)
+        for render in ("scatter", "gather"):
+            synthetic(args.size, args.seed, render, scratch)
         stack8()
+        still_scattered()
         uniform_blur()
         plankton5()
         pcb10(args.figure, scratch)
