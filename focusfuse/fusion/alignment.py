@@ -18,7 +18,7 @@ window that cuts a tile weights the light that the blur spreads across its edge
 unevenly, wherever the detail in the tile is not spread evenly, and where the blur
 changes across the frame the spread light shifts the detail's phase. Read plainly, a
 slice blurred more than its neighbour looks scaled (0.2 px at the corners of the demo
-image blurred uniformly, bench/alignment.py) and a stack that never moved reads
+image blurred uniformly, probe) and a stack that never moved reads
 0.2-1.2 px at its end slices' corners (probe). So each tile's shift is modelled as the
 motion plus a blur term: the blur difference between the two slices is a smooth field
 (a cubic polynomial over the frame), and how much a unit of it, or of its gradient,
