@@ -28,6 +28,7 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 import cv2
 import numpy as np
@@ -44,6 +45,7 @@ from focusfuse.training.synthetic import drifting_render_side, make_depth_stack,
 
 REPO = Path(__file__).resolve().parent.parent
 SW1 = (slice(130, 430), slice(880, 1280))
+RENDERS: tuple[Literal["gather", "scatter"], ...] = ("scatter", "gather")
 
 
 def write_slices(folder: Path, slices: list[np.ndarray]) -> list[Path]:
@@ -62,10 +64,10 @@ def transforms_line(report: dict) -> str:
     )
 
 
-def synthetic(size: int, seed: int, render: str, scratch: Path) -> None:
+def synthetic(size: int, seed: int, render: Literal["gather", "scatter"], scratch: Path) -> None:
     rng = np.random.default_rng([seed, 20])
     texture = textured_with_flat_discs(drifting_render_side(size), rng).astype(np.float32) / 255
-    stack = make_drifting_stack(size, 10, rng, texture=texture, render=render)  # type: ignore[arg-type]
+    stack = make_drifting_stack(size, 10, rng, texture=texture, render=render)
     scratch = scratch / render
     paths = write_slices(scratch / "drift", stack.slices)
     started = time.perf_counter()
@@ -187,7 +189,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
-        for render in ("scatter", "gather"):
+        for render in RENDERS:
             synthetic(args.size, args.seed, render, scratch)
         stack8()
         still_scattered()

@@ -336,8 +336,9 @@ def _fuse_decoded(
         if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
             fill_flat_regions(make_context(whole, read(0)), fused, index_map, peak_sharpness.to(device))
     if used_composite == "pyramid":
-        store = composite_store
-        paint_read, paint_rows = (read, read_rows) if store is None else (store.read, store.read_rows)
+        paint_read, paint_rows = (
+            (read, read_rows) if composite_store is None else (composite_store.read, composite_store.read_rows)
+        )
         fused = _composite_by_pyramid(
             clock, paint_read, paint_rows, n_slices, index_map, pyramid_levels, plan.composite_pixels, full_range
         )

@@ -74,14 +74,14 @@ def layered_defocus(
     return (near + (1.0 - near_alpha) * far).astype(np.float32)
 
 
+def _level_blur(image: np.ndarray, sigma: float) -> np.ndarray:
+    """``image`` blurred by one of the depth models' levels: below a quarter pixel, not at all."""
+    return image if sigma < 0.25 else cv2.GaussianBlur(image, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
+
+
 def blur_levels(sharp: np.ndarray, levels: np.ndarray) -> np.ndarray:
     """``(L, H, W[, C])``: ``sharp`` blurred by a Gaussian of each sigma in ``levels``."""
-    return np.stack(
-        [
-            sharp if sigma < 0.25 else cv2.GaussianBlur(sharp, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
-            for sigma in levels
-        ]
-    )
+    return np.stack([_level_blur(sharp, sigma) for sigma in levels])
 
 
 def depth_defocus(
@@ -125,6 +125,5 @@ def scatter_defocus(sharp: np.ndarray, blur_map: np.ndarray, levels: np.ndarray)
         share = np.clip(1.0 - np.abs(position - level), 0.0, 1.0)
         if not share.any():
             continue
-        light = sharp * (share[:, :, None] if sharp.ndim == 3 else share)
-        out += light if sigma < 0.25 else cv2.GaussianBlur(light, (0, 0), float(sigma), borderType=cv2.BORDER_REFLECT)
+        out += _level_blur(sharp * (share[:, :, None] if sharp.ndim == 3 else share), sigma)
     return out
