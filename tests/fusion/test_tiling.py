@@ -49,7 +49,7 @@ def test_the_halo_covers_one_decision_steps_reach():
 
 
 def test_a_pixel_beyond_the_reach_does_not_change_a_decision():
-    """The computed reach is real: a change just outside it leaves the centre's score alone, one inside does not.
+    """The computed reach is real: a change just outside it leaves the centre's score alone, one well inside does not.
 
     The score (before the sigmoid, which saturates) reaches all but the guided filter's two windows.
     """
@@ -69,7 +69,9 @@ def test_a_pixel_beyond_the_reach_does_not_change_a_decision():
     changed = gray_b.clone()
     changed[..., centre - reach - 1, :] = 0.0  # one row just beyond the reach
     assert torch.equal(score_at_centre(gray_a, changed), before)
-    changed[..., centre - reach + 2, :] = 0.0  # and one inside it does matter
+    # and one inside it does matter; nearer the edge its effect is below float32's
+    # resolution of the score (1e-8 at 4-8 px in from the edge, on an AVX-512 CPU)
+    changed[..., centre - reach // 2, :] = 0.0
     assert not torch.equal(score_at_centre(gray_a, changed), before)
 
 
