@@ -9,15 +9,20 @@
    all-in-focus truth unaligned, with ``--align similarity``, and with the slices
    re-aligned by their true transforms (Lanczos), the reference the estimate is judged by.
 2. examples/stack8 (never moved, known truth, blur gathered): the motion the estimate
-   reads anyway, and what aligning it costs; the same scene and depth with the blur
-   scattered; and, to separate blur from depth, its sharp image blurred uniformly (one
-   Gaussian per slice, no depth, no motion): the scale and the corner error read
-   between two such slices.
-3. ../shared/data/stacks/pcb10 (hand-held, focus breathing): the per-slice transforms,
+   reads anyway, what aligning it costs, and whether ``--align auto`` leaves it as
+   read; the same scene and depth with the blur scattered; and, to
+   separate blur from depth, its sharp image blurred uniformly (one Gaussian per slice,
+   no depth, no motion): the scale and the corner error read between two such slices.
+3. ``--align auto`` on the drifting stack of 1. with a fraction of its motion (0 to a
+   tenth): fused PSNR unaligned, under ``auto`` and aligned. On still stacks of
+   BSDS500 val images 4-7 (0-3 chose its threshold): the largest motion read, and how
+   many ``auto`` leaves as read; and on still stacks of 12-16 slices on 256-512 px
+   frames, where the end slices are blurred past registering.
+4. ../shared/data/stacks/pcb10 (hand-held, focus breathing): the per-slice transforms,
    the fusion time with and without alignment, and a figure of the SW1 lettering
    (docs/figures/alignment.png) with focus-stack beside when $FOCUS_STACK or the PATH
    has it.
-4. ../shared/data/stacks/plankton5 (a real drifting microscope stack): the transforms
+5. ../shared/data/stacks/plankton5 (a real drifting microscope stack): the transforms
    and the time to estimate them (two 20-megapixel fusions would take ten minutes here).
 Usage: python bench/alignment.py [--size 512] [--seed 0] [--figure docs/figures/alignment.png]
 """
@@ -37,13 +42,20 @@ from multislice import psnr, textured_with_flat_discs
 from multislice_figure import GAP, panel
 from peers import REAL_STACKS, run_peer
 
-from focusfuse.fusion.alignment import estimate_alignment
+from focusfuse.fusion.alignment import AUTO_MIN_MOTION, SliceTransform, estimate_alignment
 from focusfuse.fusion.pipeline import fuse_stack
 from focusfuse.io.reader import open_stack, read_image
 from focusfuse.io.writer import write_image
-from focusfuse.training.synthetic import drifting_render_side, make_depth_stack, make_drifting_stack
+from focusfuse.training.synthetic import (
+    drifting_render_side,
+    make_depth_stack,
+    make_drifting_stack,
+    procedural_texture,
+    smooth_depth,
+)
 
 REPO = Path(__file__).resolve().parent.parent
+BSDS_VAL = REPO.parent / "shared" / "data" / "bsds500" / "val"
 SW1 = (slice(130, 430), slice(880, 1280))
 RENDERS: tuple[Literal["gather", "scatter"], ...] = ("scatter", "gather")
 
@@ -91,9 +103,9 @@ def synthetic(size: int, seed: int, render: Literal["gather", "scatter"], scratc
     true_paths = write_slices(scratch / "true", truly)
     inner = (slice(16, -16), slice(16, -16))
     rows = {
-        "unaligned": fuse_stack(paths, device="cpu").fused,
+        "unaligned": fuse_stack(paths, device="cpu", align="none").fused,
         "--align similarity": fuse_stack(paths, device="cpu", align="similarity").fused,
-        "true transforms": fuse_stack(true_paths, device="cpu").fused,
+        "true transforms": fuse_stack(true_paths, device="cpu", align="none").fused,
     }
     for name, fused in rows.items():
         print(f"  {name:<20} PSNR {psnr(fused[inner], stack.sharp[inner]):6.2f} dB")
@@ -104,13 +116,83 @@ def stack8() -> None:
     sharp = read_image(REPO / "examples" / "stack8_truth" / "sharp.png")
     truth = read_image(REPO / "examples" / "stack8_truth" / "index.png")
     print("examples/stack8 (never moved):")
-    for mode in ("none", "similarity"):
+    fused, largest_read = {}, {}
+    for mode in ("none", "auto", "similarity"):
         result = fuse_stack([folder], device="cpu", align=mode)
+        fused[mode], largest_read[mode] = result.fused, result.timing["alignment"]["largest_motion_px"]
         moved = max(max(abs(v) for v in s["shift_px"]) for s in result.timing["alignment"]["slices"])
         inner = (slice(8, -8), slice(8, -8))
         print(
             f"  --align {mode:<11} PSNR {psnr(result.fused[inner], sharp[inner]):6.2f} dB, "
             f"index exact {(result.index_map == truth).mean():.3f}, largest centre shift read {moved:.2f} px"
+        )
+    largest = largest_read["auto"]
+    same = np.array_equal(fused["auto"], fused["none"])
+    print(f"  --align auto: largest motion read {largest:.2f} px, fused image identical to --align none: {same}")
+
+
+def auto_on_small_motion(size: int, seed: int, scratch: Path) -> None:
+    """What ``auto``'s threshold leaves: drifting stacks with a fraction of the drift, scattered."""
+    print(f"auto on small motion (synthetic 10x{size}x{size}, seed {seed}, scattered; fused PSNR, dB):")
+    inner = (slice(16, -16), slice(16, -16))
+    for fraction in (0.0, 0.02, 0.05, 0.1):
+        rng = np.random.default_rng([seed, 20])
+        texture = textured_with_flat_discs(drifting_render_side(size), rng).astype(np.float32) / 255
+        stack = make_drifting_stack(
+            size, 10, rng, texture=texture, max_shift=10 * fraction, scale_span=0.015 * fraction, jitter=0.3 * fraction
+        )
+        paths = write_slices(scratch / f"small{fraction}", stack.slices)
+        moved = max(SliceTransform(0, m).largest_motion(size, size) for m in stack.transforms)
+        results = {mode: fuse_stack(paths, device="cpu", align=mode) for mode in ("none", "auto", "similarity")}
+        read = results["auto"].timing["alignment"]["largest_motion_px"]
+        warped = any(s["applied"] for s in results["auto"].timing["alignment"]["slices"])
+        print(
+            f"  motion {moved:.2f} px (read {read:.2f}): auto {'warps' if warped else 'leaves as read'}; "
+            + ", ".join(f"{mode} {psnr(r.fused[inner], stack.sharp[inner]):.2f}" for mode, r in results.items())
+        )
+
+
+def still_stacks() -> None:
+    """How often ``auto`` would warp a stack that never moved: BSDS500 val images 4-7 (0-3 chose the settings)."""
+    images = sorted(BSDS_VAL.glob("*.jpg"))[4:8]
+    if not images:
+        print(f"still stacks: skipped, {BSDS_VAL} not found")
+        return
+    reads = []
+    for number, path in enumerate(images, start=4):
+        sharp = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1])
+        height, width = sharp.shape[:2]
+        for n_slices in (8, 10):
+            depth = smooth_depth(height, width, n_slices, np.random.default_rng([number, n_slices]))
+            for render in RENDERS:
+                stack = make_depth_stack(
+                    sharp, depth, n_slices, noise_sigma=0.004, rng=np.random.default_rng(number), render=render
+                )
+                alignment = estimate_alignment(lambda j, s=stack: s.slices[j], n_slices, "auto")
+                reads.append(max(t.largest_motion(height, width) for t in alignment.transforms))
+    kept = sum(r <= AUTO_MIN_MOTION for r in reads)
+    print(
+        f"still stacks (BSDS500 val 4-7, 8 and 10 slices, both renders): largest motion read "
+        f"{min(reads):.2f}-{max(reads):.2f} px, median {float(np.median(reads)):.2f}; "
+        f"auto leaves {kept} of {len(reads)} as read"
+    )
+
+
+def deep_small_stacks() -> None:
+    """Where the estimate fails: still stacks of many slices on small frames (procedural texture)."""
+    for size, n_slices in ((256, 12), (256, 16), (512, 16)):
+        reads = []
+        for seed in range(4):
+            rng = np.random.default_rng(seed)
+            sharp = np.rint(procedural_texture(size, size, rng) * 255).astype(np.uint8)
+            depth = smooth_depth(size, size, n_slices, rng)
+            stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=0.004, rng=rng)
+            alignment = estimate_alignment(lambda j, s=stack: s.slices[j], n_slices, "auto")
+            reads.append(max(t.largest_motion(size, size) for t in alignment.transforms))
+        print(
+            f"still {n_slices}x{size}x{size} stacks (seeds 0-3): largest motion read "
+            + " ".join(f"{r:.2f}" for r in reads)
+            + " px"
         )
 
 
@@ -194,6 +276,9 @@ def main() -> None:
         stack8()
         still_scattered()
         uniform_blur()
+        auto_on_small_motion(args.size, args.seed, scratch)
+        still_stacks()
+        deep_small_stacks()
         plankton5()
         pcb10(args.figure, scratch)
 

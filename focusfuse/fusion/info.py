@@ -131,6 +131,10 @@ def format_info(facts: dict) -> str:
     if alignment is not None:
         reference = alignment["reference"]
         lines.append(("alignment", f"{alignment['mode']}, to slice {reference} ({names[reference]})"))
+        if alignment["min_motion_px"] is not None:
+            verdict = "warped" if any(entry["applied"] for entry in alignment["slices"]) else "fused as read"
+            motion = f"largest motion read {alignment['largest_motion_px']:.2f} px"
+            lines.append(("  auto", f"{motion}, threshold {alignment['min_motion_px']:.2f} px: {verdict}"))
         for entry in alignment["slices"]:
             dx, dy = entry["shift_px"]
             state = "" if entry["registered"] else " (not registered: kept its neighbour's)"

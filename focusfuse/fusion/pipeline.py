@@ -401,7 +401,10 @@ def fuse_stack(
         pyramid_levels: levels of the ``pyramid`` blend below full resolution.
         align: register every slice to the middle one before fusing (neighbour to
             neighbour, chained): ``translation``, ``similarity`` (scale, rotation and
-            shift: drift and focus breathing), ``affine``, or ``none``.
+            shift: drift and focus breathing), ``affine``, ``none``, or ``auto``: a
+            similarity applied only when it moves some pixel by more than the estimate
+            can tell from blur (``AUTO_MIN_MOTION``), so that a stack that did not move
+            is fused from its slices as read.
         crop: crop the result to the area that every aligned slice covers.
         max_memory: memory budget in bytes (default 2 GiB, at most what is available):
             above it the image is fused in tiles (``tiling.py``).

@@ -1,4 +1,4 @@
-"""Slice alignment: known drift and breathing recovered, off by default, failures reported."""
+"""Slice alignment: drift and breathing recovered, off by default, still stacks kept by auto, failures reported."""
 
 from __future__ import annotations
 
@@ -106,6 +106,34 @@ def test_alignment_is_off_by_default_and_leaves_the_fusion_as_it_was():
     default = fuse_stack([folder], device="cpu")
     assert default.timing["alignment"]["mode"] == "none" and default.timing["stages_s"]["align"] < 0.1
     assert not any(s["applied"] for s in default.timing["alignment"]["slices"])
+
+
+def test_auto_fuses_a_stack_that_did_not_move_from_its_slices_as_read():
+    folder = EXAMPLES / "stack8"  # never moved; the blur difference reads as 0.28 px at a corner
+    auto = fuse_stack([folder], device="cpu", align="auto")
+    alignment = auto.timing["alignment"]
+    assert alignment["mode"] == "auto" and alignment["min_motion_px"] == 0.5
+    assert 0.01 < alignment["largest_motion_px"] < 0.5  # it was estimated, and read under the threshold
+    assert not any(s["applied"] for s in alignment["slices"])
+    plain = fuse_stack([folder], device="cpu")
+    assert np.array_equal(auto.fused, plain.fused) and np.array_equal(auto.index_map, plain.index_map)
+
+
+def test_auto_aligns_a_stack_that_moved_as_similarity_aligns_it(tmp_path):
+    folder = write_slices(tmp_path / "drift", drifting_stack(seed=2)[0])
+    auto = fuse_stack(folder, device="cpu", align="auto")
+    assert all(s["applied"] for s in auto.timing["alignment"]["slices"] if s["slice"] != 2)
+    assert np.array_equal(auto.fused, fuse_stack(folder, device="cpu", align="similarity").fused)
+
+
+@pytest.mark.parametrize(("shift", "warped"), [(0.3, False), (0.45, False), (0.6, True), (1.5, True)])
+def test_auto_warps_only_a_stack_that_moved_more_than_half_a_pixel(shift, warped):
+    sharp = read_image(EXAMPLES / "stack8_truth" / "sharp.png").astype(np.float32)[:, :, 1]
+    height, width = sharp.shape
+    moved = cv2.warpAffine(sharp, np.array([[1, 0, shift], [0, 1, 0.0]]), (width, height), flags=cv2.INTER_LANCZOS4)
+    alignment = estimate_alignment(lambda j: (sharp, moved)[j], 2, "auto")
+    assert abs(alignment.transforms[1].largest_motion(height, width) - shift) < 0.05
+    assert [t.applied for t in alignment.transforms] == [False, warped] and alignment.active == warped
 
 
 def test_a_flat_slice_keeps_its_neighbours_transform_and_is_reported():

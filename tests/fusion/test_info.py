@@ -62,6 +62,13 @@ def test_a_folder_of_pngs_has_no_physical_size_and_alignment_is_listed_per_slice
     assert sum(line.startswith("  ") and " px, scale " in line for line in text.splitlines()) == 8
 
 
+def test_auto_alignment_says_whether_the_stack_would_be_warped(demo_stack_dir):
+    result = info(str(demo_stack_dir), "--align", "auto")
+    assert result.exit_code == 0, result.output
+    assert re.search(r"^alignment +auto, to slice 3 \(z4.png\)$", result.stdout, re.M)
+    assert re.search(r"^  auto +largest motion read 0\.\d\d px, threshold 0.50 px: fused as read$", result.stdout, re.M)
+
+
 def test_info_refuses_what_stack_refuses(tmp_path):
     result = info(str(tmp_path / "missing"))
     assert (
