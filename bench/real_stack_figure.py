@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
-"""README picture: a region of a real z-stack, two of its slices, the fused image and the index map.
+"""README picture: a region of a real z-stack, two slices, the fused image unaligned and aligned, the index map.
 
 With ``--align`` (default similarity) the whole slices are aligned first (``estimate_alignment``
 on the full frames, as ``focusfuse stack --align`` does); the region is then cut from
-every slice, the cut slices are fused by ``fuse_stack`` with the default options, and four panels are
-drawn side by side at 100%: the first slice, the last slice, the fused image and the
-index map (viridis, slice 1 dark, slice N bright). The stack itself is not changed.
+every slice, aligned and as read, each set of cut slices is fused by ``fuse_stack`` with the
+default options, and five panels are drawn side by side at 100%: the first slice, the last
+slice, the fused image of the slices as read (``--align none``), the fused image of the
+aligned slices and its index map (viridis, slice 1 dark, slice N bright). The stack itself
+is not changed.
 Usage: python bench/real_stack_figure.py [--stack ../shared/data/stacks/plankton5]
        [--region X Y W H] [--align similarity] [--out docs/figures/plankton5.png]
 """
@@ -41,19 +43,23 @@ def main() -> None:
     for warning in alignment.warnings:
         print(f"warning: {warning}")
     with tempfile.TemporaryDirectory() as scratch:
-        cut_paths = []
+        cut_paths: dict[str, list[Path]] = {"as read": [], "aligned": []}
         for index in range(len(source)):
-            cut = np.ascontiguousarray(alignment.warp(index, source.read(index))[y : y + height, x : x + width])
-            cut_paths.append(Path(scratch) / f"slice_{index:03d}.png")
-            write_image(cut_paths[-1], cut)
-        first, last = read_image(cut_paths[0]), read_image(cut_paths[-1])
+            image = source.read(index)
+            for name, slice_image in (("as read", image), ("aligned", alignment.warp(index, image))):
+                cut = np.ascontiguousarray(slice_image[y : y + height, x : x + width])
+                cut_paths[name].append(Path(scratch) / f"{name.replace(' ', '_')}_{index:03d}.png")
+                write_image(cut_paths[name][-1], cut)
+        first, last = read_image(cut_paths["as read"][0]), read_image(cut_paths["as read"][-1])
+        unaligned = fuse_stack(cut_paths["as read"], device="cpu")
         started = time.perf_counter()
-        result = fuse_stack(cut_paths, device="cpu")
+        result = fuse_stack(cut_paths["aligned"], device="cpu")
         seconds = time.perf_counter() - started
     tiles = [
         panel(first, "slice 1"),
         panel(last, f"slice {len(source)}"),
-        panel(result.fused, "fused (focusfuse)"),
+        panel(unaligned.fused, "fused, --align none"),
+        panel(result.fused, f"fused, --align {args.align}"),
         panel(colour_index(result.index_map, len(source)), "index map"),
     ]
     spacer = np.full((tiles[0].shape[0], GAP, 3), 255, np.uint8)
