@@ -51,9 +51,9 @@ def main() -> None:
                 cut_paths[name].append(Path(scratch) / f"{name.replace(' ', '_')}_{index:03d}.png")
                 write_image(cut_paths[name][-1], cut)
         first, last = read_image(cut_paths["as read"][0]), read_image(cut_paths["as read"][-1])
-        unaligned = fuse_stack(cut_paths["as read"], device="cpu")
+        unaligned = fuse_stack(cut_paths["as read"], device="cpu", align="none")
         started = time.perf_counter()
-        result = fuse_stack(cut_paths["aligned"], device="cpu")
+        result = fuse_stack(cut_paths["aligned"], device="cpu", align="none")  # warped above already
         seconds = time.perf_counter() - started
     tiles = [
         panel(first, "slice 1"),
@@ -73,7 +73,10 @@ def main() -> None:
         + " ".join(f"{share:.2f}" for share in counts)
     )
     for entry in alignment.report()["slices"]:
-        print(f"  slice {entry['slice'] + 1}: shift {entry['shift_px']} px, scale {entry['scale']:.4f}")
+        print(
+            f"  slice {entry['slice'] + 1}: shift {entry['shift_px']} px ({np.hypot(*entry['shift_px']):.2f} px), "
+            f"scale {entry['scale']:.4f}"
+        )
 
 
 if __name__ == "__main__":
