@@ -30,7 +30,7 @@ from focusfuse.fusion.alignment import ALIGN_MODES
 from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.fusion.strategies import STRATEGIES
-from focusfuse.interruption import stop
+from focusfuse.interruption import forget_written, stop, written_outputs
 from focusfuse.io.reader import natural_key
 from focusfuse.io.writer import check_output_path
 
@@ -152,13 +152,22 @@ class FocusFuseGroup(click.Group):
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
             signal.signal(signal.SIGINT, stop_on_ctrl_c)
         debug = bool(ctx.params.get("debug")) or os.environ.get("FOCUSFUSE_DEBUG") == "1"
+        forget_written()
         try:
-            return super().invoke(ctx)
+            result = super().invoke(ctx)
+            # Done and reported: a stop that comes now, as the interpreter exits, would
+            # only print a traceback from some exit hook over a finished run.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            return result
         except FocusFuseError as error:
             fail(error)
         except KeyboardInterrupt as interrupt:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut this message short
+            written = written_outputs()
             kept = {"train": "; the last whole checkpoint is kept", "batch": "; the stacks fused so far are kept"}.get(
-                ctx.invoked_subcommand or "", "; no output written"
+                ctx.invoked_subcommand or "",
+                f"; every output was written whole first: {', '.join(written)}" if written else "; no output written",
             )
             click.echo(f"focusfuse: interrupted{kept}", err=True)
             sys.exit(EXIT_TERMINATED if isinstance(interrupt, Terminated) else EXIT_INTERRUPTED)

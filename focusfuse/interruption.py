@@ -46,3 +46,21 @@ def critical_section() -> Iterator[None]:
         if not _depth and _pending is not None:
             exception, _pending = _pending, None
             raise exception
+
+
+_written: list[str] = []
+
+
+def record_written(paths) -> None:
+    """Outputs now in place and whole: a stop that comes after them reports them as written."""
+    _written.extend(str(path) for path in paths)
+
+
+def written_outputs() -> list[str]:
+    """Every output this process has put in place, in order."""
+    return list(_written)
+
+
+def forget_written() -> None:
+    """A new command starts: what earlier ones wrote in this process is not its output."""
+    _written.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from focusfuse.training.synthetic import make_depth_stack, procedural_texture
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(autouse=True)
+def signal_handlers_restored():
+    """The CLI, run in-process, installs its stop handlers (and ignores stops once done): undone after each test."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for number, handler in saved.items():
+        signal.signal(number, handler)
 
 
 @pytest.fixture(scope="session")

@@ -193,9 +193,9 @@ def test_a_format_that_cannot_hold_the_result_is_refused_before_fusing(runner, t
         tifffile.imwrite(tmp_path / f"z{k}.tif", np.full((32, 32, 2), 40 * k, np.uint8), photometric="minisblack")
     monkeypatch.setattr(pipeline, "running_best_choice", lambda *a, **k: pytest.fail("fused before refusing"))
     result = runner.invoke(
-        cli.main, ["stack", *(str(tmp_path / f"z{k}.tif") for k in range(3)), "-o", str(tmp_path / "f.png")]
+        cli.main, ["stack", *(str(tmp_path / f"z{k}.tif") for k in range(3)), "-o", str(tmp_path / "f.jpg")]
     )
-    assert result.exit_code == 1 and "PNG cannot hold 2 channels" in result.stderr
+    assert result.exit_code == 1 and "JPEG holds 1 or 3 channels, not 2" in result.stderr
 
 
 def test_an_unexpected_error_is_one_line_with_its_own_status_and_debug_shows_it(runner, tmp_path, monkeypatch):
@@ -242,14 +242,14 @@ def test_sigterm_while_writing_leaves_nothing_behind(runner, tmp_path, monkeypat
 
     import focusfuse.io.writer as writer
 
-    real_imwrite = cv2.imwrite
+    real_imencode = cv2.imencode
 
-    def imwrite_then_terminated(path, pixels, *args):
-        real_imwrite(path, pixels, *args)
+    def imencode_then_terminated(*args):
+        encoded = real_imencode(*args)
         os.kill(os.getpid(), signal.SIGTERM)
-        return True
+        return encoded
 
-    monkeypatch.setattr(writer.cv2, "imwrite", imwrite_then_terminated)
+    monkeypatch.setattr(writer.cv2, "imencode", imencode_then_terminated)
     previous = signal.getsignal(signal.SIGTERM)
     try:
         result = runner.invoke(cli.main, ["stack", str(EXAMPLES / "stack8"), "-o", str(tmp_path / "f.png")])

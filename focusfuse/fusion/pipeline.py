@@ -59,7 +59,7 @@ from focusfuse.io.color import unit_scale
 from focusfuse.io.filecheck import available_memory
 from focusfuse.io.reader import StackSource, open_channel_stack, open_stack
 from focusfuse.io.slice_cache import DecodedStack, RowReader
-from focusfuse.io.writer import check_format_holds, check_free_space, check_output_path, write_image, write_json
+from focusfuse.io.writer import OutputSet, check_format_holds, check_free_space, check_output_path
 from focusfuse.model.network import GACN
 from focusfuse.model.weights import find_weights, shared_model
 
@@ -617,25 +617,28 @@ def fuse_stack(
             "range": [float(surface[finite].min()), float(surface[finite].max())] if finite.any() else None,
             "filled": fill_height,
         }
-    with clock.stage("write"):
+    # Every output is staged, then all are put in place together: a stop or an error
+    # leaves all of them whole or none.
+    with OutputSet() as outputs:
+        with clock.stage("write"):
+            if targets:
+                fused_path, index_path, timing_file = targets
+                profile = None if by_channel else source.icc_profile
+                outputs.image(fused_path, fused, physical, channel_axis=by_channel, icc_profile=profile)
+                outputs.image(index_path, index_map)
+            if surface is not None and height_map_path is not None:
+                outputs.image(Path(height_map_path), surface, physical)
+            if surface is not None and height_preview_path is not None:
+                outputs.image(Path(height_preview_path), height_preview(surface, height_unit, physical))
         if targets:
-            fused_path, index_path, timing_file = targets
-            profile = None if by_channel else source.icc_profile
-            write_image(fused_path, fused, physical, channel_axis=by_channel, icc_profile=profile)
-            write_image(index_path, index_map)
-        if surface is not None and height_map_path is not None:
-            write_image(Path(height_map_path), surface, physical)
-        if surface is not None and height_preview_path is not None:
-            write_image(Path(height_preview_path), height_preview(surface, height_unit, physical))
-    if targets:
-        timing["outputs"] = {"fused": str(fused_path), "index_map": str(index_path), "timing": str(timing_file)}
-        if height_map_path is not None:
-            timing["outputs"]["height_map"] = str(height_map_path)
-        if height_preview_path is not None:
-            timing["outputs"]["height_preview"] = str(height_preview_path)
-    timing["peak_rss_bytes"] = peak_resident_bytes()
-    timing["stages_s"] = {name: round(seconds, 6) for name, seconds in clock.stages.items()}
-    timing["total_s"] = round(clock.total(), 6)
-    if targets:
-        write_json(timing_file, timing)
+            timing["outputs"] = {"fused": str(fused_path), "index_map": str(index_path), "timing": str(timing_file)}
+            if height_map_path is not None:
+                timing["outputs"]["height_map"] = str(height_map_path)
+            if height_preview_path is not None:
+                timing["outputs"]["height_preview"] = str(height_preview_path)
+        timing["peak_rss_bytes"] = peak_resident_bytes()
+        timing["stages_s"] = {name: round(seconds, 6) for name, seconds in clock.stages.items()}
+        timing["total_s"] = round(clock.total(), 6)
+        if targets:
+            outputs.json(timing_file, timing)
     return result

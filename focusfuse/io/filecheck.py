@@ -2,14 +2,17 @@
 
 Acquisition folders hold half-copied files, files whose name does not match their
 content (a ``.png`` holding JPEG data), and files whose header declares far more
-pixels than the machine has memory for. These checks run on the file's first and last
-bytes, before any pixel is decoded, so a bad file fails in milliseconds with a line
-that names it and the problem, instead of a decoder warning and a gray half-image or
-a traceback after allocating tens of gigabytes.
+pixels than the machine has memory for. These checks walk the file's structure (PNG
+chunks, JPEG segments and scans) before any pixel is decoded, so a bad file fails in
+milliseconds with a line that names it and the problem, instead of a decoder warning
+and a gray half-image or a traceback after allocating tens of gigabytes. A file is
+whole when its structure reaches its end marker; what cameras append after that
+marker (metadata trailers, previews, padding) is ignored, as the decoders ignore it.
 """
 
 from __future__ import annotations
 
+import mmap
 import os
 import re
 import stat
@@ -19,6 +22,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from focusfuse.errors import FocusFuseError
@@ -120,60 +124,145 @@ def sniff_format(path: Path) -> str | None:
     return None
 
 
-def _tail(path: Path, count: int) -> bytes:
-    with open(path, "rb") as handle:
-        handle.seek(0, os.SEEK_END)
-        size = handle.tell()
-        handle.seek(max(0, size - count))
-        return handle.read()
+@dataclass(frozen=True)
+class Header:
+    """What decoding a PNG or JPEG will give, read from its structure.
+
+    ``channels`` counts what focusfuse's reader returns: a palette expanded to RGB
+    (RGBA with a transparency chunk), gray+alpha kept as two channels.
+    """
+
+    height: int
+    width: int
+    channels: int
+    sample_bytes: int  # 1 for 8-bit samples, 2 for 16-bit
+    trailing_bytes: int = 0  # after IEND or the end-of-image marker: camera metadata, previews, padding
+
+    @property
+    def pixel_bytes(self) -> int:
+        return self.channels * self.sample_bytes
 
 
-def check_complete(path: Path, kind: str | None) -> None:
-    """PNG must end with its IEND chunk, JPEG with its end-of-image marker: else it was cut short."""
-    if kind == "png" and b"IEND" not in _tail(path, 16):
-        raise FocusFuseError(f"{path}: truncated PNG (no IEND chunk at the end; the file was cut short)")
-    if kind == "jpeg" and b"\xff\xd9" not in _tail(path, 64).rstrip(b"\x00\r\n "):
-        raise FocusFuseError(f"{path}: truncated JPEG (no end-of-image marker; the file was cut short)")
+@contextmanager
+def mapped(path: Path) -> Iterator[mmap.mmap]:
+    """The file's bytes, mapped read-only: a walk over a large JPEG's scans copies nothing."""
+    with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        yield data
 
 
-def _png_size(path: Path) -> tuple[int, int, int] | None:
-    """(height, width, bytes per pixel) from the IHDR chunk."""
-    with open(path, "rb") as handle:
-        head = handle.read(33)
-    if len(head) < 33 or head[12:16] != b"IHDR":
+PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples; 3 (palette) is RGB or RGBA
+
+
+def png_header(path: Path) -> Header | None:
+    """Walk the PNG's chunks to IEND: truncated when they end first; bytes after IEND are ignored."""
+    truncated = FocusFuseError(f"{path}: truncated PNG (its chunks end before the IEND chunk; the file was cut short)")
+    with mapped(path) as data:
+        size = len(data)
+        position, header, transparency = 8, None, False
+        while True:
+            if position + 12 > size:
+                raise truncated
+            length, kind = struct.unpack_from(">I4s", data, position)
+            if length > 2**31 - 1:
+                raise FocusFuseError(f"{path}: damaged PNG file (a chunk declares {length} bytes)")
+            if position + 12 + length > size:
+                raise truncated
+            if kind == b"IHDR" and length >= 13:
+                width, height, depth, colour = struct.unpack_from(">IIBB", data, position + 8)
+                header = (height, width, depth, colour)
+            elif kind == b"tRNS":
+                transparency = True
+            elif kind == b"IEND":
+                end = position + 12 + length
+                break
+            position += 12 + length
+    if header is None:
         return None
-    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
-    channels = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(colour, 4)
-    return height, width, channels * max(1, depth // 8)
+    height, width, depth, colour = header
+    channels = (4 if transparency else 3) if colour == 3 else PNG_CHANNELS.get(colour, 4)
+    return Header(height, width, channels, 2 if depth == 16 else 1, size - end)
 
 
-def _jpeg_size(path: Path) -> tuple[int, int, int] | None:
-    """(height, width, bytes per pixel) from the first start-of-frame segment."""
-    with open(path, "rb") as handle:
-        data = handle.read(1 << 20)  # frames come early; a megabyte covers large EXIF blocks
-    position = 2
-    while position + 9 < len(data):
-        if data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
-            position += 2
-            continue
-        length = struct.unpack(">H", data[position + 2 : position + 4])[0]
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            height, width = struct.unpack(">HH", data[position + 5 : position + 9])
-            channels = data[position + 9] if position + 9 < len(data) else 3
-            return height, width, channels
-        position += 2 + length
+# In a JPEG's entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart
+# marker; any other byte after one or more 0xFF is the next real marker.
+JPEG_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+EXIF_ROTATED = (5, 6, 7, 8)  # orientations that turn the image by 90 degrees: width and height swap
+
+
+def jpeg_header(path: Path) -> Header | None:
+    """Walk the JPEG's segments and scans to its end-of-image marker: truncated when the data ends first.
+
+    What follows the marker (camera trailers, an MPF preview, zero padding) is
+    ignored, as libjpeg ignores it. The size is the upright one, after the EXIF
+    orientation that the reader applies.
+    """
+    truncated = FocusFuseError(
+        f"{path}: truncated JPEG (the image data ends before its end-of-image marker; the file was cut short)"
+    )
+    frame, orientation = None, 1
+    with mapped(path) as data:
+        size, position = len(data), 2
+        while True:
+            while position < size and data[position] != 0xFF:  # stray bytes: libjpeg's decoder judges them
+                position += 1
+            while position + 1 < size and data[position + 1] == 0xFF:  # fill bytes before a marker
+                position += 1
+            if position + 2 > size:
+                raise truncated
+            marker = data[position + 1]
+            if marker == 0xD9:
+                end = position + 2
+                break
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                position += 2
+                continue
+            if position + 4 > size:
+                raise truncated
+            (length,) = struct.unpack_from(">H", data, position + 2)
+            segment_end = position + 2 + length
+            if segment_end > size:
+                raise truncated
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC) and length >= 8 and frame is None:
+                height, width = struct.unpack_from(">HH", data, position + 5)
+                frame = (height, width, data[position + 9])
+            elif marker == 0xE1 and data[position + 4 : position + 10] == b"Exif\x00\x00":
+                orientation = _exif_orientation(data[position + 10 : segment_end]) or orientation
+            if marker == 0xDA:  # a scan: its entropy-coded data runs to the next marker
+                found = JPEG_MARKER_IN_SCAN.search(data, segment_end)
+                if found is None:
+                    raise truncated
+                position = found.end() - 2
+            else:
+                position = segment_end
+    if frame is None:
+        return None
+    height, width, components = frame
+    if orientation in EXIF_ROTATED:
+        height, width = width, height
+    return Header(height, width, 1 if components == 1 else 3, 1, size - end)
+
+
+def _exif_orientation(tiff: bytes) -> int | None:
+    """The Orientation tag (0x0112) of an Exif block's IFD0, or None."""
+    try:
+        order = {b"II": "<", b"MM": ">"}[tiff[:2]]
+        (offset,) = struct.unpack_from(order + "I", tiff, 4)
+        (count,) = struct.unpack_from(order + "H", tiff, offset)
+        for entry in range(count):
+            tag, kind, _, value = struct.unpack_from(order + "HHIH", tiff, offset + 2 + 12 * entry)
+            if tag == 0x0112 and kind == 3:
+                return value
+    except (KeyError, struct.error):
+        return None
     return None
 
 
-def declared_size(path: Path, kind: str | None) -> tuple[int, int, int] | None:
-    """(height, width, bytes per pixel) that decoding will produce, from the header; None if unknown."""
+def declared_header(path: Path, kind: str | None) -> Header | None:
+    """What decoding will produce, from the file's structure (None if unknown); refuses a file cut short."""
     if kind == "png":
-        return _png_size(path)
+        return png_header(path)
     if kind == "jpeg":
-        return _jpeg_size(path)
+        return jpeg_header(path)
     return None
 
 

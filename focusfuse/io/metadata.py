@@ -74,7 +74,7 @@ def read_physical_size(path: Path) -> PhysicalSize:
     try:
         with tifffile.TiffFile(path) as tif:
             if tif.is_ome and tif.ome_metadata:
-                found = _from_ome(tif.ome_metadata)
+                found = physical_size_from_ome(tif.ome_metadata)
                 if found.has_pixel_size or found.z_step_um is not None:
                     return found
             page = tif.pages.first
@@ -87,7 +87,7 @@ def read_physical_size(path: Path) -> PhysicalSize:
         return PhysicalSize()
 
 
-def _from_ome(xml: str) -> PhysicalSize:
+def physical_size_from_ome(xml: str) -> PhysicalSize:
     try:
         pixels = ElementTree.fromstring(xml).find(".//{*}Pixels")
     except ElementTree.ParseError:

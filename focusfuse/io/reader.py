@@ -24,20 +24,25 @@ import tifffile
 from focusfuse.errors import FocusFuseError
 from focusfuse.io.color import SUPPORTED_DTYPES
 from focusfuse.io.filecheck import (
-    check_complete,
+    Header,
     check_fits_memory,
     check_readable,
-    declared_size,
+    declared_header,
     decoder_messages,
     sniff_format,
 )
 from focusfuse.io.icc import read_icc_profile
 from focusfuse.io.metadata import PhysicalSize, read_physical_size
+from focusfuse.io.ome_files import OmeDataset, multi_file_dataset, read_ome_plane
 
 # OpenCV's own warnings would print a second, library-worded line beside ours.
 cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+# The names cameras, microscopes and editors give image files; a file with another
+# name is a slice when its first bytes say it is an image (``images_in_folder``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".jfi", ".jif", ".tif", ".tiff", ".bmp", ".dib", ".webp")
+# Files beside the slices that are never slices: sidecars, notes, thumbnails' databases.
+NOT_IMAGE_SUFFIXES = (".txt", ".xml", ".json", ".csv", ".md", ".log", ".ome", ".db", ".ini", ".yaml", ".yml", ".py")
 TIFF_SUFFIXES = (".tif", ".tiff")
 STACK_AXES = ("Z", "I", "Q")  # tifffile's names for the axis that runs through the slices
 AXIS_NAMES = {"T": "time series", "Z": "z-stack", "C": "channels", "R": "tile grid", "V": "views", "E": "lambda stack"}
@@ -103,7 +108,11 @@ def _series_nbytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
 
 
 def _read_tiff_image(path: Path, label: str) -> np.ndarray:
-    with tiff_errors(label), tifffile.TiffFile(path) as tif:
+    # One plane of a multi-file OME-TIFF is read as the plain TIFF it is: its OME
+    # series spans the other files, and reading through it reads them too.
+    with tiff_errors(label):
+        plain = multi_file_dataset(path) is not None
+    with tiff_errors(label), tifffile.TiffFile(path, is_ome=False if plain else None) as tif:
         series = tif.series[0]
         axes, shape = series.axes, series.shape
         check_fits_memory(label, _series_nbytes(shape, series.dtype), f"a {'x'.join(map(str, shape))} TIFF")
@@ -115,22 +124,22 @@ def _read_tiff_image(path: Path, label: str) -> np.ndarray:
     return _check_array(image, label)
 
 
-def check_file(path: Path) -> tuple[str | None, tuple[int, int, int] | None]:
-    """Readable, whole and decodable within memory, from a few bytes at its start and end.
+def check_file(path: Path) -> tuple[str | None, Header | None]:
+    """Readable, whole and decodable within memory, from the file's structure, before decoding.
 
-    Returns the format found in the first bytes and, where the header tells it,
-    (height, width, bytes per pixel). TIFFs are checked as tifffile opens them.
+    Returns the format found in the first bytes and, for PNG and JPEG, what decoding
+    will give. TIFFs are checked as tifffile opens them.
     """
     check_readable(path)
     kind = sniff_format(path)
     if kind == "tiff":
         return kind, None
-    check_complete(path, kind)
-    size = declared_size(path, kind)
-    if size is not None:
-        height, width, pixel_bytes = size
-        check_fits_memory(str(path), height * width * pixel_bytes, f"a {width}x{height} image")
-    return kind, size
+    header = declared_header(path, kind)
+    if header is not None:
+        check_fits_memory(
+            str(path), header.height * header.width * header.pixel_bytes, f"a {header.width}x{header.height} image"
+        )
+    return kind, header
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -141,14 +150,18 @@ def read_image(path: Path) -> np.ndarray:
     turned upright by their EXIF orientation, as viewers show them.
     """
     label = str(path)
-    kind, _ = check_file(path)
+    kind, header = check_file(path)
     if kind == "tiff":
         return _read_tiff_image(path, label)
+    # Decoded from the bytes, not the path: OpenCV's path-taking calls crash on names
+    # that are not UTF-8 (a Latin-1 name from an older Windows share).
+    with open(path, "rb") as handle:
+        encoded = np.frombuffer(handle.read(), np.uint8)
     # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation; JPEG has
     # neither alpha nor 16 bits, so it is read with orientation applied.
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "jpeg" else cv2.IMREAD_UNCHANGED
     with decoder_messages() as complaints:
-        decoded: np.ndarray | None = cv2.imread(str(path), flags)
+        decoded: np.ndarray | None = cv2.imdecode(encoded, flags)
     if complaints:
         raise FocusFuseError(f"{label}: damaged {(kind or 'image').upper()} file ({complaints[0]})")
     if decoded is not None:
@@ -157,13 +170,49 @@ def read_image(path: Path) -> np.ndarray:
         try:
             import imageio.v3 as iio
 
-            image = np.asarray(iio.imread(path))
+            image = np.asarray(iio.imread(encoded.tobytes()))
         except Exception as error:
             what = f"damaged {kind.upper()} file" if kind else "unknown format"
             raise FocusFuseError(f"{label}: not a readable image ({what})") from error
     if decoded is not None and image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+        if header is not None and header.channels == 2 and image.shape[2] == 4:
+            image = np.ascontiguousarray(image[:, :, [0, 3]])  # OpenCV gives gray+alpha as BGRA: keep gray, alpha
+        else:
+            image = cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA if image.shape[2] == 4 else cv2.COLOR_BGR2RGB)
     return _check_array(image, label)
+
+
+def _colour_samples(image: np.ndarray) -> int:
+    return 1 if image.ndim == 2 else image.shape[2]
+
+
+def same_pixels_as(image: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
+    """``image`` with the colour samples of ``shape`` where no pixel changes, else None.
+
+    Gray becomes RGB(A) by repeating it; RGB whose samples are equal becomes gray; an
+    alpha channel that is opaque everywhere is dropped, and an opaque one added.
+    """
+    if image.shape[:2] != shape[:2]:
+        return None
+    have, want = _colour_samples(image), 1 if len(shape) == 2 else shape[2]
+    opaque = np.iinfo(image.dtype).max if image.dtype.kind == "u" else 1.0
+    if have in (2, 4):  # alpha: drop it only when it hides nothing
+        if not (image[:, :, -1] == opaque).all():
+            return None
+        image = image[:, :, 0] if have == 2 else image[:, :, :3]
+    if want in (2, 4):
+        colour = same_pixels_as(image, shape[:2] + ((want - 1,) if want == 4 else ()))
+        if colour is None:
+            return None
+        alpha = np.full(shape[:2], opaque, image.dtype)
+        return np.dstack([colour, alpha])
+    if _colour_samples(image) == want:
+        return image
+    if want == 3 and image.ndim == 2:
+        return np.repeat(image[:, :, None], 3, axis=2)
+    if want == 1 and image.ndim == 3 and (image[:, :, 0:1] == image).all():
+        return np.ascontiguousarray(image[:, :, 0])
+    return None
 
 
 @dataclass
@@ -190,11 +239,19 @@ class StackSource:
         return len(self.labels)
 
     def read(self, index: int) -> np.ndarray:
-        """Slice ``index``; checks it matches the first slice in shape and dtype."""
+        """Slice ``index``; checks it matches the first slice in shape and dtype.
+
+        A slice stored with other colour samples but the same pixels (gray where the
+        first is RGB, an opaque alpha channel beside it) is converted, losslessly, to
+        the first slice's: PNG optimisers and cameras store the slices of one stack so.
+        """
         image = self.reader(index)
         if self.shape is None:
             self.shape, self.dtype = image.shape, image.dtype
-        elif image.shape != self.shape or image.dtype != self.dtype:
+        elif image.shape != self.shape and image.dtype == self.dtype and not self.channel_axis:
+            converted = same_pixels_as(image, self.shape)
+            image = image if converted is None else converted
+        if image.shape != self.shape or image.dtype != self.dtype:
             raise FocusFuseError(
                 f"{self.labels[index]}: shape {image.shape} {image.dtype} differs from the first slice "
                 f"{self.labels[0]} ({self.shape} {self.dtype})"
@@ -292,7 +349,10 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
             check_readable(path)
     if len(paths) == 1 and paths[0].is_dir():
         paths = _slices_in_folder(paths[0])
-    elif len(paths) == 1 and sniff_format(paths[0]) == "tiff":
+    dataset = _one_ome_dataset(paths)
+    if dataset is not None:
+        return _ome_dataset_stack(dataset)
+    if len(paths) == 1 and sniff_format(paths[0]) == "tiff":
         stack = _tiff_stack(paths[0])
         if stack is not None:
             return stack
@@ -307,6 +367,49 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
         declared_size=size,
         physical=read_physical_size(paths[0]) if sniff_format(paths[0]) == "tiff" else PhysicalSize(),
         icc_profile=read_icc_profile(paths[0]),
+    )
+
+
+def _one_ome_dataset(paths: list[Path]) -> OmeDataset | None:
+    """The multi-file OME-TIFF z-stack that ``paths`` are: one of its files, or all of them (a folder)."""
+    if not paths or sniff_format(paths[0]) != "tiff":
+        return None
+    with tiff_errors(str(paths[0])):
+        dataset = multi_file_dataset(paths[0])
+    if dataset is None or dataset.size_z < 2:
+        return None
+    if len(paths) > 1 and {p.resolve() for p in paths} != {f.resolve() for f in dataset.files}:
+        return None  # some of its planes, or other images beside them: slices in the order given
+    if dataset.size_t > 1:
+        raise FocusFuseError(
+            f"{dataset.described_in}: a multi-file OME-TIFF holding a time series (T={dataset.size_t}) of "
+            f"z-stacks; fuse one time point's files as a list"
+        )
+    return dataset
+
+
+def _ome_dataset_stack(dataset: OmeDataset) -> StackSource:
+    """Slice z of a multi-file OME-TIFF: its planes of every channel, from the files the OME-XML names."""
+    channel_axis = dataset.size_c > 1
+    labels = [str(dataset.planes.get((z, 0, 0), (dataset.described_in, 0))[0]) for z in range(dataset.size_z)]
+
+    def read_slice(z: int) -> np.ndarray:
+        planes = []
+        for c in range(dataset.size_c):
+            label = f"{labels[z]}[c={c}]" if channel_axis else labels[z]
+            with tiff_errors(label, "cannot read this plane"):
+                planes.append(read_ome_plane(dataset, (z, c, 0), label))
+        image = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
+        return _check_array(np.ascontiguousarray(image), labels[z], channel_axis=channel_axis)
+
+    return StackSource(
+        labels=labels,
+        paths=list(dataset.files) + ([dataset.described_in] if dataset.described_in not in dataset.files else []),
+        reader=read_slice,
+        physical=dataset.physical,
+        axes="ZCYX" if channel_axis else "ZYX",
+        channel_axis=channel_axis,
+        icc_profile=None,
     )
 
 
@@ -359,16 +462,24 @@ def open_channel_stack(folders: Sequence[str | os.PathLike]) -> StackSource:
     )
 
 
+def is_image_file(path: Path) -> bool:
+    """An image by its name (``IMAGE_SUFFIXES``), or, under another name, by its first bytes."""
+    if path.name.startswith(".") or not path.is_file():
+        return False
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return True
+    if suffix in NOT_IMAGE_SUFFIXES:
+        return False
+    try:
+        return sniff_format(path) is not None
+    except OSError:
+        return False
+
+
 def images_in_folder(folder: Path) -> list[Path]:
-    """The folder's image files (by suffix, hidden ones left out) in natural order: a stack's slices."""
-    return sorted(
-        (
-            p
-            for p in folder.iterdir()
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
-        ),
-        key=lambda p: natural_key(p.name),
-    )
+    """The folder's image files (hidden ones left out) in natural order: a stack's slices."""
+    return sorted((p for p in folder.iterdir() if is_image_file(p)), key=lambda p: natural_key(p.name))
 
 
 def _slices_in_folder(folder: Path) -> list[Path]:
@@ -385,22 +496,27 @@ def precheck_files(paths: list[Path]) -> tuple[int, int] | None:
     run in milliseconds instead of after the slices before it were fused. Returns the
     first slice's (height, width) where its header tells it.
     """
-    first: tuple[int, int, int] | None = None
+    first: Header | None = None
     first_kind: str | None = None  # the format of paths[0]: headers are compared within one format
     for number, path in enumerate(paths):
-        kind, size = check_file(path)
+        kind, header = check_file(path)
         if number == 0:
             first_kind = kind
-        if size is None:
+        if header is None:
             continue
-        height, width, pixel_bytes = size
         if first is None:
-            first = size
-        elif size != first and kind == first_kind:
-            depth = f", {pixel_bytes} bytes a pixel" if pixel_bytes != first[2] else ""
-            first_depth = f", {first[2]} bytes a pixel" if depth else ""
+            first = header
+        elif kind == first_kind and (header.height, header.width, header.sample_bytes) != (
+            first.height,
+            first.width,
+            first.sample_bytes,
+        ):
+            # Colour samples are compared after decoding (``StackSource.read``): a palette
+            # slice and an RGB one, or gray and RGB, may hold the same pixels.
+            depth = f", {8 * header.sample_bytes}-bit" if header.sample_bytes != first.sample_bytes else ""
+            first_depth = f", {8 * first.sample_bytes}-bit" if depth else ""
             raise FocusFuseError(
-                f"{path}: {width}x{height}{depth} differs from the first slice {paths[0]} "
-                f"({first[1]}x{first[0]}{first_depth})"
+                f"{path}: {header.width}x{header.height}{depth} differs from the first slice {paths[0]} "
+                f"({first.width}x{first.height}{first_depth})"
             )
-    return None if first is None else (first[0], first[1])
+    return None if first is None else (first.height, first.width)

@@ -1,7 +1,9 @@
-"""Writing results: images by extension, atomically, never over an input.
+"""Writing results: images by extension, atomically and all together, never over an input.
 
-Each file is written to a temporary name in the target directory and renamed into
-place, so a failed or interrupted run leaves no partial or corrupt output.
+Each file is written to a temporary name in the target directory; when every output
+of a run is written, they are renamed into place together, in one step that a stop
+(Ctrl-C, SIGTERM) waits for. A failed or interrupted run leaves either every output
+whole or none of them, never a partial file or a fused image without its index map.
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import struct
 import tempfile
-from collections.abc import Iterable
+import zlib
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -18,7 +22,7 @@ import numpy as np
 import tifffile
 
 from focusfuse.errors import FocusFuseError
-from focusfuse.interruption import critical_section
+from focusfuse.interruption import critical_section, record_written
 from focusfuse.io.icc import embed_in_jpeg, embed_in_png
 from focusfuse.io.metadata import PhysicalSize, tiff_physical_arguments
 
@@ -59,8 +63,6 @@ def check_format_holds(path: Path, dtype: np.dtype, channels: int | None = None)
         raise FocusFuseError(f"{path}: PNG cannot hold {dtype} pixels; write a .tif instead")
     if kind == "JPEG" and dtype != np.uint8:
         raise FocusFuseError(f"{path}: JPEG holds only 8-bit pixels, not {dtype}; write a .tif or .png instead")
-    if kind == "PNG" and channels == 2:
-        raise FocusFuseError(f"{path}: PNG cannot hold 2 channels; write a .tif instead")
     if kind == "JPEG" and channels not in (None, 1, 3):
         raise FocusFuseError(f"{path}: JPEG holds 1 or 3 channels, not {channels}; write a .tif or .png instead")
 
@@ -82,19 +84,73 @@ def _readable_as_umask_allows(path: Path) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _atomic(path: Path, write) -> None:
-    temporary: str | None = None
-    try:
-        with critical_section():  # a stop between creating the file and this try would leave it behind
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-            os.close(handle)
-        write(Path(temporary))
-        _readable_as_umask_allows(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        if temporary is not None:
-            Path(temporary).unlink(missing_ok=True)
-        raise
+class OutputSet:
+    """Outputs written to temporaries, then put in place together: every one whole, or none.
+
+    Use as a context manager: on a clean exit the files are committed, on an
+    exception (a stop included) the temporaries are removed and nothing is placed.
+    """
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[Path, Path]] = []  # (temporary, final path)
+
+    def _stage(self, path: Path, write: Callable[[Path], None]) -> None:
+        temporary: Path | None = None
+        try:
+            with critical_section():  # a stop between creating the file and recording it would leave it behind
+                handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+                os.close(handle)
+                temporary = Path(name)
+                self._staged.append((temporary, path))
+            write(temporary)
+            _readable_as_umask_allows(temporary)
+        except OSError as error:
+            raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error
+
+    def image(self, path: Path, image: np.ndarray, physical: PhysicalSize | None = None, **options) -> None:
+        """Stage an image (see ``write_image`` for ``options``)."""
+        self._stage(path, image_writer(path, image, physical, **options))
+
+    def json(self, path: Path, record: dict) -> None:
+        self.text(path, json.dumps(record, indent=2) + "\n")
+
+    def text(self, path: Path, text: str) -> None:
+        def write(temporary: Path) -> None:
+            temporary.write_text(text)
+
+        self._stage(path, write)
+
+    def commit(self) -> list[Path]:
+        """Rename every staged file into place, in one step a stop waits for; returns the paths."""
+        placed: list[Path] = []
+        with critical_section():
+            try:
+                for temporary, path in self._staged:
+                    os.replace(temporary, path)
+                    placed.append(path)
+            except OSError as error:
+                for path in placed:  # the set is whole or absent
+                    path.unlink(missing_ok=True)
+                self.discard()
+                raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error
+            self._staged.clear()
+            record_written(placed)
+        return placed
+
+    def discard(self) -> None:
+        """Remove every staged temporary; nothing is placed."""
+        for temporary, _ in self._staged:
+            temporary.unlink(missing_ok=True)
+        self._staged.clear()
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
 
 
 def write_image(
@@ -105,7 +161,7 @@ def write_image(
     channel_axis: bool = False,
     icc_profile: bytes | None = None,
 ) -> None:
-    """Write ``(H, W)`` or ``(H, W, C)`` (RGB(A) order) by the file's extension.
+    """Write ``(H, W)`` or ``(H, W, C)`` (RGB(A) order) by the file's extension, atomically.
 
     A TIFF records ``physical``'s pixel size: as ImageJ metadata where ImageJ can hold
     the image (gray 8/16/32-bit, RGB 8-bit), else as resolution tags in centimetres.
@@ -113,6 +169,33 @@ def write_image(
     an ImageJ hyperstack ``CYX``, which Fiji opens as channels. ``icc_profile`` (the
     source's colour profile) is embedded in PNG, JPEG and colour TIFF outputs.
     """
+    with OutputSet() as outputs:
+        outputs.image(path, image, physical, channel_axis=channel_axis, icc_profile=icc_profile)
+
+
+def png_gray_alpha(image: np.ndarray) -> bytes:
+    """A PNG of gray+alpha pixels ``(H, W, 2)``, 8 or 16 bits (colour type 4), which OpenCV cannot write."""
+    height, width = image.shape[:2]
+    depth = 16 if image.dtype == np.uint16 else 8
+    rows = np.ascontiguousarray(image, dtype=">u2" if depth == 16 else np.uint8).reshape(height, -1).view(np.uint8)
+    raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()  # filter 0 on every row
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+    header = struct.pack(">IIBBBBB", width, height, depth, 4, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+
+
+def image_writer(
+    path: Path,
+    image: np.ndarray,
+    physical: PhysicalSize | None = None,
+    *,
+    channel_axis: bool = False,
+    icc_profile: bytes | None = None,
+) -> Callable[[Path], None]:
+    """What writes ``image`` as ``path``'s format to a given file (see ``write_image``)."""
     check_format_holds(path, image.dtype)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
@@ -132,31 +215,32 @@ def write_image(
                 physical_arguments["iccprofile"] = icc_profile
             tifffile.imwrite(temporary, image, photometric="rgb" if rgb else "minisblack", **physical_arguments)
             return
-        pixels = image
-        if image.ndim == 3 and image.shape[2] in (3, 4):
-            pixels = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-        elif image.ndim == 3:
-            raise FocusFuseError(f"{path}: {kind} cannot hold {image.shape[2]} channels; write a .tif instead")
-        if not cv2.imwrite(str(temporary), pixels):
-            raise FocusFuseError(f"{path}: could not write the {kind} file")
+        if kind == "PNG" and image.ndim == 3 and image.shape[2] == 2:
+            temporary.write_bytes(png_gray_alpha(image))
+        else:
+            pixels = image
+            if image.ndim == 3 and image.shape[2] in (3, 4):
+                pixels = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
+            elif image.ndim == 3:
+                raise FocusFuseError(f"{path}: {kind} cannot hold {image.shape[2]} channels; write a .tif instead")
+            # Encoded in memory, written by Python: OpenCV's path-taking calls crash on names that are not UTF-8.
+            ok, encoded = cv2.imencode(".png" if kind == "PNG" else ".jpg", pixels)
+            if not ok:
+                raise FocusFuseError(f"{path}: could not write the {kind} file")
+            temporary.write_bytes(encoded.tobytes())
         if icc_profile is not None:
             (embed_in_png if kind == "PNG" else embed_in_jpeg)(temporary, icc_profile)
 
-    try:
-        _atomic(path, write)
-    except OSError as error:
-        raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error
+    return write
 
 
 def write_json(path: Path, record: dict) -> None:
-    write_text(path, json.dumps(record, indent=2) + "\n")
+    """A JSON record, atomically."""
+    with OutputSet() as outputs:
+        outputs.json(path, record)
 
 
 def write_text(path: Path, text: str) -> None:
-    def write(temporary: Path) -> None:
-        temporary.write_text(text)
-
-    try:
-        _atomic(path, write)
-    except OSError as error:
-        raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error
+    """A text file, atomically."""
+    with OutputSet() as outputs:
+        outputs.text(path, text)

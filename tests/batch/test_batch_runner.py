@@ -119,7 +119,10 @@ def test_a_broken_stack_fails_once_and_the_rest_is_fused(tree, tmp_path, monkeyp
     first = batch(str(tree), "-o", str(out), "--settle", "0", "--report", str(report))
     assert first.exit_code == cli.EXIT_SOME_FAILED
     lines = first.stderr.splitlines()
-    assert lines[0] == f"focusfuse: error: {broken}: truncated PNG (no IEND chunk at the end; the file was cut short)"
+    assert (
+        lines[0]
+        == f"focusfuse: error: {broken}: truncated PNG (its chunks end before the IEND chunk; the file was cut short)"
+    )
     assert lines[1].startswith("batch: 3 fused, 0 done before, 0 settling, 1 failed in ")
     assert report.read_text().splitlines()[0] == "stack,source,status,slices,seconds,finished_at,fused,error,detail"
     assert not (out / "day1/pos2.png").exists() and (out / "day1/pos2.failed.json").is_file()
