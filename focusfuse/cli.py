@@ -32,7 +32,7 @@ from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.fusion.strategies import STRATEGIES
 from focusfuse.interruption import forget_written, stop, written_outputs
 from focusfuse.io.reader import natural_key
-from focusfuse.io.writer import check_output_path
+from focusfuse.io.writer import check_output_path, discard_unplaced
 
 EXIT_ERROR = 1  # a bad input or setting
 EXIT_OUT_OF_MEMORY = 3
@@ -134,6 +134,21 @@ def stop_on_ctrl_c(signum, frame) -> None:
     stop(KeyboardInterrupt())
 
 
+# Signals this process ignores because a command ended: its outputs are in place and
+# reported, and a stop as the interpreter exits would only print a traceback from some
+# exit hook (``Exception ignored ...``) or end a finished run with a signal's status.
+# SIG_IGN, not a Python handler: the interpreter resets those to the default as it
+# exits, and the process would then die of the signal.
+_ignored_since_a_command_ended: set[int] = set()
+
+
+def ignore_stops_from_now() -> None:
+    for number in (signal.SIGINT, signal.SIGTERM):
+        if signal.getsignal(number) is not signal.SIG_IGN:
+            signal.signal(number, signal.SIG_IGN)
+            _ignored_since_a_command_ended.add(number)
+
+
 def fail(error: Exception) -> None:
     click.echo(f"focusfuse: error: {error}", err=True)
     sys.exit(EXIT_ERROR)
@@ -149,21 +164,22 @@ class FocusFuseGroup(click.Group):
 
     def invoke(self, ctx: click.Context):
         signal.signal(signal.SIGTERM, stop_like_ctrl_c)
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, stop_on_ctrl_c)
+        ours = signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.SIGINT in _ignored_since_a_command_ended
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler or ours:
+            signal.signal(signal.SIGINT, stop_on_ctrl_c)  # not where the shell ignores it (nohup, `&`)
+        _ignored_since_a_command_ended.clear()
         debug = bool(ctx.params.get("debug")) or os.environ.get("FOCUSFUSE_DEBUG") == "1"
         forget_written()
         try:
             result = super().invoke(ctx)
-            # Done and reported: a stop that comes now, as the interpreter exits, would
-            # only print a traceback from some exit hook over a finished run.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            ignore_stops_from_now()
             return result
         except FocusFuseError as error:
+            discard_unplaced()
             fail(error)
         except KeyboardInterrupt as interrupt:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut this message short
+            ignore_stops_from_now()  # a second Ctrl-C does not cut this message short
+            discard_unplaced()
             written = written_outputs()
             kept = {"train": "; the last whole checkpoint is kept", "batch": "; the stacks fused so far are kept"}.get(
                 ctx.invoked_subcommand or "",

@@ -76,3 +76,120 @@ def test_sigterm_while_creating_an_outputs_temporary_leaves_no_file(tmp_path, mo
     with pytest.raises(cli.Terminated):
         writer.write_image(tmp_path / "fused.png", np.zeros((4, 4), np.uint8))
     assert list(Path(tmp_path).iterdir()) == []
+
+
+def tiny_stack(folder: Path) -> Path:
+    import cv2
+
+    from conftest import step_depth_stack
+
+    folder.mkdir()
+    for number, image in enumerate(step_depth_stack(n_slices=3, size=48).slices):
+        cv2.imwrite(str(folder / f"z{number}.png"), image)
+    return folder
+
+
+def outputs_state(folder: Path) -> str:
+    """``none`` or ``all`` (each output whole); anything else fails the test."""
+    import json
+
+    import cv2
+
+    names = sorted(path.name for path in folder.iterdir())
+    if not names:
+        return "none"
+    assert names == ["f.index.png", "f.png", "f.timing.json"], names  # no temporary, no missing output
+    assert cv2.imread(str(folder / "f.png")).shape[:2] == (48, 48)
+    assert cv2.imread(str(folder / "f.index.png"), cv2.IMREAD_UNCHANGED).shape == (48, 48)
+    assert json.loads((folder / "f.timing.json").read_text())["n_slices"] == 3
+    return "all"
+
+
+def test_ctrl_c_at_any_point_of_the_writing_leaves_every_output_or_none_and_says_which(tmp_path, monkeypatch):
+    """Ctrl-C is raised at one line after another of the write and of the command's end (the lines run
+    in the writer, the stop handling and the CLI, counted by a tracer); each run ends in one of the two
+    states, and the message names the state."""
+    import sys
+
+    from click.testing import CliRunner
+
+    stack = tiny_stack(tmp_path / "stack")
+    real_init = writer.OutputSet.__init__
+    trigger: dict = {}
+
+    def tracer(frame, event, argument):
+        if frame.f_code.co_filename.endswith(("io/writer.py", "focusfuse/cli.py", "focusfuse/interruption.py")):
+            trigger["lines"] += 1
+            if trigger["lines"] == trigger["at"]:
+                signal.raise_signal(signal.SIGINT)
+            return tracer
+        return None
+
+    def start_tracing(self):
+        real_init(self)
+        frame = sys._getframe(1)
+        while frame is not None:  # the frames already running (the pipeline, the CLI) are traced from here on
+            frame.f_trace = tracer
+            frame = frame.f_back
+        sys.settrace(tracer)
+
+    monkeypatch.setattr(writer.OutputSet, "__init__", start_tracing)
+
+    def run(at: int) -> tuple[int, str, str]:
+        out = tmp_path / f"out{at}"
+        out.mkdir()
+        trigger.update(lines=0, at=at)
+        try:
+            result = CliRunner().invoke(cli.main, ["stack", str(stack), "-o", str(out / "f.png"), "--device", "cpu"])
+        finally:
+            sys.settrace(None)
+        return result.exit_code, result.stderr, outputs_state(out)
+
+    exit_code, _, state = run(at=0)  # never: count the lines
+    total = trigger["lines"]
+    assert exit_code == 0 and state == "all" and total > 50
+    seen = set()
+    for at in sorted({1, 2, total - 1, total, *range(3, total, max(1, total // 14))}):
+        exit_code, stderr, state = run(at)
+        seen.add(state)
+        if state == "none":
+            assert exit_code == 130 and stderr == "focusfuse: interrupted; no output written\n", (at, stderr)
+        elif exit_code == 130:
+            assert stderr.startswith("focusfuse: interrupted; every output was written whole first: "), (at, stderr)
+            assert stderr.count("\n") == 1
+        else:
+            assert exit_code == 0 and stderr == "", (at, exit_code, stderr)  # the command had ended
+    assert seen == {"none", "all"}
+
+
+def test_ctrl_c_as_the_command_exits_is_quiet(tmp_path):
+    """SIGINT sent again and again from the moment the last output is in place until the process ends:
+    no traceback (an exit hook's ``Exception ignored ... KeyboardInterrupt``), outputs whole."""
+    import os
+    import subprocess
+    import sys
+
+    stack = tiny_stack(tmp_path / "stack")
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [sys.executable, "-m", "focusfuse", "stack", str(stack), "-o", str(out / "f.png"), "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        while not (out / "f.timing.json").exists() and process.poll() is None:
+            pass  # the timing report is put in place last
+        while process.poll() is None:
+            try:
+                os.kill(process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                break
+        _, stderr = process.communicate(timeout=600)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = stderr.decode()
+    assert "Traceback" not in text and "Exception ignored" not in text, text
+    assert outputs_state(out) == "all"
+    if process.returncode == 130:
+        assert text.startswith("focusfuse: interrupted; every output was written whole first: "), text
+    else:
+        assert process.returncode == 0 and text == "", (process.returncode, text)

@@ -102,6 +102,7 @@ class OutputSet:
                 os.close(handle)
                 temporary = Path(name)
                 self._staged.append((temporary, path))
+                _unplaced.add(temporary)
             write(temporary)
             _readable_as_umask_allows(temporary)
         except OSError as error:
@@ -127,6 +128,7 @@ class OutputSet:
             try:
                 for temporary, path in self._staged:
                     os.replace(temporary, path)
+                    _unplaced.discard(temporary)
                     placed.append(path)
             except OSError as error:
                 for path in placed:  # the set is whole or absent
@@ -141,16 +143,31 @@ class OutputSet:
         """Remove every staged temporary; nothing is placed."""
         for temporary, _ in self._staged:
             temporary.unlink(missing_ok=True)
+            _unplaced.discard(temporary)
         self._staged.clear()
 
     def __enter__(self) -> OutputSet:
         return self
 
     def __exit__(self, kind, error, traceback) -> None:
-        if kind is None:
-            self.commit()
-        else:
-            self.discard()
+        try:
+            if kind is None:
+                self.commit()
+        finally:
+            self.discard()  # nothing left to discard after a commit
+
+
+# Temporaries staged and not yet placed or removed, in this process: a stop that lands
+# on the very first instruction of a clean-up (before its ``finally`` is entered)
+# leaves them to ``discard_unplaced``, which the command line calls on every failure.
+_unplaced: set[Path] = set()
+
+
+def discard_unplaced() -> None:
+    """Remove every staged temporary not yet put in place (after an error or a stop)."""
+    for temporary in list(_unplaced):
+        temporary.unlink(missing_ok=True)
+        _unplaced.discard(temporary)
 
 
 def write_image(

@@ -14,9 +14,9 @@ import json
 import multiprocessing
 import os
 import platform
+import queue as queue_module
 import signal
 import time
-from collections import deque
 from collections.abc import Callable, Generator
 from contextlib import closing
 from dataclasses import asdict, dataclass, field, replace
@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from focusfuse.errors import FocusFuseError
+from focusfuse.interruption import critical_section
 from focusfuse.io.color import to_gray
 from focusfuse.model.network import GACN
 from focusfuse.model.weights import load_model, save_weights, sha256_of
@@ -36,6 +37,7 @@ from focusfuse.training.synthetic import TRAIN_SIZE, PairSettings, TrainingPair,
 
 # Held-out pairs: aligned (a shift would make the truth, aligned to A, wrong for B near
 # every border), no rotation, realistic noise; blur, defocus spread and jitter as in training.
+WORKER_CHECK_S = 1.0  # how often a training process waiting for a batch looks whether its workers still live
 VALIDATION_SETTINGS = PairSettings(crop=TRAIN_SIZE - 16, rotate=False, noise_max=0.02, max_shift=0)
 
 
@@ -113,22 +115,24 @@ def step_batch(images: list[Image], config: TrainConfig, step: int) -> Batch:
     return stack_pairs(make_batch(images, rng, config.batch_size, PairSettings(crop=config.crop)))
 
 
-_worker_state: dict = {}
+def _batch_worker(config: TrainConfig, steps, batches) -> None:
+    """A worker process: the batch of every step it is given, until it is killed.
 
-
-def _start_worker(config: TrainConfig) -> None:
-    # Ctrl-C reaches the whole process group. Workers that die of it race the pool's
-    # own shutdown, which then can hang (all three GPU runs; one of two tries here).
-    # Ignored here, the training process alone handles it and stops the pool.
+    Ctrl-C reaches the whole process group; the training process alone handles it
+    and kills its workers, so here it is ignored (and was blocked from the start,
+    see ``training_batches``).
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    cv2.setNumThreads(1)  # one core per worker; the pool is the parallelism
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    cv2.setNumThreads(1)  # one core per worker; the workers are the parallelism
     torch.set_num_threads(1)
-    _worker_state["images"] = training_images(config)
-    _worker_state["config"] = config
-
-
-def _worker_batch(step: int) -> Batch:
-    return step_batch(_worker_state["images"], _worker_state["config"], step)
+    images = training_images(config)
+    while True:
+        step = steps.get()
+        try:
+            batches.put((step, step_batch(images, config, step), None))
+        except Exception as error:  # the training process raises it as its own
+            batches.put((step, None, f"{type(error).__name__}: {error}"))
 
 
 def training_batches(
@@ -145,14 +149,54 @@ def training_batches(
             yield step_batch(images, config, step)
         return
     context = multiprocessing.get_context("spawn")
-    with context.Pool(config.workers, initializer=_start_worker, initargs=(config,)) as pool:
-        pending: deque = deque()
+    steps, batches = context.Queue(), context.Queue()
+    workers = [
+        context.Process(target=_batch_worker, args=(config, steps, batches), daemon=True, name=f"batches-{number}")
+        for number in range(config.workers)
+    ]
+    # Started with SIGINT blocked, so that a Ctrl-C to the process group while a worker
+    # is still starting cannot kill it halfway; here the signal waits until they run.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        for worker in workers:
+            worker.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        ready: dict[int, Batch] = {}
         next_step = first_step
-        while pending or next_step < last_step:
-            while next_step < last_step and len(pending) < 2 * config.workers:
-                pending.append(pool.apply_async(_worker_batch, (next_step,)))
+        for step in range(first_step, last_step):
+            while next_step < last_step and next_step < step + 2 * config.workers:
+                steps.put(next_step)
                 next_step += 1
-            yield pending.popleft().get()
+            while step not in ready:
+                ready.update(_next_batch(batches, workers))
+            yield ready.pop(step)
+    finally:
+        # Killed, not asked to finish: a stop (Ctrl-C, SIGTERM) ends the run at once,
+        # whatever the workers were doing; they hold nothing worth keeping.
+        with critical_section():
+            for worker in workers:
+                worker.kill()
+            for worker in workers:
+                worker.join()
+            for queue in (steps, batches):
+                queue.cancel_join_thread()
+                queue.close()
+
+
+def _next_batch(batches, workers: list) -> dict[int, Batch]:
+    """The next finished batch, as {step: batch}; a worker that died or failed is an error here."""
+    try:
+        step, batch, problem = batches.get(timeout=WORKER_CHECK_S)
+    except queue_module.Empty:
+        dead = [worker for worker in workers if not worker.is_alive()]
+        if dead:
+            raise RuntimeError(f"a batch worker died (exit code {dead[0].exitcode})") from None
+        return {}
+    if problem is not None:
+        raise RuntimeError(f"a batch worker failed on step {step}: {problem}")
+    return {step: batch}
 
 
 def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
