@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,8 +36,9 @@ from focusfuse.io.icc import read_icc_profile
 from focusfuse.io.metadata import PhysicalSize, read_physical_size
 from focusfuse.io.ome_files import OmeDataset, multi_file_dataset, read_ome_plane
 
-# OpenCV's own warnings would print a second, library-worded line beside ours.
-cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_ERROR)
+# OpenCV's own warnings and errors (a failed decode) would print library-worded lines
+# beside ours: every failure is reported by the reader, naming the file.
+cv2_logging.setLogLevel(cv2_logging.LOG_LEVEL_SILENT)
 
 # The names cameras, microscopes and editors give image files; a file with another
 # name is a slice when its first bytes say it is an image (``images_in_folder``).
@@ -161,7 +163,10 @@ def read_image(path: Path) -> np.ndarray:
     # neither alpha nor 16 bits, so it is read with orientation applied.
     flags = cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if kind == "jpeg" else cv2.IMREAD_UNCHANGED
     with decoder_messages() as complaints:
-        decoded: np.ndarray | None = cv2.imdecode(encoded, flags)
+        try:
+            decoded: np.ndarray | None = cv2.imdecode(encoded, flags)
+        except cv2.error:  # OpenCV refuses some headers by assertion (a height beyond its limit)
+            decoded = None
     if complaints:
         raise FocusFuseError(f"{label}: damaged {(kind or 'image').upper()} file ({complaints[0]})")
     if decoded is not None:
@@ -170,7 +175,9 @@ def read_image(path: Path) -> np.ndarray:
         try:
             import imageio.v3 as iio
 
-            image = np.asarray(iio.imread(encoded.tobytes()))
+            with warnings.catch_warnings():  # Pillow's warnings about a damaged file: the error below says it
+                warnings.simplefilter("ignore")
+                image = np.asarray(iio.imread(encoded.tobytes()))
         except Exception as error:
             what = f"damaged {kind.upper()} file" if kind else "unknown format"
             raise FocusFuseError(f"{label}: not a readable image ({what})") from error
