@@ -337,6 +337,9 @@ def multipage_depth(path: Path) -> int:
     check_readable(path)
     if sniff_format(path) != "tiff":
         return 1
+    with tiff_errors(str(path)):
+        if multi_file_dataset(path) is not None:
+            return 1  # one plane of a stack written one plane per file: its folder is the stack
     stack = _tiff_stack(path)
     return 1 if stack is None else len(stack)
 

@@ -258,3 +258,13 @@ def test_a_truncated_file_is_still_refused_whatever_follows_its_header(tmp_path)
 
     with pytest.raises(FocusFuseError, match="truncated JPEG"):
         read_image(path)
+
+
+def test_batch_finds_a_multi_file_ome_tiff_folder_as_one_stack(tmp_path):
+    from focusfuse.batch.discovery import discover_stacks
+
+    folder = tmp_path / "acquisition" / "well_B3"
+    folder.mkdir(parents=True)
+    multi_file_ome(folder, slices(colour=False), companion=False)
+    found = discover_stacks([tmp_path / "acquisition"], tmp_path / "fused")
+    assert [(job.name, job.n_slices) for job in found.jobs] == [("well_B3", SLICES)]
