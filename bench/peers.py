@@ -149,8 +149,12 @@ Measure = Callable[[str, list[str], Path], Run]
 def print_header(widths: tuple[int, int]) -> None:
     """The table's two header lines; ``widths``: of the stack and tool columns."""
     stack, tool = widths
-    print(f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack")
-    print(f"{'stack':<{stack}} {'tool':<{tool}} {'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6}")
+    print(
+        f"{os.cpu_count()} cores; peak RSS per process; ratio = seconds / enfuse's seconds on the same stack, "
+        "vs f-s = seconds / focus-stack's"
+    )
+    columns = f"{'seconds':>8} {'peak MiB':>9} {'PSNR dB':>8} {'ratio':>6} {'vs f-s':>6}"
+    print(f"{'stack':<{stack}} {'tool':<{tool}} {columns}")
 
 
 def compare_tools(
@@ -168,6 +172,7 @@ def compare_tools(
     """
     stack, width = widths
     enfuse: Run | None = None
+    focus_stack: Run | None = None
     for tool, (prefix, why) in rows.items():
         if prefix is None:
             print(f"{label:<{stack}} {tool:<{width}} skipped: {why}")
@@ -176,6 +181,8 @@ def compare_tools(
         run = measure(tool, prefix, output)
         if tool == "enfuse":
             enfuse = run
+        if tool == "focus-stack":
+            focus_stack = run
         if run.error:
             print(f"{label:<{stack}} {tool:<{width}} {run.seconds:>8.1f} {run.peak_mib:>9.0f}  failed ({run.error})")
             continue
@@ -183,7 +190,9 @@ def compare_tools(
         if truth is not None:
             quality = f"{psnr(np.rint(to_gray(read_output(output)) * 255), truth):.2f}"
         ratio = f"{run.seconds / enfuse.seconds:.1f}" if enfuse and not enfuse.error else "-"
-        print(f"{label:<{stack}} {tool:<{width}} {run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6}")
+        versus = f"{run.seconds / focus_stack.seconds:.1f}" if focus_stack and not focus_stack.error else "-"
+        columns = f"{run.seconds:>8.1f} {run.peak_mib:>9.0f} {quality:>8} {ratio:>6} {versus:>6}"
+        print(f"{label:<{stack}} {tool:<{width}} {columns}")
         sys.stdout.flush()
         output.unlink(missing_ok=True)
 

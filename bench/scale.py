@@ -8,8 +8,8 @@ the same scene in 16 slices, to show whether memory stays flat in N; (c)
 ../shared/data/stacks/plankton5 (5 x 20 Mpx, real microscope, no truth); (d) the
 paper's 26 pairs (../shared/data/pairs26), seconds per pair (each pair its own
 process, as a shell loop runs them). Every tool runs as its own process with its
-defaults (focusfuse: --max-memory 2G, CPU; on pcb10 and the 64-slice stack also
-with --prune); wall seconds include reading and
+defaults (focusfuse: --max-memory 2G, CPU; also with --speed fast, and on pcb10
+and the 64-slice stack with --prune); wall seconds include reading and
 writing; peak RSS is the process's (for (d), the largest over the pairs). Peers as in
 bench/peers.py; a missing peer or stack is a row that says why.
 Usage: python bench/scale.py [--stacks pcb10,synthetic64,synthetic16,plankton5,pairs26] [--tools enfuse,...]
@@ -85,6 +85,7 @@ def main() -> None:
                 print(f"{label:<30} skipped: {absent}")
                 continue
             rows = dict(available)
+            rows["focusfuse --speed fast"] = ([*focusfuse_prefix, "--speed", "fast"], "")
             if label.startswith(PRUNE_ROWS):  # what pruning saves, where there are slices to prune
                 rows["focusfuse --prune"] = ([*focusfuse_prefix, "--prune"], "")
             if args.tools:

@@ -29,6 +29,7 @@ from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES
 from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
+from focusfuse.fusion.resolution import FAST_DECISION_SIDE, SPEEDS
 from focusfuse.fusion.strategies import STRATEGIES
 from focusfuse.interruption import forget_written, stop, written_outputs
 from focusfuse.io.reader import natural_key
@@ -254,6 +255,14 @@ def fusion_options(command: Callable) -> Callable:
             default="2G",
             show_default=True,
             help="Memory budget (K, M, G suffixes): larger images are fused in tiles. At most what is available.",
+        ),
+        click.option(
+            "--speed",
+            type=click.Choice(SPEEDS),
+            default="default",
+            show_default=True,
+            help="fast: decide which slice is sharp on the slices shrunk to a long side of "
+            f"{FAST_DECISION_SIDE} px, and fuse the full-size slices under that choice.",
         ),
         click.option(
             "--prune/--no-prune",

@@ -55,12 +55,18 @@ class BatchSettings:
     settle_s: float = DEFAULT_SETTLE_S
     force: bool = False
     retry_failed: bool = False
+    speed: str = "default"
 
     def options(self) -> dict:
         from focusfuse.fusion.pipeline import result_options
 
         return result_options(
-            strategy=self.strategy, composite=self.composite, align=self.align, crop=self.crop, prune=self.prune
+            strategy=self.strategy,
+            composite=self.composite,
+            align=self.align,
+            crop=self.crop,
+            prune=self.prune,
+            speed=self.speed,
         )
 
 
@@ -176,6 +182,7 @@ def _fuse(job: StackJob, settings: BatchSettings, weights_sha256: str) -> str | 
             device=settings.device,
             max_memory=settings.max_memory,
             weights=settings.weights,
+            speed=settings.speed,  # type: ignore[arg-type]
         )
     except FocusFuseError as error:
         return str(error)

@@ -31,6 +31,15 @@ from focusfuse.fusion.channels import (
 )
 from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, composite_pyramid, recorded_range
 from focusfuse.fusion.height import height_map, height_preview
+from focusfuse.fusion.resolution import (
+    SPEEDS,
+    ReducedStack,
+    Speed,
+    decision_size,
+    enlarge_index_map,
+    enlarge_mask,
+    refine_boundaries,
+)
 from focusfuse.fusion.strategies import (
     SLICES_PER_DECISION,
     STRATEGIES,
@@ -189,13 +198,14 @@ def result_options(
     slices_per_decision: int = SLICES_PER_DECISION,
     adjacent_by_sharpness: bool = True,
     fill_flat: bool = True,
+    speed: str = "default",
 ) -> dict:
     """The options of ``fuse_stack`` that change its result, as asked for (the timing report keeps them).
 
     Not among them: the device (CPU and CUDA choose the same slices), the batch size,
     and the memory budget (tiles agree with the whole image on over 99.8% of pixels).
     """
-    return {
+    options = {
         "strategy": strategy,
         "composite": composite,
         "align": align,
@@ -206,6 +216,9 @@ def result_options(
         "adjacent_by_sharpness": adjacent_by_sharpness,
         "fill_flat": fill_flat,
     }
+    if speed != "default":  # so that results made before --speed existed still count as the default's
+        options["speed"] = speed
+    return options
 
 
 def peak_resident_bytes() -> int:
@@ -263,6 +276,7 @@ def _fuse_decoded(
     progress: Progress,
     read_rows: RowReader,
     composite_store: DecodedStack | None = None,
+    speed: Speed = "default",
 ) -> tuple[np.ndarray, np.ndarray, str, int, torch.Tensor | None]:
     """Run the strategy on the decoded slices ``read(j)``, whole or in tiles, then fill and composite.
 
@@ -270,14 +284,24 @@ def _fuse_decoded(
     whole slice. ``composite_store``: the whole slices, when ``read`` gives one channel of
     them (a multichannel stack decided on its reference channel): every channel is then
     composited from them under the index map, by the pyramid or by copying.
+    ``speed`` ``fast`` (``calibrated`` only): the strategy decides on the slices shrunk
+    (``resolution.py``), and the fused image is made from the full-size slices under the
+    enlarged index map.
     Returns the fused image, the index map, the composite used, the slice-tiles run,
-    and (``calibrated``) the sharpest any slice is at each pixel.
+    and (``calibrated``) the sharpest any slice is at each pixel (on the decision image).
     """
     used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
     if composite_store is not None and used_composite != "pyramid":
         used_composite = "select"  # a decision-map blend of one channel cannot make the others
+    full_read, full_rows = read, read_rows
+    full_size = read(0).shape[:2]
+    decided_at = decision_size(full_size[0], full_size[1], speed) if strategy == "calibrated" else full_size
+    reduced = decided_at != full_size
+    if reduced:
+        smaller = ReducedStack(read, len(source), decided_at)
+        read, read_rows = smaller.read, smaller.read_rows
     # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
-    keep_fused = used_composite != "pyramid" and composite_store is None
+    keep_fused = used_composite != "pyramid" and composite_store is None and not reduced
     first_slice = read(0)
     whole = StackSource(labels=source.labels, paths=source.paths, reader=read)
     offset, scale = intensity_mapping(first_slice)
@@ -288,7 +312,9 @@ def _fuse_decoded(
     height, width = first_slice.shape[:2]
     del first_slice  # read from the temporary file, it would be a whole slice beside every tile's work
     whole_image = Tile((0, height, 0, width), (0, height, 0, width))
-    tiles = tile_grid(height, width, plan.tile_pixels, plan.halo) if plan.tile_pixels is not None else [whole_image]
+    # Tiles where the image the decisions see is larger than a tile may be (a reduced one may fit whole).
+    tile_pixels = plan.tile_pixels if plan.tile_pixels is not None and height * width > plan.tile_pixels else None
+    tiles = tile_grid(height, width, tile_pixels, plan.halo) if tile_pixels is not None else [whole_image]
 
     def make_context(part: StackSource, first: np.ndarray) -> StackContext:
         return StackContext(
@@ -312,9 +338,9 @@ def _fuse_decoded(
     slice_times = [0.0] * n_slices
     with torch.inference_mode(), full_float32():
         statistics = None
-        if plan.tile_pixels is not None:
+        if tile_pixels is not None:
             started = len(clock.per_slice)
-            mosaic = sample_mosaic(height, width, math.isqrt(plan.tile_pixels))
+            mosaic = sample_mosaic(height, width, math.isqrt(tile_pixels))
             statistics = measure_statistics(mosaic, make_context, whole, run)
             take_slice_times(clock, started, list(range(n_slices)), slice_times)
         tiled = fuse_tiles(
@@ -335,6 +361,15 @@ def _fuse_decoded(
         peak_sharpness, slice_tiles_run = tiled.peak_sharpness, tiled.slice_tiles_run
         if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
             fill_flat_regions(make_context(whole, read(0)), fused, index_map, peak_sharpness.to(device))
+    if reduced:
+        with clock.stage("enlarge"):
+            index_map = enlarge_index_map(index_map, full_size)
+            index_map = refine_boundaries(index_map, full_read, decided_at[0] / full_size[0])
+        read, read_rows = full_read, full_rows
+        fused = None
+        if used_composite == "select" and composite_store is None:
+            with clock.stage("composite"):
+                fused = select_by_index(read, index_map, n_slices)
     if used_composite == "pyramid":
         paint_read, paint_rows = (
             (read, read_rows) if composite_store is None else (composite_store.read, composite_store.read_rows)
@@ -375,6 +410,7 @@ def fuse_stack(
     fill_height: bool = False,
     channel_folders: bool = False,
     reference_channel: int | None = None,
+    speed: Speed = "default",
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
@@ -421,11 +457,16 @@ def fuse_stack(
             Default for a stack with a channel axis (TIFF C, ``channel_folders``): the
             channel with the most texture. Given for a colour stack, its channels are
             fused as channels too, instead of by their luminance.
+        speed: ``default``, or ``fast``: ``calibrated`` decides on the slices shrunk to
+            a long side of ``FAST_DECISION_SIDE`` px and makes the fused image from the
+            full-size slices under the enlarged index map (``resolution.py``).
     Returns:
         FusionResult with the fused array in the input dtype (and ``height`` when asked for).
     """
     if strategy not in STRATEGIES:
         raise FocusFuseError(f"--strategy {strategy}: use one of {', '.join(STRATEGIES)}")
+    if speed not in SPEEDS:
+        raise FocusFuseError(f"--speed {speed}: use one of {', '.join(SPEEDS)}")
     if batch_size < 1:
         raise FocusFuseError(f"--batch-size {batch_size}: must be at least 1")
     if align not in ALIGN_MODES:
@@ -546,13 +587,16 @@ def fuse_stack(
             progress=progress or (lambda done, total: None),
             read_rows=decisions.read_rows,
             composite_store=decoded if by_channel else None,  # every channel under one index map
+            speed=speed,
         )
         surface = None
         if wants_height:
             with clock.stage("height"):
                 textured = None
                 if peak_sharpness is not None:
-                    textured = textured_pixels(peak_sharpness).reshape(index_map.shape).cpu().numpy()
+                    textured = textured_pixels(peak_sharpness)[0, 0].cpu().numpy()
+                    if textured.shape != index_map.shape:  # decided at reduced resolution
+                        textured = enlarge_mask(textured, index_map.shape)
                 rows = max(1, plan.composite_pixels // max(1, width)) if plan.composite_pixels else 1024
                 surface = height_map(
                     decide_read, len(source), index_map, textured, physical, fill=fill_height, strip_rows=rows
@@ -596,7 +640,10 @@ def fuse_stack(
             slices_per_decision=slices_per_decision,
             adjacent_by_sharpness=adjacent_by_sharpness,
             fill_flat=fill_flat,
+            speed=speed,
         ),
+        "speed": speed,
+        "decision_size": list(decision_size(height, width, speed if used_strategy == "calibrated" else "default")),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),
