@@ -70,7 +70,7 @@ def main() -> None:
     print(
         f"{arguments.stack.name}{' ' + arguments.crop if arguments.crop else ''}: {timing['n_slices']} slices "
         f"{timing['width']}x{timing['height']}, --speed {arguments.speed}, {timing['threads']} threads, "
-        f"precision {timing.get('precision', 'float32')}: {wall:.2f} s wall "
+        f"feature precision {timing.get('feature_precision', 'float32')}: {wall:.2f} s wall "
         f"({'without' if profile is None else 'with'} the profiler)"
     )
     total = timing["total_s"]

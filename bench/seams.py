@@ -9,11 +9,12 @@ that changes with focus (up to 12% darker corners by the last slice), sub-pixel 
 (up to 0.3 px in x and y) and sensor noise (std 0.01); the same stack without
 nuisances; and ../shared/data/stacks/pcb10 (real, no truth). Each stack is fused once
 by ``fuse_stack`` with the ``pyramid`` default; ``select`` is the same index map with
-every pixel copied from its slice (what ``--composite select`` writes). Printed per
-mode: the three seam measures (focusfuse/metrics/seams.py), PSNR against the
-all-in-focus truth on the synthetic stacks, and for pyramid the compositing time as a
-share of the whole fusion (the timing report's ``composite`` stage, which includes
-reading the used slices a second time). enfuse (focus
+every pixel copied from its slice (what ``--composite select`` writes), and once more
+with ``--speed fast``. Printed per mode: the three seam measures
+(focusfuse/metrics/seams.py), PSNR against the all-in-focus truth on the synthetic
+stacks, and for pyramid the compositing time as a share of the whole fusion (the
+timing report's ``composite`` stage, which includes reading the used slices a second
+time). enfuse (focus
 flags, --hard-mask) runs on the same files when installed, focus-stack when
 $FOCUS_STACK or the PATH has it.
 Usage: python bench/seams.py [--stacks nuisance,clean,pcb10] [--size 512] [--seed 0] [--levels 7]
@@ -127,6 +128,7 @@ def main() -> None:
             stages = result.timing["stages_s"]
             selected = select(slices, result.index_map)
             fused_by_mode: dict[str, np.ndarray | str] = {"select": selected, "pyramid": result.fused}
+            fused_by_mode["--speed fast"] = fuse_stack(files, device="cpu", speed="fast", **options).fused
             fused_by_mode.update(peer_outputs(files, scratch))
             print(
                 f"{label}: fusion {result.timing['total_s']:.2f} s, compositing {stages['composite']:.2f} s "

@@ -38,6 +38,7 @@ from focusfuse.fusion.resolution import (
     decision_size,
     enlarge_index_map,
     enlarge_mask,
+    feature_precision,
     refine_boundaries,
 )
 from focusfuse.fusion.strategies import (
@@ -326,6 +327,7 @@ def _fuse_decoded(
             intensity_offset=offset,
             intensity_scale=scale,
             progress=lambda done, total: None,
+            feature_precision=feature_precision(speed if reduced else "default", device),
         )
 
     def run(context: StackContext) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
@@ -605,6 +607,7 @@ def fuse_stack(
         decoded.close()
 
     height, width = slice_shape[:2]
+    decided_at = decision_size(height, width, speed if used_strategy == "calibrated" else "default")
     timing = {
         "stack": source.labels[0] if len(source.paths) == 1 else str(Path(source.labels[0]).parent),
         "n_slices": len(source),
@@ -643,7 +646,8 @@ def fuse_stack(
             speed=speed,
         ),
         "speed": speed,
-        "decision_size": list(decision_size(height, width, speed if used_strategy == "calibrated" else "default")),
+        "feature_precision": feature_precision(speed if decided_at != (height, width) else "default", torch_device),
+        "decision_size": list(decided_at),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,
         "threads": torch.get_num_threads(),

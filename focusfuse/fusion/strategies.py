@@ -40,6 +40,7 @@ from focusfuse.model.filters import box_sum, fill_from_known
 from focusfuse.model.network import GACN
 
 Strategy = Literal["calibrated", "calibrated-paper", "serial"]
+Precision = Literal["float32", "bfloat16"]
 STRATEGIES: tuple[str, ...] = ("calibrated", "calibrated-paper", "serial")
 ODDS_EPSILON = 1e-4  # the authors' guard in Eq. 19's denominator
 # Slices pre-selected by feature sharpness per decision path in `calibrated`. With
@@ -109,17 +110,26 @@ class StackContext:
     statistics_mask: torch.Tensor | None = None
     measured_medians: dict[int, float] = field(default_factory=dict)
     slice_numbers: list[int] | None = None
+    feature_precision: Precision = "float32"
 
     def number(self, index: int) -> int:
         """Slice ``index`` of ``source``'s number in the whole stack."""
         return index if self.slice_numbers is None else self.slice_numbers[index]
 
     def activity(self, grays: torch.Tensor, indices: list[int]) -> torch.Tensor:
-        """``(K, 64, H, W)`` activities of slices ``indices``, gray ``(K, 1, H, W)``."""
-        if self.statistics is None:
-            return self.model.activity(grays)
-        gates = self.statistics.gates[[self.number(j) for j in indices]].to(self.device)
-        return self.model.activity(grays, gates)
+        """``(K, 64, H, W)`` float32 activities of slices ``indices``, gray ``(K, 1, H, W)``.
+
+        Under ``feature_precision`` bfloat16 the feature path's convolutions run in
+        bfloat16 (``feature_precision`` says where that is used and why); the
+        activities come back as float32, so every comparison stays in float32.
+        """
+        gates = None
+        if self.statistics is not None:
+            gates = self.statistics.gates[[self.number(j) for j in indices]].to(self.device)
+        if self.feature_precision == "float32":
+            return self.model.activity(grays, gates)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            return self.model.activity(grays, gates).float()
 
     def sharpness_median(self, sharpness: torch.Tensor, last_slice: int) -> torch.Tensor | float:
         """The median of the current choice's sharpness before the step whose group ends at ``last_slice``."""

@@ -1,0 +1,115 @@
+"""``--speed fast``: decisions on shrunk slices, the fused image and index map at full size."""
+
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from focusfuse import FocusFuseError, fuse_stack
+from focusfuse.fusion.resolution import (
+    FAST_DECISION_SIDE,
+    MAX_REDUCTION,
+    decision_size,
+    enlarge_index_map,
+    refine_boundaries,
+)
+from focusfuse.io.writer import write_image
+from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
+
+from conftest import step_depth_stack
+
+
+def psnr(image, truth):
+    error = np.mean((image.astype(np.float64) - truth.astype(np.float64)) ** 2)
+    return 10 * np.log10(255.0**2 / error)
+
+
+def written(folder, slices):
+    folder.mkdir()
+    paths = [folder / f"z{k:02d}.png" for k in range(len(slices))]
+    for path, image in zip(paths, slices, strict=True):
+        write_image(path, image)
+    return paths
+
+
+def test_decision_size_shrinks_only_large_images_under_fast_and_by_at_most_the_cap():
+    assert decision_size(1536, 2048, "default") == (1536, 2048)
+    assert decision_size(1536, 2048, "fast") == (384, FAST_DECISION_SIDE)
+    assert decision_size(300, 400, "fast") == (300, 400)  # small images are decided as by default
+    assert decision_size(3648, 5440, "fast") == (round(3648 / MAX_REDUCTION), round(5440 / MAX_REDUCTION))
+
+
+def test_fast_on_a_small_image_is_the_default_bit_for_bit(tmp_path):
+    stack = step_depth_stack(n_slices=4, size=96)
+    paths = written(tmp_path / "s", stack.slices)
+    default, fast = fuse_stack(paths, device="cpu"), fuse_stack(paths, device="cpu", speed="fast")
+    np.testing.assert_array_equal(fast.index_map, default.index_map)
+    np.testing.assert_array_equal(fast.fused, default.fused)
+
+
+@pytest.fixture(scope="module")
+def large_depth_stack(tmp_path_factory):
+    """6 slices of 1152x864 (decided at 512x384 under fast) with a smooth depth surface."""
+    rng = np.random.default_rng(21)
+    height, width = 864, 1152
+    sharp = np.rint(procedural_texture(height, width, rng) * 255).astype(np.uint8)
+    stack = make_depth_stack(sharp, smooth_depth(height, width, 6, rng), 6, rng=rng)
+    return stack, written(tmp_path_factory.mktemp("large") / "s", stack.slices)
+
+
+def test_fast_keeps_full_size_and_stays_near_the_default_on_a_large_stack(large_depth_stack, tmp_path):
+    stack, paths = large_depth_stack
+    output = tmp_path / "fast.png"
+    fast = fuse_stack(paths, device="cpu", speed="fast", output=output)
+    default = fuse_stack(paths, device="cpu")
+    assert fast.fused.shape == stack.sharp.shape and fast.index_map.shape == stack.sharp.shape
+    assert cv2.imread(str(tmp_path / "fast.index.png"), cv2.IMREAD_UNCHANGED).shape == stack.sharp.shape
+    timing = json.loads((tmp_path / "fast.timing.json").read_text())
+    assert timing["speed"] == "fast" and timing["decision_size"] == [384, 512]
+    assert timing["options"]["speed"] == "fast"
+    within_one = (np.abs(fast.index_map.astype(int) - stack.truth_index) <= 1).mean()
+    assert within_one >= 0.95, f"fast: {within_one:.3f} of the index map within one slice of the truth"
+    assert psnr(fast.fused, stack.sharp) >= psnr(default.fused, stack.sharp) - 0.5
+
+
+def test_a_boundary_decided_coarsely_is_placed_at_full_resolution():
+    """Slice 0 sharp left of column 203, slice 1 right of it; the coarse decision puts the boundary at 200."""
+    rng = np.random.default_rng(5)
+    texture = np.rint(procedural_texture(64, 400, rng) * 255).astype(np.uint8)
+    blurred = cv2.GaussianBlur(texture, (0, 0), 3.0)
+    boundary = 203
+    slice0, slice1 = blurred.copy(), blurred.copy()
+    slice0[:, :boundary], slice1[:, boundary:] = texture[:, :boundary], texture[:, boundary:]
+    coarse = np.zeros((16, 100), np.uint8)
+    coarse[:, 50:] = 1  # a decision pixel covers 4 full-size ones: the boundary lands at 200
+    enlarged = enlarge_index_map(coarse, (64, 400))
+    refined = refine_boundaries(enlarged, [slice0, slice1].__getitem__, 0.25)
+    rows = slice(8, 56)  # away from the top and bottom edges, where the window is cut
+    assert (enlarged[rows, 200:boundary] == 1).all()  # 3 columns on the wrong side before
+    wrong = (refined[rows, : boundary - 1] != 0).mean() + (refined[rows, boundary + 1 :] != 1).mean()
+    assert wrong < 0.01
+    assert (refined[rows, :180] == 0).all() and (refined[rows, 230:] == 1).all()  # far from it, untouched
+
+
+def test_an_unknown_speed_is_refused(tmp_path):
+    paths = written(tmp_path / "s", step_depth_stack(n_slices=3, size=64).slices)
+    with pytest.raises(FocusFuseError, match="--speed quick: use one of default, fast"):
+        fuse_stack(paths, device="cpu", speed="quick")  # type: ignore[arg-type]
+
+
+def test_fast_writes_a_full_size_height_map_from_the_command_line(large_depth_stack, tmp_path):
+    from click.testing import CliRunner
+
+    from focusfuse.cli import main
+
+    _, paths = large_depth_stack
+    height = tmp_path / "height.tif"
+    arguments = ["stack", *map(str, paths), "-o", str(tmp_path / "f.png"), "--speed", "fast"]
+    result = CliRunner().invoke(main, [*arguments, "--height-map", str(height), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    import tifffile
+
+    assert tifffile.imread(height).shape == (864, 1152)
