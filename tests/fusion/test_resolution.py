@@ -7,6 +7,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from test_pipeline import psnr, write_stack
 
 from focusfuse import FocusFuseError, fuse_stack
 from focusfuse.fusion.resolution import (
@@ -16,23 +17,13 @@ from focusfuse.fusion.resolution import (
     enlarge_index_map,
     refine_boundaries,
 )
-from focusfuse.io.writer import write_image
 from focusfuse.training.synthetic import make_depth_stack, procedural_texture, smooth_depth
 
 from conftest import step_depth_stack
 
 
-def psnr(image, truth):
-    error = np.mean((image.astype(np.float64) - truth.astype(np.float64)) ** 2)
-    return 10 * np.log10(255.0**2 / error)
-
-
 def written(folder, slices):
-    folder.mkdir()
-    paths = [folder / f"z{k:02d}.png" for k in range(len(slices))]
-    for path, image in zip(paths, slices, strict=True):
-        write_image(path, image)
-    return paths
+    return write_stack(folder, slices, ".png")
 
 
 def test_decision_size_shrinks_only_large_images_under_fast_and_by_at_most_the_cap():
