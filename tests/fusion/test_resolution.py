@@ -51,19 +51,23 @@ def large_depth_stack(tmp_path_factory):
     return stack, written(tmp_path_factory.mktemp("large") / "s", stack.slices)
 
 
+# The default fuses this stack to 37.08 dB with 99.998% of the index map within one slice
+# of the truth (measured once; not fused here, it takes most of a minute on 2 cores).
+DEFAULT_PSNR_ON_LARGE_STACK = 37.08
+
+
 def test_fast_keeps_full_size_and_stays_near_the_default_on_a_large_stack(large_depth_stack, tmp_path):
     stack, paths = large_depth_stack
     output = tmp_path / "fast.png"
     fast = fuse_stack(paths, device="cpu", speed="fast", output=output)
-    default = fuse_stack(paths, device="cpu")
     assert fast.fused.shape == stack.sharp.shape and fast.index_map.shape == stack.sharp.shape
     assert cv2.imread(str(tmp_path / "fast.index.png"), cv2.IMREAD_UNCHANGED).shape == stack.sharp.shape
     timing = json.loads((tmp_path / "fast.timing.json").read_text())
     assert timing["speed"] == "fast" and timing["decision_size"] == [384, 512]
     assert timing["options"]["speed"] == "fast"
     within_one = (np.abs(fast.index_map.astype(int) - stack.truth_index) <= 1).mean()
-    assert within_one >= 0.95, f"fast: {within_one:.3f} of the index map within one slice of the truth"
-    assert psnr(fast.fused, stack.sharp) >= psnr(default.fused, stack.sharp) - 0.5
+    assert within_one >= 0.99, f"fast: {within_one:.3f} of the index map within one slice of the truth"
+    assert psnr(fast.fused, stack.sharp) >= DEFAULT_PSNR_ON_LARGE_STACK - 0.5
 
 
 def test_a_boundary_decided_coarsely_is_placed_at_full_resolution():
