@@ -31,7 +31,7 @@ from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
 from focusfuse.fusion.resolution import FAST_DECISION_SIDE, SPEEDS
 from focusfuse.fusion.strategies import STRATEGIES
-from focusfuse.interruption import forget_written, stop, written_outputs
+from focusfuse.interruption import outputs_end_the_command, start_command, stop, written_outputs
 from focusfuse.io.reader import natural_key
 from focusfuse.io.writer import check_output_path, discard_unplaced
 
@@ -127,12 +127,12 @@ def stop_like_ctrl_c(signum, frame) -> None:
     Outputs being written are removed (atomic writes), a training run stops its batch
     workers and keeps its last whole checkpoint.
     """
-    stop(Terminated())
+    stop(Terminated(), signal.SIGTERM)
 
 
 def stop_on_ctrl_c(signum, frame) -> None:
     """SIGINT handler: Python's KeyboardInterrupt, held back while a lock or temporary file is being set up."""
-    stop(KeyboardInterrupt())
+    stop(KeyboardInterrupt(), signal.SIGINT)
 
 
 # Signals this process ignores because a command ended: its outputs are in place and
@@ -170,7 +170,7 @@ class FocusFuseGroup(click.Group):
             signal.signal(signal.SIGINT, stop_on_ctrl_c)  # not where the shell ignores it (nohup, `&`)
         _ignored_since_a_command_ended.clear()
         debug = bool(ctx.params.get("debug")) or os.environ.get("FOCUSFUSE_DEBUG") == "1"
-        forget_written()
+        start_command()
         try:
             result = super().invoke(ctx)
             ignore_stops_from_now()
@@ -336,6 +336,7 @@ def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> Non
     one multipage TIFF (also ImageJ hyperstacks and OME-TIFF with a Z axis).
     """
     mode = output_mode(quiet)
+    outputs_end_the_command()
     paths = list(inputs) if fusion.get("channel_folders") else expand_inputs(inputs)
     with progress_reporter(mode) as progress:
         result = fuse_stack(

@@ -10,21 +10,58 @@ ends inside one.
 
 from __future__ import annotations
 
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 _depth = 0
 _pending: BaseException | None = None
+# A stop has been raised (or is pending) in this command: later signals (Ctrl-C held
+# down, a batch system's repeated SIGTERM) ask for the same stop, and raising again
+# would cut short the clean-up and the message of the first one. Also set once a
+# command's outputs are all in place when they end it (``outputs_end_the_command``):
+# a stop then has nothing left to stop.
+_stopping = False
+_raised: tuple[BaseException, int] | None = None  # the stop raised, and the signal that asked for it
+_outputs_end_the_command = False
+REDELIVERY_DELAY_S = 0.01  # after the finalizer that dropped a stop has returned
 
 
-def stop(exception: BaseException) -> None:
-    """From a signal handler: raise ``exception`` now, or when the running critical section ends."""
-    global _pending
+def stop(exception: BaseException, signum: int = signal.SIGINT) -> None:
+    """From a signal handler: raise ``exception`` now, or when the running critical section ends.
+
+    Only the first stop of a command is raised; the ones after it are the same request.
+    """
+    global _pending, _stopping, _raised
+    if _stopping:
+        return
+    _stopping = True
+    _raised = (exception, signum)
     if _depth:
-        _pending = _pending or exception
+        _pending = exception
         return
     raise exception
+
+
+def _stop_swallowed(unraisable) -> None:
+    """sys.unraisablehook: a stop raised while Python ran a finalizer or a weakref callback is
+    printed and dropped there, not propagated; it is delivered again, to stop the program."""
+    global _stopping
+    if _raised is not None and unraisable.exc_value is _raised[0]:
+        _stopping = False
+        # Sent again from another thread, a moment later: raised here (signal.raise_signal
+        # and _thread.interrupt_main run the handler at once), it would be dropped again.
+        main, signum = threading.main_thread().ident, _raised[1]
+        assert main is not None
+        threading.Timer(REDELIVERY_DELAY_S, signal.pthread_kill, (main, signum)).start()
+        return
+    _previous_unraisable_hook(unraisable)
+
+
+_previous_unraisable_hook = sys.unraisablehook
+sys.unraisablehook = _stop_swallowed
 
 
 @contextmanager
@@ -53,7 +90,17 @@ _written: list[str] = []
 
 def record_written(paths) -> None:
     """Outputs now in place and whole: a stop that comes after them reports them as written."""
+    global _stopping
     _written.extend(str(path) for path in paths)
+    if _outputs_end_the_command:
+        _stopping = True
+
+
+def outputs_end_the_command() -> None:
+    """The running command (``focusfuse stack``) is done once its outputs are in place: stops after
+    that are ignored (a stop already pending is still raised, and says the outputs were written)."""
+    global _outputs_end_the_command
+    _outputs_end_the_command = True
 
 
 def written_outputs() -> list[str]:
@@ -61,6 +108,9 @@ def written_outputs() -> list[str]:
     return list(_written)
 
 
-def forget_written() -> None:
-    """A new command starts: what earlier ones wrote in this process is not its output."""
+def start_command() -> None:
+    """A new command starts: what earlier ones in this process wrote is not its output, and it
+    has not been stopped."""
+    global _stopping, _pending, _raised, _outputs_end_the_command
     _written.clear()
+    _stopping, _pending, _raised, _outputs_end_the_command = False, None, None, False

@@ -22,8 +22,12 @@ SHARED = REPO.parent / "shared"
 
 @pytest.fixture(autouse=True)
 def signal_handlers_restored():
-    """The CLI, run in-process, installs its stop handlers (and ignores stops once done): undone after each test."""
+    """The CLI, run in-process, installs its stop handlers (and ignores stops once done), and a stop is raised
+    once per command: both undone around each test."""
+    from focusfuse.interruption import start_command
+
     saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    start_command()  # no stop left over from another test
     yield
     for number, handler in saved.items():
         signal.signal(number, handler)

@@ -12,7 +12,7 @@ import focusfuse.batch.locking as locking
 import focusfuse.cli as cli
 import focusfuse.io.writer as writer
 from focusfuse.batch.locking import OutputLock
-from focusfuse.interruption import critical_section, stop
+from focusfuse.interruption import critical_section, start_command, stop
 
 
 @pytest.fixture
@@ -30,10 +30,24 @@ def test_a_stop_inside_a_critical_section_is_raised_when_it_ends(sigterm_stops_l
             signal.raise_signal(signal.SIGTERM)
             steps.append("after")  # the signal did not cut the step in half
     assert steps == ["before", "after"]
+    start_command()  # a new command: the stop above was its one stop
     with pytest.raises(cli.Terminated):
         signal.raise_signal(signal.SIGTERM)  # outside one it stops at once
     with critical_section():
         pass  # and nothing is left pending
+
+
+def test_a_second_stop_does_not_cut_the_first_ones_clean_up_short(sigterm_stops_like_the_cli):
+    """Regression: Ctrl-C sent again and again raised inside the first stop's clean-up and, at exit,
+    in the interpreter's own hooks (``Exception ignored in ... KeyboardInterrupt``)."""
+    cleaned = []
+    with pytest.raises(cli.Terminated):
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        finally:
+            signal.raise_signal(signal.SIGTERM)  # the same request again, while cleaning up
+            cleaned.append(True)
+    assert cleaned == [True]
 
 
 def test_nested_sections_raise_once_at_the_outermost_end():
@@ -193,3 +207,26 @@ def test_ctrl_c_as_the_command_exits_is_quiet(tmp_path):
         assert text.startswith("focusfuse: interrupted; every output was written whole first: "), text
     else:
         assert process.returncode == 0 and text == "", (process.returncode, text)
+
+
+def test_a_stop_that_lands_in_a_finalizer_is_delivered_again_without_a_traceback(capfd, monkeypatch):
+    """Python drops an exception raised in a finalizer or weakref callback, printing ``Exception ignored``:
+    a Ctrl-C handled there would be lost. It is delivered again, in the program's own code."""
+    import sys
+
+    import focusfuse.interruption as interruption
+
+    # focusfuse installs its hook when imported; pytest puts its own in place around each test.
+    monkeypatch.setattr(sys, "unraisablehook", interruption._stop_swallowed)
+    signal.signal(signal.SIGINT, cli.stop_on_ctrl_c)
+
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # the handler runs here, inside the finalizer
+
+    import time
+
+    with pytest.raises(KeyboardInterrupt):
+        Finalized()
+        time.sleep(60)  # the stop, delivered again, ends this sleep; 60 s only if it never comes
+    assert "Exception ignored" not in capfd.readouterr().err

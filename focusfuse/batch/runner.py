@@ -238,7 +238,7 @@ def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop(WorkerStopped(128 + signal.SIGTERM)))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop(WorkerStopped(128 + signal.SIGTERM), signal.SIGTERM))
 
 
 def dry_run(jobs: Sequence[StackJob], settings: BatchSettings) -> list[StackOutcome]:
