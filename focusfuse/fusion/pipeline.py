@@ -294,21 +294,23 @@ def _fuse_decoded(
     used_composite = composite if strategy.startswith("calibrated") else "decision-map blend"
     if composite_store is not None and used_composite != "pyramid":
         used_composite = "select"  # a decision-map blend of one channel cannot make the others
+    first_slice = read(0)
+    full_range: float | np.ndarray | None = None  # the pyramid composite's, from the full-size slices it blends
+    if used_composite == "pyramid":
+        full_range = recorded_range(first_slice if composite_store is None else composite_store.read(0))
     full_read, full_rows = read, read_rows
-    full_size = read(0).shape[:2]
-    decided_at = decision_size(full_size[0], full_size[1], speed) if strategy == "calibrated" else full_size
+    full_size = first_slice.shape[:2]
+    decided_at = decision_size(full_size[0], full_size[1], speed, strategy)
     reduced = decided_at != full_size
+    precision = feature_precision(speed, device, reduced)
     if reduced:
         smaller = ReducedStack(read, len(source), decided_at)
         read, read_rows = smaller.read, smaller.read_rows
+        first_slice = read(0)
     # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
     keep_fused = used_composite != "pyramid" and composite_store is None and not reduced
-    first_slice = read(0)
     whole = StackSource(labels=source.labels, paths=source.paths, reader=read)
     offset, scale = intensity_mapping(first_slice)
-    full_range: float | np.ndarray | None = None  # the pyramid composite's, from the slices it blends
-    if used_composite == "pyramid":
-        full_range = recorded_range(first_slice if composite_store is None else composite_store.read(0))
     n_slices = len(source)
     height, width = first_slice.shape[:2]
     del first_slice  # read from the temporary file, it would be a whole slice beside every tile's work
@@ -327,7 +329,7 @@ def _fuse_decoded(
             intensity_offset=offset,
             intensity_scale=scale,
             progress=lambda done, total: None,
-            feature_precision=feature_precision(speed if reduced else "default", device),
+            feature_precision=precision,
         )
 
     def run(context: StackContext) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
@@ -607,7 +609,7 @@ def fuse_stack(
         decoded.close()
 
     height, width = slice_shape[:2]
-    decided_at = decision_size(height, width, speed if used_strategy == "calibrated" else "default")
+    decided_at = decision_size(height, width, speed, used_strategy)
     timing = {
         "stack": source.labels[0] if len(source.paths) == 1 else str(Path(source.labels[0]).parent),
         "n_slices": len(source),
@@ -646,7 +648,7 @@ def fuse_stack(
             speed=speed,
         ),
         "speed": speed,
-        "feature_precision": feature_precision(speed if decided_at != (height, width) else "default", torch_device),
+        "feature_precision": feature_precision(speed, torch_device, decided_at != (height, width)),
         "decision_size": list(decided_at),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,

@@ -33,8 +33,9 @@ FAST_DECISION_SIDE = 512
 MAX_REDUCTION = 4
 
 
-def feature_precision(speed: Speed, device: torch.device) -> Precision:
-    """The feature path's precision: bfloat16 for ``fast`` decisions on shrunk slices, on a
+def feature_precision(speed: Speed, device: torch.device, reduced: bool) -> Precision:
+    """The feature path's precision: bfloat16 for ``fast`` decisions on shrunk slices
+    (``reduced``), on a
     CPU with native bfloat16 convolutions (AVX512-BF16, AMX), where it takes the feature
     path in about 60% of the time; float32 everywhere else (the default always, and
     ``fast`` on an image small enough to be decided at full size).
@@ -43,15 +44,16 @@ def feature_precision(speed: Speed, device: torch.device) -> Precision:
     stack (synthetic, 16 slices of 2000x1500, seed 11) ``fast`` fused to the same PSNR
     (35.20 dB) either way; on pcb10 the index maps agreed on 99.4% of pixels.
     """
-    if speed == "fast" and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if reduced and speed == "fast" and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bfloat16"
     return "float32"
 
 
-def decision_size(height: int, width: int, speed: Speed) -> tuple[int, int]:
-    """(height, width) of the image the decisions are made on: full size, or for ``fast``
-    ``FAST_DECISION_SIDE`` on the long side, shrunk by at most ``MAX_REDUCTION`` (never enlarged)."""
-    if speed == "default" or max(height, width) <= FAST_DECISION_SIDE:
+def decision_size(height: int, width: int, speed: Speed, strategy: str = "calibrated") -> tuple[int, int]:
+    """(height, width) of the image the decisions are made on: full size, or for ``fast`` (the
+    ``calibrated`` strategy only) ``FAST_DECISION_SIDE`` on the long side, shrunk by at most
+    ``MAX_REDUCTION`` (never enlarged)."""
+    if speed == "default" or strategy != "calibrated" or max(height, width) <= FAST_DECISION_SIDE:
         return height, width
     scale = max(FAST_DECISION_SIDE / max(height, width), 1.0 / MAX_REDUCTION)
     return max(1, round(height * scale)), max(1, round(width * scale))

@@ -136,7 +136,6 @@ class Header:
     width: int
     channels: int
     sample_bytes: int  # 1 for 8-bit samples, 2 for 16-bit
-    trailing_bytes: int = 0  # after IEND or the end-of-image marker: camera metadata, previews, padding
 
     @property
     def pixel_bytes(self) -> int:
@@ -173,14 +172,13 @@ def png_header(path: Path) -> Header | None:
             elif kind == b"tRNS":
                 transparency = True
             elif kind == b"IEND":
-                end = position + 12 + length
                 break
             position += 12 + length
     if header is None:
         return None
     height, width, depth, colour = header
     channels = (4 if transparency else 3) if colour == 3 else PNG_CHANNELS.get(colour, 4)
-    return Header(height, width, channels, 2 if depth == 16 else 1, size - end)
+    return Header(height, width, channels, 2 if depth == 16 else 1)
 
 
 # In a JPEG's entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart
@@ -203,15 +201,14 @@ def jpeg_header(path: Path) -> Header | None:
     with mapped(path) as data:
         size, position = len(data), 2
         while True:
-            while position < size and data[position] != 0xFF:  # stray bytes: libjpeg's decoder judges them
-                position += 1
+            marker_start = data.find(b"\xff", position)  # past stray bytes: libjpeg's decoder judges them
+            position = size if marker_start < 0 else marker_start
             while position + 1 < size and data[position + 1] == 0xFF:  # fill bytes before a marker
                 position += 1
             if position + 2 > size:
                 raise truncated
             marker = data[position + 1]
             if marker == 0xD9:
-                end = position + 2
                 break
             if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
                 position += 2
@@ -239,7 +236,7 @@ def jpeg_header(path: Path) -> Header | None:
     height, width, components = frame
     if orientation in EXIF_ROTATED:
         height, width = width, height
-    return Header(height, width, 1 if components == 1 else 3, 1, size - end)
+    return Header(height, width, 1 if components == 1 else 3, 1)
 
 
 def _exif_orientation(tiff: bytes) -> int | None:

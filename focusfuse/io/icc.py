@@ -69,6 +69,11 @@ def _jpeg_profile(path: Path) -> bytes | None:
     return b"".join(chunks[number] for number in sorted(chunks)) if chunks else None
 
 
+def png_chunk(kind: bytes, payload: bytes) -> bytes:
+    """One PNG chunk: length, type, payload, CRC of type and payload."""
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
 def embed_in_png(path: Path, profile: bytes) -> None:
     """Insert an ``iCCP`` chunk right after IHDR (any earlier one is replaced)."""
     content = path.read_bytes()
@@ -81,9 +86,7 @@ def embed_in_png(path: Path, profile: bytes) -> None:
         if kind != b"iCCP":
             kept.append(content[position:end])
         if kind == b"IHDR":
-            data = b"ICC profile\x00\x00" + zlib.compress(profile)
-            chunk = b"iCCP" + data
-            kept.append(struct.pack(">I", len(data)) + chunk + struct.pack(">I", zlib.crc32(chunk) & 0xFFFFFFFF))
+            kept.append(png_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(profile)))
         position = end
     path.write_bytes(b"".join(kept))
 

@@ -23,7 +23,7 @@ import tifffile
 
 from focusfuse.errors import FocusFuseError
 from focusfuse.interruption import critical_section, record_written
-from focusfuse.io.icc import embed_in_jpeg, embed_in_png
+from focusfuse.io.icc import embed_in_jpeg, embed_in_png, png_chunk
 from focusfuse.io.metadata import PhysicalSize, tiff_physical_arguments
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
@@ -95,7 +95,6 @@ class OutputSet:
         self._staged: list[tuple[Path, Path]] = []  # (temporary, final path)
 
     def _stage(self, path: Path, write: Callable[[Path], None]) -> None:
-        temporary: Path | None = None
         try:
             with critical_section():  # a stop between creating the file and recording it would leave it behind
                 handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
@@ -131,8 +130,8 @@ class OutputSet:
                     _unplaced.discard(temporary)
                     placed.append(path)
             except OSError as error:
-                for path in placed:  # the set is whole or absent
-                    path.unlink(missing_ok=True)
+                for done in placed:  # the set is whole or absent
+                    done.unlink(missing_ok=True)
                 self.discard()
                 raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error
             self._staged.clear()
@@ -196,12 +195,9 @@ def png_gray_alpha(image: np.ndarray) -> bytes:
     depth = 16 if image.dtype == np.uint16 else 8
     rows = np.ascontiguousarray(image, dtype=">u2" if depth == 16 else np.uint8).reshape(height, -1).view(np.uint8)
     raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()  # filter 0 on every row
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
     header = struct.pack(">IIBBBBB", width, height, depth, 4, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    idat = zlib.compress(raw, 6)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def image_writer(
