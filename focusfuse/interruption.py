@@ -10,6 +10,7 @@ ends inside one.
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -45,10 +46,23 @@ def stop(exception: BaseException, signum: int = signal.SIGINT) -> None:
     raise exception
 
 
+def _ignored_as_asked(error: BaseException | None) -> bool:
+    """CPython's report of a signal that arrived as its handler was being set to SIG_IGN.
+
+    The C handler had already noted it, so Python finds it with no handler to run and
+    reports it as "ignored due to race condition". Ignoring it is what was asked.
+    """
+    found = re.fullmatch(r"Signal (\d+) ignored due to race condition", str(error)) if isinstance(error, OSError) else None
+    return found is not None and signal.getsignal(int(found[1])) is signal.SIG_IGN
+
+
 def _stop_swallowed(unraisable) -> None:
     """sys.unraisablehook: a stop raised while Python ran a finalizer or a weakref callback is
-    printed and dropped there, not propagated; it is delivered again, to stop the program."""
+    printed and dropped there, not propagated; it is delivered again, to stop the program.
+    A signal that arrived as it was being ignored is not reported."""
     global _stopping
+    if _ignored_as_asked(unraisable.exc_value):
+        return
     if _raised is not None and unraisable.exc_value is _raised[0]:
         _stopping = False
         # Sent again from another thread, a moment later: raised here (signal.raise_signal

@@ -230,3 +230,26 @@ def test_a_stop_that_lands_in_a_finalizer_is_delivered_again_without_a_traceback
         Finalized()
         time.sleep(60)  # the stop, delivered again, ends this sleep; 60 s only if it never comes
     assert "Exception ignored" not in capfd.readouterr().err
+
+
+def test_a_signal_that_arrives_as_it_is_being_ignored_is_not_reported(capfd, monkeypatch):
+    """A Ctrl-C that lands while SIGINT is being set to SIG_IGN is reported by CPython as
+    ``OSError: Signal 2 ignored due to race condition`` with a traceback; it was ignored, as asked."""
+    import sys
+
+    import focusfuse.interruption as interruption
+
+    class Reported:  # CPython's report goes through the same hook as an exception in a finalizer
+        def __del__(self):
+            raise OSError(f"Signal {signal.SIGINT} ignored due to race condition")
+
+    monkeypatch.setattr(sys, "unraisablehook", interruption._stop_swallowed)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        Reported()
+        assert capfd.readouterr().err == ""
+        signal.signal(signal.SIGINT, cli.stop_on_ctrl_c)  # not ignored: a real problem, still reported
+        Reported()
+        assert "ignored due to race condition" in capfd.readouterr().err
+    finally:
+        signal.signal(signal.SIGINT, previous)
