@@ -52,7 +52,9 @@ def _ignored_as_asked(error: BaseException | None) -> bool:
     The C handler had already noted it, so Python finds it with no handler to run and
     reports it as "ignored due to race condition". Ignoring it is what was asked.
     """
-    found = re.fullmatch(r"Signal (\d+) ignored due to race condition", str(error)) if isinstance(error, OSError) else None
+    if not isinstance(error, OSError):
+        return False
+    found = re.fullmatch(r"Signal (\d+) ignored due to race condition", str(error))
     return found is not None and signal.getsignal(int(found[1])) is signal.SIG_IGN
 
 
