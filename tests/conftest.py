@@ -48,19 +48,23 @@ def demo_truth() -> np.ndarray:
     return cv2.imread(str(EXAMPLES / "stack8_truth" / "index.png"), cv2.IMREAD_UNCHANGED)
 
 
-def step_depth_stack(dtype=np.uint8, n_slices: int = 4, size: int = 96, seed: int = 0, colour: bool = False):
-    """Procedural texture in vertical bands, band k in focus in slice k (blur 2.5 px per slice).
+def step_depth_stack(
+    dtype=np.uint8, n_slices: int = 4, size: int = 96, seed: int = 0, colour: bool = False, width: int | None = None
+):
+    """Procedural texture (``size`` rows, ``width`` columns, square by default) in vertical bands,
+    band k in focus in slice k (blur 2.5 px per slice).
 
     Returns the SyntheticStack; its truth is exact away from band borders.
     """
     rng = np.random.default_rng(seed)
-    texture = procedural_texture(size, size, rng)
+    width = width or size
+    texture = procedural_texture(size, width, rng)
     if colour:
         texture = np.stack([texture, np.roll(texture, 7, axis=0), np.roll(texture, 13, axis=1)], axis=2)
     full = unit_scale(dtype)
     sharp = (texture * full).round().astype(dtype) if dtype != np.float32 else texture.astype(np.float32)
-    depth = np.zeros((size, size), np.float32)
-    band = size // n_slices
+    depth = np.zeros((size, width), np.float32)
+    band = width // n_slices
     for k in range(n_slices):
         depth[:, k * band : (k + 1) * band] = k
     depth[:, n_slices * band :] = n_slices - 1

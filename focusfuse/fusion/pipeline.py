@@ -33,12 +33,12 @@ from focusfuse.fusion.compositing import COMPOSITES, PYRAMID_LEVELS, Composite, 
 from focusfuse.fusion.height import height_map, height_preview
 from focusfuse.fusion.resolution import (
     SPEEDS,
-    ReducedStack,
     Speed,
     decision_size,
     enlarge_index_map,
     enlarge_mask,
     feature_precision,
+    reduced_stack,
     refine_boundaries,
 )
 from focusfuse.fusion.strategies import (
@@ -303,77 +303,82 @@ def _fuse_decoded(
     decided_at = decision_size(full_size[0], full_size[1], speed, strategy)
     reduced = decided_at != full_size
     precision = feature_precision(speed, device, reduced)
+    smaller = None
     if reduced:
-        smaller = ReducedStack(read, len(source), decided_at)
+        smaller = reduced_stack(read, len(source), decided_at, in_memory=plan.slices_in_memory)
         read, read_rows = smaller.read, smaller.read_rows
         first_slice = read(0)
-    # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
-    keep_fused = used_composite != "pyramid" and composite_store is None and not reduced
-    whole = StackSource(labels=source.labels, paths=source.paths, reader=read)
-    offset, scale = intensity_mapping(first_slice)
-    n_slices = len(source)
-    height, width = first_slice.shape[:2]
-    del first_slice  # read from the temporary file, it would be a whole slice beside every tile's work
-    whole_image = Tile((0, height, 0, width), (0, height, 0, width))
-    # Tiles where the image the decisions see is larger than a tile may be (a reduced one may fit whole).
-    tile_pixels = plan.tile_pixels if plan.tile_pixels is not None and height * width > plan.tile_pixels else None
-    tiles = tile_grid(height, width, tile_pixels, plan.halo) if tile_pixels is not None else [whole_image]
+    try:
+        # The tiles' own pixels are the result only where nothing composites them afresh from the slices.
+        keep_fused = used_composite != "pyramid" and composite_store is None and not reduced
+        whole = StackSource(labels=source.labels, paths=source.paths, reader=read)
+        offset, scale = intensity_mapping(first_slice)
+        n_slices = len(source)
+        height, width = first_slice.shape[:2]
+        del first_slice  # read from the temporary file, it would be a whole slice beside every tile's work
+        whole_image = Tile((0, height, 0, width), (0, height, 0, width))
+        # Tiles where the image the decisions see is larger than a tile may be (a reduced one may fit whole).
+        tile_pixels = plan.tile_pixels if plan.tile_pixels is not None and height * width > plan.tile_pixels else None
+        tiles = tile_grid(height, width, tile_pixels, plan.halo) if tile_pixels is not None else [whole_image]
 
-    def make_context(part: StackSource, first: np.ndarray) -> StackContext:
-        return StackContext(
-            model=model,
-            source=part,
-            first_slice=first,
-            device=device,
-            clock=clock,
-            intensity_offset=offset,
-            intensity_scale=scale,
-            progress=lambda done, total: None,
-            feature_precision=precision,
-        )
+        def make_context(part: StackSource, first: np.ndarray) -> StackContext:
+            return StackContext(
+                model=model,
+                source=part,
+                first_slice=first,
+                device=device,
+                clock=clock,
+                intensity_offset=offset,
+                intensity_scale=scale,
+                progress=lambda done, total: None,
+                feature_precision=precision,
+            )
 
-    def run(context: StackContext) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
-        if strategy == "calibrated":
-            return running_best_choice(context, batch_size, slices_per_decision, adjacent_by_sharpness)
-        if strategy == "calibrated-paper":
-            return (*fuse_calibrated_paper(context, batch_size), None)
-        return (*fuse_serial(context), None)
+        def run(context: StackContext) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
+            if strategy == "calibrated":
+                return running_best_choice(context, batch_size, slices_per_decision, adjacent_by_sharpness)
+            if strategy == "calibrated-paper":
+                return (*fuse_calibrated_paper(context, batch_size), None)
+            return (*fuse_serial(context), None)
 
-    slice_times = [0.0] * n_slices
-    with torch.inference_mode(), full_float32():
-        statistics = None
-        if tile_pixels is not None:
-            started = len(clock.per_slice)
-            mosaic = sample_mosaic(height, width, math.isqrt(tile_pixels))
-            statistics = measure_statistics(mosaic, make_context, whole, run)
-            take_slice_times(clock, started, list(range(n_slices)), slice_times)
-        tiled = fuse_tiles(
-            tiles,
-            whole,
-            make_context,
-            run,
-            statistics,
-            progress,
-            clock=clock,
-            prune=prune and strategy == "calibrated",
-            slice_times=slice_times,
-            read_rows=read_rows,
-            keep_fused=keep_fused,
-        )
-        clock.per_slice[:] = slice_times
-        fused, index_map = tiled.fused, tiled.index_map
-        peak_sharpness, slice_tiles_run = tiled.peak_sharpness, tiled.slice_tiles_run
-        if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
-            fill_flat_regions(make_context(whole, read(0)), fused, index_map, peak_sharpness.to(device))
-    if reduced:
-        with clock.stage("enlarge"):
-            index_map = enlarge_index_map(index_map, full_size)
-            index_map = refine_boundaries(index_map, full_read, decided_at[0] / full_size[0])
-        read, read_rows = full_read, full_rows
-        fused = None
-        if used_composite == "select" and composite_store is None:
-            with clock.stage("composite"):
-                fused = select_by_index(read, index_map, n_slices)
+        slice_times = [0.0] * n_slices
+        with torch.inference_mode(), full_float32():
+            statistics = None
+            if tile_pixels is not None:
+                started = len(clock.per_slice)
+                mosaic = sample_mosaic(height, width, math.isqrt(tile_pixels))
+                statistics = measure_statistics(mosaic, make_context, whole, run)
+                take_slice_times(clock, started, list(range(n_slices)), slice_times)
+            tiled = fuse_tiles(
+                tiles,
+                whole,
+                make_context,
+                run,
+                statistics,
+                progress,
+                clock=clock,
+                prune=prune and strategy == "calibrated",
+                slice_times=slice_times,
+                read_rows=read_rows,
+                keep_fused=keep_fused,
+            )
+            clock.per_slice[:] = slice_times
+            fused, index_map = tiled.fused, tiled.index_map
+            peak_sharpness, slice_tiles_run = tiled.peak_sharpness, tiled.slice_tiles_run
+            if strategy == "calibrated" and fill_flat and peak_sharpness is not None:
+                fill_flat_regions(make_context(whole, read(0)), fused, index_map, peak_sharpness.to(device))
+        if reduced:
+            with clock.stage("enlarge"):
+                index_map = enlarge_index_map(index_map, full_size)
+                index_map = refine_boundaries(index_map, full_read, decided_at[0] / full_size[0])
+            read, read_rows = full_read, full_rows
+            fused = None
+            if used_composite == "select" and composite_store is None:
+                with clock.stage("composite"):
+                    fused = select_by_index(read, index_map, n_slices)
+    finally:
+        if smaller is not None:
+            smaller.close()
     if used_composite == "pyramid":
         paint_read, paint_rows = (
             (read, read_rows) if composite_store is None else (composite_store.read, composite_store.read_rows)
