@@ -104,10 +104,20 @@ def gradient_energy(features: torch.Tensor) -> torch.Tensor:
     Args:
         features: ``(N, C, H, W)``.
     """
-    horizontal = features.clone()
-    horizontal[..., :, 1:] -= features[..., :, :-1]
-    vertical = features.clone()
-    vertical[..., 1:, :] -= features[..., :-1, :]
+    if torch.is_grad_enabled() and features.requires_grad:
+        horizontal = features.clone()
+        horizontal[..., :, 1:] -= features[..., :, :-1]
+        vertical = features.clone()
+        vertical[..., 1:, :] -= features[..., :-1, :]
+        return horizontal.square_().add_(vertical.square_())
+    # Without autograd, the differences are written straight into new tensors: the same
+    # numbers, without first copying the whole input twice (``out=`` has no gradient).
+    horizontal = torch.empty_like(features)
+    horizontal[..., :, :1] = features[..., :, :1]
+    torch.sub(features[..., :, 1:], features[..., :, :-1], out=horizontal[..., :, 1:])
+    vertical = torch.empty_like(features)
+    vertical[..., :1, :] = features[..., :1, :]
+    torch.sub(features[..., 1:, :], features[..., :-1, :], out=vertical[..., 1:, :])
     return horizontal.square_().add_(vertical.square_())
 
 

@@ -54,3 +54,15 @@ def test_fill_from_known_with_nothing_or_everything_known():
     values = torch.rand(1, 1, 9, 7)
     assert torch.equal(fill_from_known(values, torch.ones_like(values, dtype=torch.bool)), values)
     assert torch.equal(fill_from_known(values, torch.zeros_like(values, dtype=torch.bool)), torch.zeros_like(values))
+
+
+def test_gradient_energy_without_autograd_is_the_same_numbers_as_with_it():
+    from focusfuse.model.filters import gradient_energy
+
+    features = torch.rand(2, 5, 33, 47, requires_grad=True)
+    with_autograd = gradient_energy(features)
+    with_autograd.sum().backward()  # the training path still has a gradient
+    assert features.grad is not None and features.grad.abs().sum() > 0
+    with torch.inference_mode():
+        without = gradient_energy(features.detach())
+    assert torch.equal(with_autograd.detach(), without)
