@@ -17,8 +17,12 @@ report's per-slice times: reading, features, decisions, assembling, filling; med
 of --repeats rounds that run every strategy in turn, after one untimed round); the
 oracle row takes, at every pixel, the
 slice nearest to the true depth; the Laplacian row takes the slice with the highest
-7x7 Laplacian energy.
+7x7 Laplacian energy. With --peers, enfuse (focus flags, --hard-mask) and focus-stack
+(its defaults) fuse the same PNGs, when installed ($FOCUS_STACK or the PATH for
+focus-stack), and their PSNR against the truth is printed. --rows keeps only the named
+strategy rows (comma-separated labels, e.g. calibrated).
 Usage: python bench/multislice.py [--size 256] [--slices 5,10,20] [--seed 0] [--repeats 5]
+       [--rows calibrated] [--peers]
 """
 
 from __future__ import annotations
@@ -122,7 +126,13 @@ def main() -> None:
     parser.add_argument(
         "--repeats", type=int, default=5, help="Timed rounds of every strategy; the median time is printed."
     )
+    parser.add_argument("--rows", default=None, help="only these strategy rows (labels, comma-separated)")
+    parser.add_argument("--peers", action="store_true", help="also enfuse and focus-stack, PSNR only")
     args = parser.parse_args()
+    rows = STRATEGY_ROWS
+    if args.rows:
+        wanted = args.rows.split(",")
+        rows = tuple(row for row in STRATEGY_ROWS if row[0] in wanted)
     with tempfile.TemporaryDirectory() as scratch:
         for n_slices, variant, folder, sharp, stack in written_cases(Path(scratch), args.size, args.slices, args.seed):
             print(f"N={n_slices} {args.size}x{args.size}, {variant}:")
@@ -138,16 +148,26 @@ def main() -> None:
                     "laplacian", pick(stack.slices, laplacian_index), laplacian_index, stack.truth_index, sharp, None
                 )
             )
-            seconds: dict[str, list[float]] = {label: [] for label, _, _ in STRATEGY_ROWS}
+            if args.peers:
+                from peers import run_peer  # peers imports this module
+
+                for tool in ("enfuse", "focus-stack"):
+                    fused = run_peer(tool, sorted(folder.iterdir()), Path(scratch) / f"{tool}.png")
+                    if isinstance(fused, str):
+                        print(f"  {tool:<18} skipped: {fused}")
+                    else:
+                        gray = to_gray(fused) * 255 if fused.ndim == 3 else fused
+                        print(f"  {tool:<18} PSNR {psnr(np.rint(gray), sharp):6.2f} dB")
+            seconds: dict[str, list[float]] = {label: [] for label, _, _ in rows}
             results = {}
             # Rounds of every strategy in turn, so a drift in the machine's speed falls on
             # all rows alike; round 0 warms allocators and caches and is not timed.
             for round_number in range(args.repeats + 1):
-                for label, strategy, options in STRATEGY_ROWS:
+                for label, strategy, options in rows:
                     results[label] = fuse_stack([folder], strategy=strategy, device="cpu", **options)
                     if round_number:  # reading to filling; loading the weights excluded
                         seconds[label].append(sum(results[label].timing["per_slice_s"]) / n_slices)
-            for label, _, _ in STRATEGY_ROWS:
+            for label, _, _ in rows:
                 result = results[label]
                 print(
                     report(
@@ -159,8 +179,9 @@ def main() -> None:
                         statistics.median(seconds[label]),
                     )
                 )
-            calibrated_ratio = statistics.median(seconds["calibrated"]) / statistics.median(seconds["serial"])
-            print(f"  time per slice / serial's: calibrated {calibrated_ratio:.2f}")
+            if "calibrated" in seconds and "serial" in seconds:
+                calibrated_ratio = statistics.median(seconds["calibrated"]) / statistics.median(seconds["serial"])
+                print(f"  time per slice / serial's: calibrated {calibrated_ratio:.2f}")
 
 
 if __name__ == "__main__":
