@@ -18,6 +18,7 @@ from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, estimate_alignment
 from focusfuse.fusion.channels import check_reference_channel, reference_record, slice_texture
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, memory_budget, stack_memory_plan
+from focusfuse.fusion.resolution import decision_size
 from focusfuse.io.reader import open_channel_stack, open_stack
 
 
@@ -51,8 +52,9 @@ def describe_stack(
     height, width = first.shape[:2]
     used_strategy = "pair" if len(source) == 2 else strategy
     budget = memory_budget(max_memory)
+    decided_at = decision_size(height, width, "default", used_strategy)
     plan = stack_memory_plan(
-        source, height, width, channels, first.dtype.itemsize, used_strategy, DEFAULT_BATCH_SIZE, budget
+        source, height, width, channels, first.dtype.itemsize, used_strategy, DEFAULT_BATCH_SIZE, budget, decided_at
     )
     physical = source.physical.with_z_step(z_step, "--z-step")
     channel_fusion = None
@@ -72,6 +74,7 @@ def describe_stack(
         "physical": physical.report(),
         "channel_fusion": channel_fusion,
         "strategy": used_strategy,
+        "decision_size": list(decided_at),
         "memory_plan": plan.report(),
         "alignment": None,
     }
@@ -112,6 +115,9 @@ def format_info(facts: dict) -> str:
         layout = f"{plan['tiles']} tiles of up to {plan['tile_pixels']} px with a {plan['halo']} px halo"
     else:
         layout = "the whole image at once"
+    decision_height, decision_width = facts["decision_size"]
+    if (decision_height, decision_width) != (facts["height"], facts["width"]):
+        layout = f"decided at {decision_width} x {decision_height}, {layout}"
     lines = [
         ("stack", facts["stack"]),
         ("slices", f"{facts['n_slices']} in this order: {order}"),

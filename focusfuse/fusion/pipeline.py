@@ -7,6 +7,7 @@ the timing report.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import platform
@@ -236,11 +237,16 @@ def stack_memory_plan(
     strategy: str,
     batch_size: int,
     budget: int,
+    decided_at: tuple[int, int] | None = None,
 ) -> MemoryPlan:
-    """The memory plan for fusing ``source`` within ``budget``; the one-line refusal when none fits."""
+    """The memory plan for fusing ``source`` within ``budget``; the one-line refusal when none fits.
+
+    ``decided_at``: the size of the image the decisions see (``decision_size``), when it is
+    smaller: the plan's tiles are then those of that image, the ones the network runs in.
+    """
     tileable = strategy in ("calibrated", "calibrated-paper", "pair")
     try:
-        return plan_memory(
+        plan = plan_memory(
             height,
             width,
             channels,
@@ -256,6 +262,13 @@ def stack_memory_plan(
             f"{source.labels[0]}: {error}; the budget is {budget / 2**30:.1f} GiB "
             f"(--max-memory, at most the memory available)"
         ) from None
+    if decided_at is not None and decided_at != (height, width) and plan.tile_pixels is not None:
+        decision_height, decision_width = decided_at
+        tiles = 1
+        if decision_height * decision_width > plan.tile_pixels:
+            tiles = len(tile_grid(decision_height, decision_width, plan.tile_pixels, plan.halo))
+        plan = dataclasses.replace(plan, tiles=tiles)
+    return plan
 
 
 def _fuse_decoded(
@@ -552,7 +565,15 @@ def fuse_stack(
         raise FocusFuseError(f"{output}: a {channels}-channel stack keeps its channel axis in a TIFF; write a .tif")
     height, width = first_slice.shape[:2]
     plan = stack_memory_plan(
-        source, height, width, channels, first_slice.dtype.itemsize, used_strategy, batch_size, budget
+        source,
+        height,
+        width,
+        channels,
+        first_slice.dtype.itemsize,
+        used_strategy,
+        batch_size,
+        budget,
+        decision_size(height, width, speed, used_strategy),
     )
     decoded = DecodedStack(source.read, len(source), first_slice, in_memory=plan.slices_in_memory)
     # The store holds slice 0 now; on file, a copy kept here would be a whole slice beside the tiles' work.

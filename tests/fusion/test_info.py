@@ -75,3 +75,14 @@ def test_info_refuses_what_stack_refuses(tmp_path):
         result.exit_code == 1
         and result.stderr.strip() == f"focusfuse: error: {tmp_path / 'missing'}: no such file or directory"
     )
+
+
+def test_a_large_image_is_said_to_be_decided_shrunk(tmp_path):
+    source = tmp_path / "wide.tif"
+    rng = np.random.default_rng(2)
+    tifffile.imwrite(source, rng.integers(0, 256, (3, 320, 1280), dtype=np.uint8), photometric="minisblack")
+    result = info(str(source))
+    assert result.exit_code == 0, result.output
+    lines = dict(line.split("  ", 1) for line in result.stdout.splitlines() if not line.startswith(" "))
+    assert "decided at 1024 x 256, the whole image at once" in lines["memory"]
+    assert json.loads(info(str(source), "--json").stdout)["decision_size"] == [256, 1024]

@@ -143,3 +143,21 @@ def test_the_default_decides_a_wide_image_shrunk_and_fuses_it_at_full_size(tmp_p
     within_one = (np.abs(result.index_map.astype(int) - stack.truth_index) <= 1).mean()
     assert within_one >= 0.99, within_one
     assert psnr(result.fused, stack.sharp) >= 30.0
+
+
+def test_the_memory_plan_reports_the_tiles_of_the_image_the_decisions_see():
+    from focusfuse.fusion.pipeline import stack_memory_plan
+    from focusfuse.fusion.tiling import tile_grid
+
+    class Source:
+        labels = ["stack"]
+
+        def __len__(self):
+            return 64
+
+    budget = 2 * 2**30
+    full = stack_memory_plan(Source(), 1500, 2000, 1, 1, "calibrated", 1, budget)  # type: ignore[arg-type]
+    decided = stack_memory_plan(Source(), 1500, 2000, 1, 1, "calibrated", 1, budget, (768, 1024))  # type: ignore[arg-type]
+    assert full.tile_pixels is not None and full.tiles == len(tile_grid(1500, 2000, full.tile_pixels, full.halo))
+    assert decided.tiles == len(tile_grid(768, 1024, full.tile_pixels, full.halo)) < full.tiles
+    assert decided.tile_pixels == full.tile_pixels and decided.estimated_peak == full.estimated_peak
