@@ -36,7 +36,7 @@ import torch
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import cast_like, to_gray
 from focusfuse.io.reader import StackSource
-from focusfuse.model.filters import box_sum, fill_from_known
+from focusfuse.model.filters import box_sum, fill_from_known, gradient_energy
 from focusfuse.model.network import GACN
 
 Strategy = Literal["calibrated", "calibrated-paper", "serial"]
@@ -111,6 +111,11 @@ class StackContext:
     measured_medians: dict[int, float] = field(default_factory=dict)
     slice_numbers: list[int] | None = None
     feature_precision: Precision = "float32"
+    # While the sample mosaic of a tiled fusion is fused (``tiling.measure_statistics``):
+    # the pixels the channel gates are measured over, and the gates measured so far, by
+    # slice number. Each slice's gates come from the same pass as its first features.
+    gates_measured_over: torch.Tensor | None = None
+    measured_gates: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def number(self, index: int) -> int:
         """Slice ``index`` of ``source``'s number in the whole stack."""
@@ -123,6 +128,8 @@ class StackContext:
         bfloat16 (``feature_precision`` says where that is used and why); the
         activities come back as float32, so every comparison stays in float32.
         """
+        if self.gates_measured_over is not None and self.feature_precision == "float32":
+            return self._activity_measuring_gates(grays, indices)
         gates = None
         if self.statistics is not None:
             gates = self.statistics.gates[[self.number(j) for j in indices]].to(self.device)
@@ -130,6 +137,23 @@ class StackContext:
             return self.model.activity(grays, gates)
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             return self.model.activity(grays, gates).float()
+
+    def _activity_measuring_gates(self, grays: torch.Tensor, indices: list[int]) -> torch.Tensor:
+        """``activity``, each slice seen for the first time also giving its channel gates over
+        ``gates_measured_over`` (``gated_features``): one feature pass where measuring the gates
+        first and then fusing took two."""
+        assert self.gates_measured_over is not None
+        activities = []
+        for position, index in enumerate(indices):
+            number, gray = self.number(index), grays[position : position + 1]
+            known = self.measured_gates.get(number)
+            if known is not None:
+                activities.append(self.model.activity(gray, known[None]))
+                continue
+            gates, features = self.model.features.gated_features(gray, self.gates_measured_over.to(gray.dtype))
+            self.measured_gates[number] = gates[0]
+            activities.append(gradient_energy(features))
+        return activities[0] if len(activities) == 1 else torch.cat(activities)
 
     def sharpness_median(self, sharpness: torch.Tensor, last_slice: int) -> torch.Tensor | float:
         """The median of the current choice's sharpness before the step whose group ends at ``last_slice``."""

@@ -180,13 +180,27 @@ def measure_statistics(
 ) -> ImageWideStatistics:
     """The image-wide quantities, from a fusion of the sample mosaic.
 
-    Every slice's channel gates are taken over the inside of the crops; then the
+    Every slice's channel gates are taken over the inside of the crops, and the
     strategy ``run`` fuses the mosaic with those gates and records the sharpness
-    medians (over the inside of the crops) that the tiles will use.
+    medians (over the inside of the crops) that the tiles will use. In float32 both
+    come from one fusion, each slice's gates measured as its features are first made;
+    under bfloat16 features the gates are measured first, in float32.
     """
     mosaic_source = StackSource(labels=source.labels, paths=source.paths, reader=lambda j: mosaic.cut(source.read(j)))
     context = make_context(mosaic_source, mosaic_source.read(0))
     inside = torch.from_numpy(mosaic.inside()).to(context.device)[None, None]
+    if context.feature_precision == "float32":
+        # Each slice's gates in the same pass as its features (``StackContext.activity``).
+        context.gates_measured_over = inside
+        context.statistics_mask = inside
+        run(context)
+        missing = [j for j in range(len(source)) if j not in context.measured_gates]  # a strategy that skips some
+        for j in missing:
+            gray = context.gray([mosaic_source.read(j)])
+            with context.clock.stage("features"):
+                context.measured_gates[j] = context.model.features.channel_gates(gray, inside.to(gray.dtype))[0]
+        gates_in_order = torch.stack([context.measured_gates[j] for j in range(len(source))]).cpu()
+        return ImageWideStatistics(gates_in_order, dict(context.measured_medians))
     gates = []
     for j in range(len(source)):
         image = context.first_slice if j == 0 else mosaic_source.read(j)

@@ -101,6 +101,13 @@ class FeatureExtractor(nn.Module):
         ``weight`` ``(1, 1, H, W)`` (1 where a pixel counts) restricts the means to part
         of ``gray``, such as the inside of sample crops laid side by side.
         """
+        return self.gated_features(gray, weight)[0]
+
+    def gated_features(
+        self, gray: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``channel_gates(gray, weight)`` and ``forward(gray, those gates)``, from one pass: the
+        gated features are what each block's gate multiplies anyway."""
         gates = []
         features: list[torch.Tensor] = []
         for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
@@ -111,7 +118,7 @@ class FeatureExtractor(nn.Module):
                 means = (activations * weight).sum(dim=(2, 3)) / weight.sum()
             gates.append(excitation.gate(means))  # type: ignore[operator]
             features.append(activations * gates[-1][:, :, None, None])
-        return torch.stack(gates, 1)
+        return torch.stack(gates, 1), torch.cat(features, 1)
 
 
 class DecisionPath(nn.Module):

@@ -83,3 +83,20 @@ def test_score_smoothing_lets_textured_neighbours_outvote_a_flat_patch():
     # A real border (half the field each way) stays where it is.
     border = torch.where(torch.arange(40).view(1, 1, 1, 40) < 20, -0.05, 0.05).expand(1, 1, 40, 40)
     assert torch.equal(pooled.smooth_score(border) > 0, border > 0)
+
+
+def test_gates_and_gated_features_from_one_pass_are_those_of_two():
+    """Tiled fusion measures each slice's channel gates in the same pass as its features:
+    the same numbers as measuring the gates first and running the feature path with them."""
+    from focusfuse.model.weights import find_weights, load_model
+
+    model = load_model(find_weights()).eval()  # the shipped weights: gates that are not all alike
+    torch.manual_seed(1)
+    gray = torch.rand(1, 1, 40, 56).contiguous(memory_format=torch.channels_last)
+    weight = torch.zeros(1, 1, 40, 56)
+    weight[..., 5:30, 10:50] = 1.0
+    with torch.inference_mode():
+        gates, features = model.features.gated_features(gray, weight)
+        assert torch.equal(gates, model.features.channel_gates(gray, weight))
+        assert torch.equal(features, model.features(gray, gates))
+        assert not torch.equal(gates, model.features.channel_gates(gray))  # the weight matters
