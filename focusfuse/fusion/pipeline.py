@@ -8,7 +8,6 @@ the timing report.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import platform
 import resource
@@ -60,6 +59,7 @@ from focusfuse.fusion.tiling import (
     Tile,
     fuse_tiles,
     measure_statistics,
+    mosaic_side,
     plan_memory,
     sample_mosaic,
     take_slice_times,
@@ -359,7 +359,7 @@ def _fuse_decoded(
             statistics = None
             if tile_pixels is not None:
                 started = len(clock.per_slice)
-                mosaic = sample_mosaic(height, width, math.isqrt(tile_pixels))
+                mosaic = sample_mosaic(height, width, mosaic_side(height, width, tile_pixels))
                 statistics = measure_statistics(mosaic, make_context, whole, run)
                 take_slice_times(clock, started, list(range(n_slices)), slice_times)
             tiled = fuse_tiles(
