@@ -40,9 +40,9 @@ from focusfuse.fusion.resolution import (
     feature_precision,
     reduced_stack,
     refine_boundaries,
+    slices_per_decision_for,
 )
 from focusfuse.fusion.strategies import (
-    SLICES_PER_DECISION,
     STRATEGIES,
     Progress,
     StackContext,
@@ -197,7 +197,7 @@ def result_options(
     crop: bool,
     prune: bool,
     pyramid_levels: int = PYRAMID_LEVELS,
-    slices_per_decision: int = SLICES_PER_DECISION,
+    slices_per_decision: int | None = None,
     adjacent_by_sharpness: bool = True,
     fill_flat: bool = True,
     speed: str = "default",
@@ -214,7 +214,7 @@ def result_options(
         "crop": crop,
         "prune": prune,
         "pyramid_levels": pyramid_levels,
-        "slices_per_decision": slices_per_decision,
+        "slices_per_decision": slices_per_decision or slices_per_decision_for(speed),  # type: ignore[arg-type]
         "adjacent_by_sharpness": adjacent_by_sharpness,
         "fill_flat": fill_flat,
     }
@@ -417,7 +417,7 @@ def fuse_stack(
     batch_size: int = DEFAULT_BATCH_SIZE,
     weights: str | os.PathLike | None = None,
     progress: Progress | None = None,
-    slices_per_decision: int = SLICES_PER_DECISION,
+    slices_per_decision: int | None = None,
     adjacent_by_sharpness: bool = True,
     fill_flat: bool = True,
     composite: Composite = "pyramid",
@@ -447,7 +447,8 @@ def fuse_stack(
         weights: weights file; else $FOCUSFUSE_WEIGHTS, else the shipped weights.
         progress: called with (slices done, slices in all).
         slices_per_decision: ``calibrated`` only: new slices pre-selected by feature
-            sharpness before each decision path (1: a decision path per slice).
+            sharpness before each decision path (1: a decision path per slice); None:
+            4, or 6 under ``fast`` (``resolution.slices_per_decision_for``).
         adjacent_by_sharpness: ``calibrated`` only: let feature sharpness, not the
             decision path, choose between adjacent slices on textured ground.
         fill_flat: ``calibrated`` only: pixels no slice shows textured take their slice
@@ -497,7 +498,7 @@ def fuse_stack(
         raise FocusFuseError(f"--composite {composite}: use one of {', '.join(COMPOSITES)}")
     if pyramid_levels < 0:
         raise FocusFuseError(f"pyramid_levels {pyramid_levels}: must be at least 0")
-    if slices_per_decision < 1:
+    if slices_per_decision is not None and slices_per_decision < 1:
         raise FocusFuseError(f"slices_per_decision {slices_per_decision}: must be at least 1")
     if max_memory is not None and max_memory <= 0:
         raise FocusFuseError(f"--max-memory {max_memory}: must be positive")
@@ -597,6 +598,10 @@ def fuse_stack(
             decoded.close()
             decoded = aligned
             slice_shape = decoded.shape
+        used_per_decision = slices_per_decision
+        if used_per_decision is None:
+            shrunk = decision_size(slice_shape[0], slice_shape[1], speed, used_strategy) != tuple(slice_shape[:2])
+            used_per_decision = slices_per_decision_for(speed, shrunk)
         decisions: DecodedStack | ChannelView = decoded if reference is None else ChannelView(decoded, reference)
         decide_read = decisions.read
         fused, index_map, used_composite, slice_tiles_run, peak_sharpness = _fuse_decoded(
@@ -608,7 +613,7 @@ def fuse_stack(
             device=torch_device,
             strategy=used_strategy,
             batch_size=batch_size,
-            slices_per_decision=slices_per_decision,
+            slices_per_decision=used_per_decision,
             adjacent_by_sharpness=adjacent_by_sharpness,
             fill_flat=fill_flat,
             composite=composite,
@@ -646,7 +651,7 @@ def fuse_stack(
         "device": str(torch_device),
         "strategy": used_strategy,
         "batch_size": batch_size if used_strategy.startswith("calibrated") else 1,
-        "slices_per_decision": slices_per_decision if used_strategy == "calibrated" else 1,
+        "slices_per_decision": used_per_decision if used_strategy == "calibrated" else 1,
         "adjacent_by_sharpness": adjacent_by_sharpness and used_strategy == "calibrated",
         "fill_flat": fill_flat and used_strategy == "calibrated",
         "composite": used_composite,

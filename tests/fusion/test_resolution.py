@@ -14,6 +14,7 @@ from focusfuse.fusion.resolution import (
     DEFAULT_DECISION_SIDE,
     DEFAULT_MAX_REDUCTION,
     FAST_DECISION_SIDE,
+    FAST_SLICES_PER_DECISION,
     MAX_REDUCTION,
     decision_size,
     enlarge_index_map,
@@ -41,9 +42,10 @@ def test_decision_size_shrinks_only_large_images_and_by_at_most_the_cap():
 
 
 def test_fast_on_a_small_image_is_the_default_bit_for_bit(tmp_path):
-    stack = step_depth_stack(n_slices=4, size=96)
+    stack = step_depth_stack(n_slices=8, size=96)  # more slices than a fast group: same groups
     paths = written(tmp_path / "s", stack.slices)
     default, fast = fuse_stack(paths, device="cpu"), fuse_stack(paths, device="cpu", speed="fast")
+    assert fast.timing["slices_per_decision"] == default.timing["slices_per_decision"] == 4
     np.testing.assert_array_equal(fast.index_map, default.index_map)
     np.testing.assert_array_equal(fast.fused, default.fused)
 
@@ -72,6 +74,7 @@ def test_fast_keeps_full_size_and_stays_near_the_default_on_a_large_stack(large_
     timing = json.loads((tmp_path / "fast.timing.json").read_text())
     assert timing["speed"] == "fast" and timing["decision_size"] == [384, 512]
     assert timing["options"]["speed"] == "fast"
+    assert timing["slices_per_decision"] == timing["options"]["slices_per_decision"] == FAST_SLICES_PER_DECISION
     within_one = (np.abs(fast.index_map.astype(int) - stack.truth_index) <= 1).mean()
     assert within_one >= 0.99, f"fast: {within_one:.3f} of the index map within one slice of the truth"
     assert psnr(fast.fused, stack.sharp) >= DEFAULT_PSNR_ON_LARGE_STACK - 0.5
