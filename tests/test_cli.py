@@ -221,7 +221,9 @@ def test_max_memory_takes_sizes_with_units(runner, tmp_path, monkeypatch, size, 
     budgets = []
     real_plan = pipeline.stack_memory_plan
     monkeypatch.setattr(pipeline, "available_memory", lambda: 64 * 2**30)
-    monkeypatch.setattr(pipeline, "stack_memory_plan", lambda *args: budgets.append(args[-1]) or real_plan(*args))
+    monkeypatch.setattr(
+        pipeline, "stack_memory_plan", lambda *args, **named: budgets.append(args[-1]) or real_plan(*args, **named)
+    )
     arguments = ["stack", str(EXAMPLES / "pair"), "-o", str(tmp_path / "f.png"), "--max-memory", size]
     result = runner.invoke(cli.main, arguments)
     assert budgets and set(budgets) == {expected}

@@ -53,8 +53,9 @@ def describe_stack(
     used_strategy = "pair" if len(source) == 2 else strategy
     budget = memory_budget(max_memory)
     decided_at = decision_size(height, width, "default", used_strategy)
+    itemsize = first.dtype.itemsize
     plan = stack_memory_plan(
-        source, height, width, channels, first.dtype.itemsize, used_strategy, DEFAULT_BATCH_SIZE, budget, decided_at
+        source, height, width, channels, itemsize, used_strategy, DEFAULT_BATCH_SIZE, budget, decided_at=decided_at
     )
     physical = source.physical.with_z_step(z_step, "--z-step")
     channel_fusion = None

@@ -574,7 +574,7 @@ def fuse_stack(
         used_strategy,
         batch_size,
         budget,
-        decision_size(height, width, speed, used_strategy),
+        decided_at=decision_size(height, width, speed, used_strategy),
     )
     decoded = DecodedStack(source.read, len(source), first_slice, in_memory=plan.slices_in_memory)
     # The store holds slice 0 now; on file, a copy kept here would be a whole slice beside the tiles' work.

@@ -160,7 +160,7 @@ def test_the_memory_plan_reports_the_tiles_of_the_image_the_decisions_see():
 
     budget = 2 * 2**30
     full = stack_memory_plan(Source(), 1500, 2000, 1, 1, "calibrated", 1, budget)  # type: ignore[arg-type]
-    decided = stack_memory_plan(Source(), 1500, 2000, 1, 1, "calibrated", 1, budget, (768, 1024))  # type: ignore[arg-type]
+    decided = stack_memory_plan(Source(), 1500, 2000, 1, 1, "calibrated", 1, budget, decided_at=(768, 1024))  # type: ignore[arg-type]
     assert full.tile_pixels is not None and full.tiles == len(tile_grid(1500, 2000, full.tile_pixels, full.halo))
     assert decided.tiles == len(tile_grid(768, 1024, full.tile_pixels, full.halo)) < full.tiles
     assert decided.tile_pixels == full.tile_pixels and decided.estimated_peak == full.estimated_peak
