@@ -79,7 +79,8 @@ def _laplacian_pyramid(image: np.ndarray, levels: int) -> list[np.ndarray]:
         gaussian.append(cv2.pyrDown(gaussian[-1]))
     bands = []
     for fine, coarse in zip(gaussian[:-1], gaussian[1:], strict=True):
-        bands.append(fine - cv2.pyrUp(coarse, dstsize=(fine.shape[1], fine.shape[0])))
+        expanded = cv2.pyrUp(coarse, dstsize=(fine.shape[1], fine.shape[0]))
+        bands.append(cv2.subtract(fine, expanded, dst=expanded))
     bands.append(gaussian[-1])
     return bands
 
@@ -134,6 +135,18 @@ def _to_dtype(image: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return image.astype(dtype)
 
 
+def _weigh_in_place(band: np.ndarray, weight: np.ndarray) -> None:
+    """``band *= weight`` per pixel over every channel (float32). OpenCV's element-wise
+    product on the weight copied to each channel: the same products as numpy's broadcast
+    over a short last axis, which steps through memory a few floats at a time."""
+    if band.ndim == 2:
+        cv2.multiply(band, weight, dst=band)
+    elif band.shape[2] <= 4:
+        cv2.multiply(band, cv2.merge([weight] * band.shape[2]), dst=band)
+    else:
+        np.multiply(band, weight[:, :, None], out=band)
+
+
 class PyramidBlend:
     """Accumulates slices, each weighted by its one-hot mask at every pyramid level, and
     the copied pixels beside them.
@@ -172,16 +185,19 @@ class PyramidBlend:
         chosen = self.index_map == index
         if self.selected is None:
             self.selected = np.zeros_like(image)
-        self.selected[chosen] = image[chosen]
+        if image.ndim == 2 or image.shape[2] <= 4:
+            cv2.copyTo(image, chosen.view(np.uint8), self.selected)  # numpy's masked copy: 5x the time
+        else:
+            np.copyto(self.selected, image, where=chosen[:, :, None])
         bands = _laplacian_pyramid(image, self.levels)
         weights = _mask_pyramid(chosen.astype(np.float32), self.levels)
-        if image.ndim == 3:
-            weights = [weight[:, :, None] for weight in weights]
+        for band, weight in zip(bands, weights, strict=True):
+            _weigh_in_place(band, weight)  # the bands are this slice's own
         if self.accumulator is None:
-            self.accumulator = [band * weight for band, weight in zip(bands, weights, strict=True)]
+            self.accumulator = bands
             return
-        for total, band, weight in zip(self.accumulator, bands, weights, strict=True):
-            total += band * weight
+        for total, band in zip(self.accumulator, bands, strict=True):
+            cv2.add(total, band, dst=total)
 
     def result(self) -> np.ndarray:
         """The blend where copying leaves a seam, the copied pixels elsewhere (``seam_need``),

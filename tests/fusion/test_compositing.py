@@ -126,3 +126,44 @@ def test_where_slices_differ_only_in_blur_the_composite_leans_to_the_source_pixe
     assert psnr(blend_only, sharp) < psnr(selected, sharp) - 0.3
     assert psnr(shipped, sharp) > psnr(blend_only, sharp) + 0.1
     assert (shipped == selected).mean() > 0.5
+
+
+@pytest.mark.parametrize("channels", [None, 2, 3, 4, 5])
+def test_the_pyramid_blend_is_the_plain_arithmetic_bit_for_bit(channels):
+    """The blend's OpenCV calls (masked copy, per-channel weighting, band sums) give the same
+    floats as the plain numpy formula, for gray, gray+alpha, RGB, RGBA and 5 channels."""
+    import cv2
+
+    from focusfuse.fusion import compositing
+
+    rng = np.random.default_rng(4)
+    shape = (70, 90) if channels is None else (70, 90, channels)
+    slices = [rng.random(shape, dtype=np.float32) for _ in range(3)]
+    index_map = np.repeat(np.arange(3, dtype=np.uint8), 30)[None, :].repeat(70, axis=0)
+    levels = 3
+
+    selected = np.zeros(shape, np.float32)
+    accumulator = None
+    for j, image in enumerate(slices):
+        chosen = index_map == j
+        selected[chosen] = image[chosen]
+        gaussian = [image]
+        for _ in range(levels):
+            gaussian.append(cv2.pyrDown(gaussian[-1]))
+        bands = [f - cv2.pyrUp(c, dstsize=(f.shape[1], f.shape[0])) for f, c in zip(gaussian[:-1], gaussian[1:])]
+        bands.append(gaussian[-1])
+        weights = [chosen.astype(np.float32)]
+        for _ in range(levels):
+            weights.append(cv2.pyrDown(weights[-1]))
+        if image.ndim == 3:
+            weights = [w[:, :, None] for w in weights]
+        weighted = [b * w for b, w in zip(bands, weights)]
+        accumulator = weighted if accumulator is None else [a + b for a, b in zip(accumulator, weighted)]
+
+    blend = compositing.PyramidBlend(index_map, levels, fit=False, full_range=1.0)
+    for j, image in enumerate(slices):
+        blend.add(j, image)
+    assert blend.selected is not None and blend.accumulator is not None
+    np.testing.assert_array_equal(blend.selected, selected)
+    for ours, plain in zip(blend.accumulator, accumulator):
+        np.testing.assert_array_equal(ours, plain)
