@@ -150,20 +150,22 @@ def test_the_pyramid_blend_is_the_plain_arithmetic_bit_for_bit(channels):
         gaussian = [image]
         for _ in range(levels):
             gaussian.append(cv2.pyrDown(gaussian[-1]))
-        bands = [f - cv2.pyrUp(c, dstsize=(f.shape[1], f.shape[0])) for f, c in zip(gaussian[:-1], gaussian[1:])]
+        bands = [
+            f - cv2.pyrUp(c, dstsize=(f.shape[1], f.shape[0])) for f, c in zip(gaussian[:-1], gaussian[1:], strict=True)
+        ]
         bands.append(gaussian[-1])
         weights = [chosen.astype(np.float32)]
         for _ in range(levels):
             weights.append(cv2.pyrDown(weights[-1]))
         if image.ndim == 3:
             weights = [w[:, :, None] for w in weights]
-        weighted = [b * w for b, w in zip(bands, weights)]
-        accumulator = weighted if accumulator is None else [a + b for a, b in zip(accumulator, weighted)]
+        weighted = [b * w for b, w in zip(bands, weights, strict=True)]
+        accumulator = weighted if accumulator is None else [a + b for a, b in zip(accumulator, weighted, strict=True)]
 
     blend = compositing.PyramidBlend(index_map, levels, fit=False, full_range=1.0)
     for j, image in enumerate(slices):
         blend.add(j, image)
     assert blend.selected is not None and blend.accumulator is not None
     np.testing.assert_array_equal(blend.selected, selected)
-    for ours, plain in zip(blend.accumulator, accumulator):
+    for ours, plain in zip(blend.accumulator, accumulator, strict=True):
         np.testing.assert_array_equal(ours, plain)
