@@ -29,7 +29,13 @@ from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES
 from focusfuse.fusion.compositing import COMPOSITES
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, fuse_stack
-from focusfuse.fusion.resolution import DEFAULT_DECISION_SIDE, FAST_DECISION_SIDE, SPEEDS
+from focusfuse.fusion.resolution import (
+    DEFAULT_DECISION_SIDE,
+    DEFAULT_MAX_REDUCTION,
+    FAST_DECISION_SIDE,
+    MAX_REDUCTION,
+    SPEEDS,
+)
 from focusfuse.fusion.strategies import STRATEGIES
 from focusfuse.interruption import outputs_end_the_command, start_command, stop, written_outputs
 from focusfuse.io.reader import natural_key
@@ -262,7 +268,8 @@ def fusion_options(command: Callable) -> Callable:
             default="default",
             show_default=True,
             help="Which slice is sharp is decided on the slices shrunk to a long side of "
-            f"{DEFAULT_DECISION_SIDE} px (default, by at most 2x) or {FAST_DECISION_SIDE} px (fast, by at most 4x); "
+            f"{DEFAULT_DECISION_SIDE} px (default, by at most {DEFAULT_MAX_REDUCTION}x) or {FAST_DECISION_SIDE} px "
+            f"(fast, by at most {MAX_REDUCTION}x); "
             "the full-size slices are fused under that choice.",
         ),
         click.option(

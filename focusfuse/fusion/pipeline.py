@@ -56,14 +56,13 @@ from focusfuse.fusion.strategies import (
 from focusfuse.fusion.tiling import (
     DEFAULT_MAX_MEMORY,
     MemoryPlan,
-    Tile,
     fuse_tiles,
+    image_tiles,
     measure_statistics,
     mosaic_side,
     plan_memory,
     sample_mosaic,
     take_slice_times,
-    tile_grid,
 )
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import unit_scale
@@ -214,7 +213,9 @@ def result_options(
         "crop": crop,
         "prune": prune,
         "pyramid_levels": pyramid_levels,
-        "slices_per_decision": slices_per_decision or slices_per_decision_for(speed),  # type: ignore[arg-type]
+        "slices_per_decision": (
+            slices_per_decision if slices_per_decision is not None else slices_per_decision_for(speed)  # type: ignore[arg-type]
+        ),
         "adjacent_by_sharpness": adjacent_by_sharpness,
         "fill_flat": fill_flat,
     }
@@ -262,12 +263,8 @@ def stack_memory_plan(
             f"{source.labels[0]}: {error}; the budget is {budget / 2**30:.1f} GiB "
             f"(--max-memory, at most the memory available)"
         ) from None
-    if decided_at is not None and decided_at != (height, width) and plan.tile_pixels is not None:
-        decision_height, decision_width = decided_at
-        tiles = 1
-        if decision_height * decision_width > plan.tile_pixels:
-            tiles = len(tile_grid(decision_height, decision_width, plan.tile_pixels, plan.halo))
-        plan = dataclasses.replace(plan, tiles=tiles)
+    if decided_at is not None and decided_at != (height, width):
+        plan = dataclasses.replace(plan, tiles=len(image_tiles(*decided_at, plan.tile_pixels, plan.halo)))
     return plan
 
 
@@ -329,10 +326,8 @@ def _fuse_decoded(
         n_slices = len(source)
         height, width = first_slice.shape[:2]
         del first_slice  # read from the temporary file, it would be a whole slice beside every tile's work
-        whole_image = Tile((0, height, 0, width), (0, height, 0, width))
         # Tiles where the image the decisions see is larger than a tile may be (a reduced one may fit whole).
-        tile_pixels = plan.tile_pixels if plan.tile_pixels is not None and height * width > plan.tile_pixels else None
-        tiles = tile_grid(height, width, tile_pixels, plan.halo) if tile_pixels is not None else [whole_image]
+        tiles = image_tiles(height, width, plan.tile_pixels, plan.halo)
 
         def make_context(part: StackSource, first: np.ndarray) -> StackContext:
             return StackContext(
@@ -357,9 +352,9 @@ def _fuse_decoded(
         slice_times = [0.0] * n_slices
         with torch.inference_mode(), full_float32():
             statistics = None
-            if tile_pixels is not None:
+            if plan.tile_pixels is not None and len(tiles) > 1:
                 started = len(clock.per_slice)
-                mosaic = sample_mosaic(height, width, mosaic_side(height, width, tile_pixels))
+                mosaic = sample_mosaic(height, width, mosaic_side(height, width, plan.tile_pixels))
                 statistics = measure_statistics(mosaic, make_context, whole, run)
                 take_slice_times(clock, started, list(range(n_slices)), slice_times)
             tiled = fuse_tiles(
@@ -598,9 +593,10 @@ def fuse_stack(
             decoded.close()
             decoded = aligned
             slice_shape = decoded.shape
+        decided_at = decision_size(slice_shape[0], slice_shape[1], speed, used_strategy)  # after any crop
+        shrunk = decided_at != tuple(slice_shape[:2])
         used_per_decision = slices_per_decision
         if used_per_decision is None:
-            shrunk = decision_size(slice_shape[0], slice_shape[1], speed, used_strategy) != tuple(slice_shape[:2])
             used_per_decision = slices_per_decision_for(speed, shrunk)
         decisions: DecodedStack | ChannelView = decoded if reference is None else ChannelView(decoded, reference)
         decide_read = decisions.read
@@ -640,7 +636,6 @@ def fuse_stack(
         decoded.close()
 
     height, width = slice_shape[:2]
-    decided_at = decision_size(height, width, speed, used_strategy)
     timing = {
         "stack": source.labels[0] if len(source.paths) == 1 else str(Path(source.labels[0]).parent),
         "n_slices": len(source),
@@ -679,7 +674,7 @@ def fuse_stack(
             speed=speed,
         ),
         "speed": speed,
-        "feature_precision": feature_precision(speed, torch_device, decided_at != (height, width)),
+        "feature_precision": feature_precision(speed, torch_device, shrunk),
         "decision_size": list(decided_at),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,

@@ -137,6 +137,14 @@ def tile_grid(height: int, width: int, max_pixels: int, halo: int) -> list[Tile]
     ]
 
 
+def image_tiles(height: int, width: int, tile_pixels: int | None, halo: int) -> list[Tile]:
+    """The tiles an image runs in: the whole image as one where it fits ``tile_pixels``
+    (None: any size fits), else ``tile_grid``'s."""
+    if tile_pixels is None or height * width <= tile_pixels:
+        return [Tile((0, height, 0, width), (0, height, 0, width))]
+    return tile_grid(height, width, tile_pixels, halo)
+
+
 @dataclass(frozen=True)
 class SampleMosaic:
     """Crops spread evenly over the image, laid side by side: a small image with its statistics."""
