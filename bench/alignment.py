@@ -32,17 +32,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import cv2
 import numpy as np
 import tifffile
-from multislice import psnr, textured_with_flat_discs
+from multislice import psnr, textured_with_flat_discs, write_case
 from multislice_figure import GAP, panel
 from peers import REAL_STACKS, run_peer
 
-from focusfuse.fusion.alignment import AUTO_MIN_MOTION, SliceTransform, estimate_alignment
+from focusfuse.fusion.alignment import SliceTransform, estimate_alignment
 from focusfuse.fusion.pipeline import fuse_stack
 from focusfuse.io.reader import open_stack, read_image
 from focusfuse.io.writer import write_image
@@ -50,8 +51,6 @@ from focusfuse.training.synthetic import (
     drifting_render_side,
     make_depth_stack,
     make_drifting_stack,
-    procedural_texture,
-    smooth_depth,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -132,10 +131,10 @@ def stack8() -> None:
 
 
 def auto_on_small_motion(size: int, seed: int, scratch: Path) -> None:
-    """What ``auto``'s threshold leaves: drifting stacks with a fraction of the drift, scattered."""
+    """What ``auto``'s evidence rule leaves: drifting stacks with a fraction of the drift, scattered."""
     print(f"auto on small motion (synthetic 10x{size}x{size}, seed {seed}, scattered; fused PSNR, dB):")
     inner = (slice(16, -16), slice(16, -16))
-    for fraction in (0.0, 0.02, 0.05, 0.1):
+    for fraction in (0.0, 0.02, 0.05, 0.1, 0.2):
         rng = np.random.default_rng([seed, 20])
         texture = textured_with_flat_discs(drifting_render_side(size), rng).astype(np.float32) / 255
         stack = make_drifting_stack(
@@ -144,55 +143,97 @@ def auto_on_small_motion(size: int, seed: int, scratch: Path) -> None:
         paths = write_slices(scratch / f"small{fraction}", stack.slices)
         moved = max(SliceTransform(0, m).largest_motion(size, size) for m in stack.transforms)
         results = {mode: fuse_stack(paths, device="cpu", align=mode) for mode in ("none", "auto", "similarity")}
-        read = results["auto"].timing["alignment"]["largest_motion_px"]
-        warped = any(s["applied"] for s in results["auto"].timing["alignment"]["slices"])
+        verdict = results["auto"].timing["alignment"]["auto_verdict"]
         print(
-            f"  motion {moved:.2f} px (read {read:.2f}): auto {'warps' if warped else 'leaves as read'}; "
+            f"  motion {moved:.2f} px: "
             + ", ".join(f"{mode} {psnr(r.fused[inner], stack.sharp[inner]):.2f}" for mode, r in results.items())
+            + f"; auto: {verdict}"
         )
 
 
-def still_stacks() -> None:
-    """How often ``auto`` would warp a stack that never moved: BSDS500 val images 4-7 (0-3 chose the settings)."""
-    images = sorted(BSDS_VAL.glob("*.jpg"))[4:8]
-    if not images:
-        print(f"still stacks: skipped, {BSDS_VAL} not found")
-        return
-    reads = []
-    for number, path in enumerate(images, start=4):
-        sharp = np.ascontiguousarray(cv2.imread(str(path), cv2.IMREAD_COLOR)[:, :, ::-1])
-        height, width = sharp.shape[:2]
-        for n_slices in (8, 10):
-            depth = smooth_depth(height, width, n_slices, np.random.default_rng([number, n_slices]))
-            for render in RENDERS:
-                stack = make_depth_stack(
-                    sharp, depth, n_slices, noise_sigma=0.004, rng=np.random.default_rng(number), render=render
-                )
-                alignment = estimate_alignment(lambda j, s=stack: s.slices[j], n_slices, "auto")
-                reads.append(max(t.largest_motion(height, width) for t in alignment.transforms))
-    kept = sum(r <= AUTO_MIN_MOTION for r in reads)
-    print(
-        f"still stacks (BSDS500 val 4-7, 8 and 10 slices, both renders): largest motion read "
-        f"{min(reads):.2f}-{max(reads):.2f} px, median {float(np.median(reads)):.2f}; "
-        f"auto leaves {kept} of {len(reads)} as read"
-    )
+class AutoRow(NamedTuple):
+    label: str
+    paths: list[Path]
+    truth: np.ndarray | None  # the all-in-focus image of a moved stack
+    transforms: list[np.ndarray] | None  # its true transforms (reference -> slice)
 
 
-def deep_small_stacks() -> None:
-    """Where the estimate fails: still stacks of many slices on small frames (procedural texture)."""
-    for size, n_slices in ((256, 12), (256, 16), (512, 16)):
-        reads = []
-        for seed in range(4):
-            rng = np.random.default_rng(seed)
-            sharp = np.rint(procedural_texture(size, size, rng) * 255).astype(np.uint8)
-            depth = smooth_depth(size, size, n_slices, rng)
-            stack = make_depth_stack(sharp, depth, n_slices, noise_sigma=0.004, rng=rng)
-            alignment = estimate_alignment(lambda j, s=stack: s.slices[j], n_slices, "auto")
-            reads.append(max(t.largest_motion(size, size) for t in alignment.transforms))
+def still_rows(scratch: Path) -> Iterator[AutoRow]:
+    """Stacks that never moved: the drifting generator with no motion (frames of 64 to 1024 px,
+    2 to 65 slices, both renders), and the 64 x 2000x1500 stack of bench/scale.py."""
+    cases = [
+        (64, 2, "gather"), (64, 16, "gather"), (128, 8, "gather"), (160, 6, "gather"), (256, 16, "scatter"),
+        (256, 65, "gather"), (512, 2, "gather"), (512, 10, "scatter"), (512, 10, "gather"), (512, 32, "gather"),
+        (1024, 16, "gather"), (1024, 16, "scatter"),
+    ]  # fmt: skip
+    for size, n_slices, render in cases:
+        rng = np.random.default_rng([size, n_slices, 36])
+        stack = make_drifting_stack(size, n_slices, rng, max_shift=0.0, scale_span=0.0, jitter=0.0, render=render)
+        folder = scratch / f"still-{size}-{n_slices}-{render}"
+        yield AutoRow(f"still {n_slices}x{size}x{size} {render}", write_slices(folder, stack.slices), None, None)
+    folder = scratch / "still-2000x1500-64"
+    write_case(folder, 1500, 64, "noise", 0, width=2000)
+    yield AutoRow("still 64x2000x1500 gather", sorted(folder.iterdir()), None, None)
+
+
+def moved_rows(scratch: Path) -> Iterator[AutoRow]:
+    """Stacks that drift and breathe (10 px end to end, 1.5% scale, 0.3 px shake), and one that
+    only breathes (3%), of 6 to 32 slices, both renders."""
+    cases = [
+        (256, 6, "gather", 10.0, 0.015), (512, 10, "scatter", 10.0, 0.015), (512, 10, "gather", 10.0, 0.015),
+        (512, 32, "gather", 10.0, 0.015), (1024, 16, "scatter", 10.0, 0.015), (512, 12, "scatter", 0.0, 0.03),
+    ]  # fmt: skip
+    for size, n_slices, render, shift, scale in cases:
+        rng = np.random.default_rng([size, n_slices, 37])
+        stack = make_drifting_stack(size, n_slices, rng, max_shift=shift, scale_span=scale, render=render)
+        kind = "drifting" if shift else "breathing"
+        folder = scratch / f"{kind}-{size}-{n_slices}-{render}"
+        paths = write_slices(folder, stack.slices)
+        yield AutoRow(f"{kind} {n_slices}x{size}x{size} {render}", paths, stack.sharp, stack.transforms)
+
+
+def realigned(slices: list[np.ndarray], transforms: list[np.ndarray]) -> list[np.ndarray]:
+    """The slices re-aligned by their true transforms (Lanczos), as section 1 does."""
+    height, width = slices[0].shape[:2]
+    flags = cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP
+    return [
+        cv2.warpAffine(image, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        for image, matrix in zip(slices, transforms, strict=True)
+    ]
+
+
+def auto_table(scratch: Path) -> None:
+    """``--align auto`` (the default) on still and moved stacks: what it warped, and what it cost.
+
+    A still stack must be fused bit-identical to ``--align none``; the cost is the estimate's
+    time on slices already in memory (decoding is the fusion's either way) against the time of
+    the fusion with ``--align none``. A moved stack must be warped, and fuse within 0.3 dB of
+    its slices re-aligned by their true transforms.
+    """
+    print("--align auto on still and moved stacks (cost: the estimate / the fusion with --align none):")
+    print(f"  {'stack':<30} {'warped':>7}  {'result':<34} {'estimate':>8} {'fusion':>7} {'cost':>5}  verdict")
+    for row in [*still_rows(scratch), *moved_rows(scratch)]:
+        slices = [read_image(path) for path in row.paths]
+        started = time.perf_counter()
+        alignment = estimate_alignment(lambda j, slices=slices: slices[j], len(slices), "auto")
+        estimate = time.perf_counter() - started
+        warped = sum(t.applied for t in alignment.transforms)
+        plain = fuse_stack(row.paths, device="cpu", align="none")
+        auto = fuse_stack(row.paths, device="cpu", align="auto")
+        if row.truth is None or row.transforms is None:
+            same = np.array_equal(auto.fused, plain.fused) and np.array_equal(auto.index_map, plain.index_map)
+            result = "identical to none" if same else "DIFFERS from none"
+        else:
+            true_folder = row.paths[0].parent.with_name(row.paths[0].parent.name + "-true")
+            truly = fuse_stack(write_slices(true_folder, realigned(slices, row.transforms)), device="cpu", align="none")
+            inner = (slice(16, -16), slice(16, -16))
+            auto_db, true_db, none_db = (psnr(r.fused[inner], row.truth[inner]) for r in (auto, truly, plain))
+            result = f"{auto_db:.2f} dB (true {true_db:.2f}, none {none_db:.2f})"
+        fusion = plain.timing["total_s"]
         print(
-            f"still {n_slices}x{size}x{size} stacks (seeds 0-3): largest motion read "
-            + " ".join(f"{r:.2f}" for r in reads)
-            + " px"
+            f"  {row.label:<30} {warped:>3}/{len(slices):<3}  {result:<34} {estimate:>7.2f}s {fusion:>6.1f}s "
+            f"{estimate / fusion:>5.0%}  {alignment.verdict}",
+            flush=True,
         )
 
 
@@ -228,7 +269,7 @@ def pcb10(figure: Path, scratch: Path) -> None:
     if not folder.is_dir():
         print(f"pcb10: skipped, {folder} not found")
         return
-    results = {mode: fuse_stack([folder], device="cpu", align=mode) for mode in ("none", "similarity")}
+    results = {mode: fuse_stack([folder], device="cpu", align=mode) for mode in ("none", "similarity", "auto")}
     plain, aligned = results["none"].timing, results["similarity"].timing
     extra = aligned["total_s"] - plain["total_s"]
     print(
@@ -236,6 +277,9 @@ def pcb10(figure: Path, scratch: Path) -> None:
         f"(+{extra:.1f} s, {extra / plain['total_s']:.0%}; estimate {aligned['stages_s']['align']:.1f} s)"
     )
     print("  scale (centre shift px) per slice: " + transforms_line(aligned["alignment"]))
+    auto = results["auto"]
+    same = np.array_equal(auto.fused, results["similarity"].fused)
+    print(f"  --align auto (the default): {auto.timing['alignment']['auto_verdict']}; identical to similarity: {same}")
     images = {
         "unaligned": results["none"].fused,
         "--align similarity": results["similarity"].fused,
@@ -261,6 +305,9 @@ def plankton5() -> None:
     seconds = time.perf_counter() - started
     print(f"plankton5: estimated in {seconds:.1f} s (reading included)")
     print("  scale (centre shift px) per slice: " + transforms_line(alignment.report()))
+    started = time.perf_counter()
+    auto = estimate_alignment(source.read, len(source), "auto")
+    print(f"  --align auto (the default), {time.perf_counter() - started:.1f} s: {auto.verdict}")
 
 
 def main() -> None:
@@ -277,8 +324,7 @@ def main() -> None:
         still_scattered()
         uniform_blur()
         auto_on_small_motion(args.size, args.seed, scratch)
-        still_stacks()
-        deep_small_stacks()
+        auto_table(scratch)
         plankton5()
         pcb10(args.figure, scratch)
 

@@ -248,11 +248,12 @@ def fusion_options(command: Callable) -> Callable:
         click.option(
             "--align",
             type=click.Choice(ALIGN_MODES),
-            default="none",
+            default="auto",
             show_default=True,
             help="Register every slice to the middle one (neighbour to neighbour, chained): "
             "similarity for drift and focus breathing; auto: a similarity applied only to a stack "
-            "read as moved by more than half a pixel (of the image scaled to at most 1024 px).",
+            "read as moved, by more than half a pixel (of the image scaled to at most 1024 px) and "
+            "by many times the estimate's own uncertainty; none: fuse the slices as read.",
         ),
         click.option("--crop", is_flag=True, help="Crop the result to the area every aligned slice covers."),
         click.option(
@@ -510,9 +511,9 @@ def batch_reporter(mode: str) -> Iterator[tuple[Callable[[int], None], Callable]
 @click.option(
     "--align",
     type=click.Choice(ALIGN_MODES),
-    default="none",
+    default="auto",
     show_default=True,
-    help="Also estimate and print the alignment transforms.",
+    help="Estimate and print the alignment transforms as `stack` would (none: skip).",
 )
 @click.option("--max-memory", type=MemorySize(), default="2G", show_default=True, help="The budget to plan for.")
 @click.option("--z-step", type=click.FloatRange(min=0, min_open=True), help="Micrometres between slices.")
@@ -524,7 +525,7 @@ def info(inputs, as_json, align, max_memory, z_step, strategy, channel_folders, 
 
     Slices and their order, size, dtype and the bits the pixels use, axes and
     channels, pixel size and z-step (and where they were found), the memory plan,
-    and with --align the transforms.
+    and the alignment transforms with why `stack` would warp the slices or not.
     """
     import json
 

@@ -46,7 +46,7 @@ class BatchSettings:
 
     strategy: str = "calibrated"
     composite: str = "pyramid"
-    align: str = "none"
+    align: str = "auto"
     crop: bool = False
     prune: bool = False
     device: str = "auto"

@@ -36,11 +36,14 @@ as not moved, so the slice keeps its neighbour's transform, and the report says 
 What is left is measured by bench/alignment.py on stacks with known motion: a tenth to
 a few tenths of a pixel at the end slices' corners, more on stacks rendered by gathering
 blur than on stacks whose blur spreads from each point as a lens's does, and whole pixels
-on deep stacks of small frames, whose end slices are blurred past registering. So
-alignment is asked for, not applied by default: ``similarity`` for stacks known to drift
-or breathe, ``auto`` for stacks that may: it estimates a similarity and warps the stack
-only where some pixel moves by more than ``AUTO_MIN_MOTION``, so that a still stack whose
-blur differences read below that is fused from its slices as read.
+on deep stacks of small frames, whose end slices are blurred past registering. So the
+default, ``auto``, warps a stack only on evidence that it moved: each pair's uncertainty
+is measured (a jackknife over blocks of tiles, plus a floor for the blur bias that the
+whole frame shares), summed along the chain, and a slice must move by more than
+``AUTO_MIN_SIGNIFICANCE`` times it. A still stack, whatever the blur makes the chain
+wander by, is fused from its slices as read. ``auto`` screens on images of at most
+``AUTO_SCREEN_SIDE`` px with a cheap start and registers at ``FINE_SIDE`` only a stack the
+screen finds moved; a pair of two images is taken as registered.
 """
 
 from __future__ import annotations
@@ -75,15 +78,34 @@ ECC_PREFILTER = 5  # px: ECC smooths both images by a Gaussian of this size firs
 PHASE_TILE = 64  # px
 PHASE_STEP = 24  # px between tile origins
 PHASE_CUTOFF = 5  # cycles per tile: the highest spatial frequency whose phase is used
-PHASE_ROUNDS = 4  # warp, measure, fit: each round removes most of what is left
+PHASE_ROUNDS = 4  # warp, measure, fit: each round removes most of what is left...
+PHASE_CONVERGED = 1e-3  # px: ...and a round that moves no corner by this much is the last
 PHASE_OUTLIER = 3.0  # tiles further than this many median residuals from the fit count less
 BLUR_PROBE = 2.0  # px² of known blur whose effect on each tile's shift is measured
 BLUR_RAMP = 4.0  # px² of blur across the frame, to measure the effect of a blur gradient
 BLUR_FIELD_ORDER = 3  # the blur difference between neighbours: a cubic polynomial over the frame
-# ``auto`` warps a stack only where the estimate moves some pixel by more than this (px of the
-# registration image): above what it read on still stacks that chose it (BSDS500 val 0-3, 8 and 10
-# slices, both renders, and the drifting generator unmoved at seeds 1-4: 0.08-0.45 px, probe).
-AUTO_MIN_MOTION = 0.5
+EVIDENCE_BLOCKS = 4  # a pair's uncertainty: a jackknife over the tiles of a 4 x 4 grid of blocks
+EVIDENCE_MIN_BLOCKS = 8  # fewer blocks holding tiles: too little to judge the pair by
+# A pair's error that the jackknife cannot see: a bias from the blur difference, shared by the
+# whole frame (px of the registration image, added to each corner's standard error in quadrature).
+# Chosen on still selection stacks (the drifting generator unmoved, seeds 11-14, and a 64-slice
+# 2000x1500 stack, seed 11), whose pairs read 1-3 times their jackknife error, one sign for many
+# pairs in a row (probe).
+EVIDENCE_FLOOR = 0.05
+# ``auto`` warps a stack when some slice moved by more than this many standard errors: twice the
+# most that still selection stacks read (6.2: 32 slices of 256 px whose end slices wandered by 13 px).
+# With the floor, a neighbour of the reference must move 0.6 px of the registration image, a slice
+# k pairs away 0.6 sqrt(k) px at least.
+AUTO_MIN_SIGNIFICANCE = 12.0
+AUTO_SCREEN_SIDE = 512  # px: ``auto`` screens a stack for motion on images this small first
+
+
+@dataclass
+class PairRegistration:
+    """One neighbour pair registered: the transform, and how uncertain it is."""
+
+    matrix: np.ndarray  # (2, 3) float64: template coordinates -> moving coordinates
+    corner_covariance: np.ndarray | None  # (4, 2, 2) px² at the frame's corners; None: too little to judge
 
 
 @dataclass
@@ -94,6 +116,7 @@ class SliceTransform:
     matrix: np.ndarray  # (2, 3) float64: reference-frame coordinates -> slice coordinates
     registered: bool = True  # False: its pair with the neighbour could not be registered
     applied: bool = True  # False: left unwarped (the reference, or alignment off)
+    significance: float = 0.0  # its largest corner motion in standard errors of the chained estimate
 
     def corner_error(self, truth: np.ndarray, height: int, width: int) -> float:
         """The largest distance, px, between where this transform and ``truth`` (2x3) put an image corner."""
@@ -116,6 +139,7 @@ class SliceTransform:
             "rotation_deg": round(math.degrees(math.atan2(linear[1, 0], linear[0, 0])), 4),
             "registered": self.registered,
             "applied": self.applied,
+            "significance": round(self.significance, 1),
         }
 
 
@@ -130,7 +154,7 @@ class StackAlignment:
     width: int
     crop: tuple[int, int, int, int] | None = None  # x, y, width, height in the reference frame
     warnings: list[str] = field(default_factory=list)
-    min_motion: float | None = None  # ``auto``: px a slice must move (full resolution) to be warped
+    verdict: str | None = None  # ``auto``: why it warped the stack or left it as read
 
     @property
     def active(self) -> bool:
@@ -160,7 +184,8 @@ class StackAlignment:
             "crop": list(self.crop) if self.crop is not None else None,
             "warnings": list(self.warnings),
             "largest_motion_px": round(self.largest_motion(), 3),
-            "min_motion_px": None if self.min_motion is None else round(self.min_motion, 3),
+            "min_significance": AUTO_MIN_SIGNIFICANCE if self.mode == "auto" else None,
+            "auto_verdict": self.verdict,
         }
 
     def largest_motion(self) -> float:
@@ -170,15 +195,15 @@ class StackAlignment:
         return max(t.largest_motion(self.height, self.width) for t in self.transforms)
 
 
-def _registration_image(image: np.ndarray) -> np.ndarray:
-    """Gray detail of a slice at up to ``FINE_SIDE`` px: the image minus its Gaussian low-pass.
+def _registration_image(image: np.ndarray, side: int = FINE_SIDE) -> np.ndarray:
+    """Gray detail of a slice at up to ``side`` px: the image minus its Gaussian low-pass.
 
     ECC is invariant to a global gain and offset, but not to illumination that varies
     across the frame (vignetting that changes with focus, uneven brightfield); removing
     the low frequencies leaves the detail that registration needs. On synthetic stacks
     it also halved the chained error at the most defocused slices (probe).
     """
-    gray = _downscaled(to_gray(image), FINE_SIDE)[0]
+    gray = _downscaled(to_gray(image), side)[0]
     return gray - cv2.GaussianBlur(gray, (0, 0), HIGH_PASS_SIGMA)
 
 
@@ -233,21 +258,29 @@ class _PhaseTiles:
         origin_y, origin_x = np.meshgrid(rows, cols, indexing="ij")
         self.origins = np.stack([origin_x.ravel(), origin_y.ravel()], axis=1)
         self.centres = self.origins + (size - 1) / 2
-        self.window = np.outer(np.hanning(size), np.hanning(size)).astype(np.float32)
+        window = np.hanning(size)
         fy = np.arange(-PHASE_CUTOFF, PHASE_CUTOFF + 1)[:, None] / size  # cycles per px, both signs
         fx = np.arange(0, PHASE_CUTOFF + 1)[None, :] / size  # one half-plane: real input
         radius = np.hypot(fx, fy) * size
         self.band = (radius <= PHASE_CUTOFF) & (radius > 0)
         self.fx = 2 * np.pi * np.broadcast_to(fx, self.band.shape)[self.band]
         self.fy = 2 * np.pi * np.broadcast_to(fy, self.band.shape)[self.band]
+        # The window is folded into the Fourier bases (it is separable), so no tile is multiplied by it.
         angle_x = -2 * np.pi * np.outer(np.arange(size), fx[0])  # (size, fx)
-        self.cos_x, self.sin_x = np.cos(angle_x).astype(np.float32), np.sin(angle_x).astype(np.float32)
-        self.basis_y = np.exp(-2j * np.pi * np.outer(fy[:, 0], np.arange(size))).astype(np.complex64)  # (fy, size)
+        fourier_y = np.exp(-2j * np.pi * np.outer(fy[:, 0], np.arange(size)))  # (fy, size)
+        self.basis_x = (np.concatenate([np.cos(angle_x), np.sin(angle_x)], 1) * window[:, None]).astype(np.float32)
+        self.basis_y = (fourier_y * window[None, :]).astype(np.complex64)  # (fy, size)
+        # A tile's mean is taken out afterwards: its mean times the window's own spectrum.
+        window_x = window @ np.exp(1j * angle_x)  # (fx,)
+        window_y = fourier_y @ window  # (fy,)
+        self.window_spectrum = np.outer(window_y, window_x)[self.band].astype(np.complex64)
 
     def __len__(self) -> int:
         return len(self.centres)
 
-    def spectra(self, image: np.ndarray, origins: np.ndarray | None = None) -> np.ndarray:
+    def spectra(
+        self, image: np.ndarray, origins: np.ndarray | None = None, sums: np.ndarray | None = None
+    ) -> np.ndarray:
         """``(tiles, frequencies)``: the windowed tiles' Fourier transforms in the band, the tiles
         cut at ``origins`` (integer x, y per tile; the template's grid when not given)."""
         size = PHASE_TILE
@@ -255,12 +288,17 @@ class _PhaseTiles:
         windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
         tiles = windows[origins[:, 1], origins[:, 0]]
         count = len(tiles)
-        tiles = (tiles - tiles.mean(axis=(1, 2), keepdims=True, dtype=np.float32)) * self.window
+        if sums is None:  # each tile's mean from four corners of the image's integral
+            sums = cv2.integral(image, sdepth=cv2.CV_64F)
+        x, y = origins[:, 0], origins[:, 1]
+        means = (sums[y + size, x + size] - sums[y, x + size] - sums[y + size, x] + sums[y, x]) / size**2
         rows = tiles.reshape(count * size, size)  # one matrix product for all tiles, not one per tile
-        along_x = (rows @ self.cos_x + 1j * (rows @ self.sin_x)).astype(np.complex64)  # (tiles * y, fx)
+        along_x = rows @ self.basis_x  # (tiles * y, 2 fx): real parts, then imaginary parts
+        half = along_x.shape[1] // 2
+        along_x = (along_x[:, :half] + 1j * along_x[:, half:]).astype(np.complex64)
         along_x = along_x.reshape(count, size, -1).transpose(1, 0, 2).reshape(size, -1)  # (y, tiles * fx)
         spectra = (self.basis_y @ along_x).reshape(len(self.basis_y), count, -1).transpose(1, 0, 2)
-        return spectra[:, self.band]
+        return spectra[:, self.band] - means[:, None].astype(np.float32) * self.window_spectrum
 
     def shifts(self, template_spectra: np.ndarray, moving_spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per tile: the shift (x, y) that takes the template tile onto the moving one, and its weight.
@@ -302,10 +340,39 @@ def _blur_probes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return uniform, ramps[0], ramps[1]
 
 
+class _PhaseImage:
+    """A registration image with its tiles' spectra (and its blur probes'), kept from the pair
+    it is the moving image of to the next, where it is the template: a stack that hardly
+    moved cuts its tiles at the same pixels in both, and in every round."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        self.image = image
+        self._probes: tuple[np.ndarray, ...] | None = None
+        self._sums: dict[int, np.ndarray] = {}
+        self._spectra: dict[tuple[int, bytes], np.ndarray] = {}
+
+    def layer(self, which: int) -> np.ndarray:
+        """0: the image; 1-3: its blur probes (``_blur_probes``)."""
+        if which == 0:
+            return self.image
+        if self._probes is None:
+            self._probes = _blur_probes(self.image)
+        return self._probes[which - 1]
+
+    def spectra(self, tiles: _PhaseTiles, which: int, origins: np.ndarray | None = None) -> np.ndarray:
+        origins = tiles.origins if origins is None else origins
+        key = (which, origins.tobytes())
+        if key not in self._spectra:
+            layer = self.layer(which)
+            if which not in self._sums:
+                self._sums[which] = cv2.integral(layer, sdepth=cv2.CV_64F)
+            self._spectra[key] = tiles.spectra(layer, origins, self._sums[which])
+        return self._spectra[key]
+
+
 def _blur_responses(
     tiles: _PhaseTiles,
-    spectra: np.ndarray,
-    probes: tuple[np.ndarray, ...],
+    image: _PhaseImage,
     origins: np.ndarray | None,
     centres: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -313,10 +380,11 @@ def _blur_responses(
     and per px² per px of blur gradient along x and along y: ``(tiles, 2)`` each."""
     height, width = tiles.height, tiles.width
     slope = BLUR_RAMP / max(height, width)
-    uniform = tiles.shifts(spectra, tiles.spectra(probes[0], origins))[0] / BLUR_PROBE
+    spectra = image.spectra(tiles, 0, origins)
+    uniform = tiles.shifts(spectra, image.spectra(tiles, 1, origins))[0] / BLUR_PROBE
     gradients = []
-    for probe, axis, extent in ((probes[1], 0, width), (probes[2], 1, height)):
-        ramped = tiles.shifts(spectra, tiles.spectra(probe, origins))[0]
+    for which, axis, extent in ((2, 0, width), (3, 1, height)):
+        ramped = tiles.shifts(spectra, image.spectra(tiles, which, origins))[0]
         local = BLUR_PROBE + slope * (centres[:, axis] - (extent - 1) / 2)
         gradients.append((ramped - uniform * local[:, None]) / slope)
     return uniform, gradients[0], gradients[1]
@@ -335,13 +403,8 @@ def _blur_field_basis(centres: np.ndarray, height: int, width: int) -> tuple[np.
     return np.stack(terms, 1), np.stack(along_u, 1) / side, np.stack(along_v, 1) / side
 
 
-def _fit_displacement(
-    centres: np.ndarray, shifts: np.ndarray, weights: np.ndarray, mode: str, nuisance: np.ndarray | None = None
-) -> np.ndarray:
-    """The 2x3 ``D`` with ``shift ~ D @ (x, y, 1)`` for the mode's degrees of freedom, fitted by
-    weighted least squares, re-weighted a few times so that outlying tiles (occlusions, depth
-    edges, noise) count less. ``nuisance``, ``(2 * tiles, k)``, holds columns fitted alongside
-    (x rows, then y rows) whose coefficients are not part of the motion: the blur field."""
+def _motion_design(centres: np.ndarray, mode: str) -> np.ndarray:
+    """``(2 * tiles, k)``: each tile's x then y shift as linear in the mode's motion parameters."""
     x, y = centres[:, 0], centres[:, 1]
     one, zero = np.ones_like(x), np.zeros_like(x)
     if mode == "translation":
@@ -351,7 +414,51 @@ def _fit_displacement(
     else:
         design_x = np.stack([x, y, one, zero, zero, zero], 1)
         design_y = np.stack([zero, zero, zero, x, y, one], 1)
-    design = np.concatenate([design_x, design_y])
+    return np.concatenate([design_x, design_y])
+
+
+def _displacement(params: np.ndarray, mode: str) -> np.ndarray:
+    """The 2x3 ``D`` that the mode's motion parameters stand for."""
+    if mode == "translation":
+        return np.array([[0.0, 0.0, params[0]], [0.0, 0.0, params[1]]])
+    if mode == "similarity":
+        a, b, tx, ty = params
+        return np.array([[a, -b, tx], [b, a, ty]])
+    return params.reshape(2, 3)
+
+
+def _image_corners(height: int, width: int) -> np.ndarray:
+    """``(4, 3)``: the corners of a height x width image as homogeneous x, y."""
+    return np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], float)
+
+
+def _tile_blocks(centres: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Each tile's block on a ``EVIDENCE_BLOCKS`` square grid over the frame (by its centre)."""
+    column = np.minimum((centres[:, 0] / width * EVIDENCE_BLOCKS).astype(int), EVIDENCE_BLOCKS - 1)
+    row = np.minimum((centres[:, 1] / height * EVIDENCE_BLOCKS).astype(int), EVIDENCE_BLOCKS - 1)
+    return row * EVIDENCE_BLOCKS + column
+
+
+def _fit_displacement(
+    centres: np.ndarray,
+    shifts: np.ndarray,
+    weights: np.ndarray,
+    mode: str,
+    nuisance: np.ndarray | None = None,
+    *,
+    frame: tuple[int, int] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The 2x3 ``D`` with ``shift ~ D @ (x, y, 1)`` for the mode's degrees of freedom, fitted by
+    weighted least squares, re-weighted a few times so that outlying tiles (occlusions, depth
+    edges, noise) count less. ``nuisance``, ``(2 * tiles, k)``, holds columns fitted alongside
+    (x rows, then y rows) whose coefficients are not part of the motion: the blur field.
+
+    With ``frame`` (height, width), also how uncertain ``D`` is: the covariance ``(4, 2, 2)``
+    of the displacement it gives the frame's corners, by a jackknife over blocks of tiles
+    (each block left out in turn). Neighbouring tiles overlap and share their errors; whole
+    blocks left out measure the scatter that a fit to other parts of the frame would give.
+    """
+    design = _motion_design(centres, mode)
     motion = design.shape[1]
     if nuisance is not None:
         design = np.concatenate([design, nuisance], 1)
@@ -364,13 +471,36 @@ def _fit_displacement(
         residual = np.hypot(*(target - design @ params).reshape(2, -1))
         scale = PHASE_OUTLIER * (float(np.median(residual[confident])) + 1e-3)
         robust = weights / (1.0 + (residual / scale) ** 2)
-    params = params[:motion]
-    if mode == "translation":
-        return np.array([[0.0, 0.0, params[0]], [0.0, 0.0, params[1]]])
-    if mode == "similarity":
-        a, b, tx, ty = params
-        return np.array([[a, -b, tx], [b, a, ty]])
-    return params.reshape(2, 3)
+    displacement = _displacement(params[:motion], mode)
+    if frame is None:
+        return displacement, None
+    return displacement, _corner_covariance(design, target, robust, _tile_blocks(centres, *frame), frame, mode)
+
+
+def _corner_covariance(
+    design: np.ndarray, target: np.ndarray, robust: np.ndarray, blocks: np.ndarray, frame: tuple[int, int], mode: str
+) -> np.ndarray | None:
+    """``(4, 2, 2)``: the jackknife covariance of the corners' displacement, over the blocks that
+    hold tiles with weight; None when fewer than ``EVIDENCE_MIN_BLOCKS`` do (too little to judge)."""
+    carrying = [b for b in np.unique(blocks) if robust[blocks == b].sum() > 0]
+    if len(carrying) < EVIDENCE_MIN_BLOCKS:
+        return None
+    motion = _motion_design(np.zeros((1, 2)), mode).shape[1]
+    corners = _image_corners(*frame)
+    # The normal equations of the whole fit, less each block's share: one small solve per block.
+    rows = np.concatenate([blocks, blocks])
+    weighted = design * np.concatenate([robust, robust])[:, None]
+    normal, moment = weighted.T @ design, weighted.T @ target
+    estimates = []
+    for block in carrying:
+        inside = rows == block
+        kept_normal = normal - weighted[inside].T @ design[inside]
+        kept_moment = moment - weighted[inside].T @ target[inside]
+        params = np.linalg.lstsq(kept_normal, kept_moment, rcond=None)[0]
+        estimates.append(corners @ _displacement(params[:motion], mode).T)  # (4, 2)
+    spread = np.array(estimates) - np.mean(estimates, axis=0)  # (blocks, 4, 2)
+    count = len(carrying)
+    return (count - 1) / count * np.einsum("bci,bcj->cij", spread, spread)
 
 
 def _blur_columns(
@@ -386,7 +516,7 @@ def _blur_columns(
     return np.concatenate(columns)
 
 
-def _refine_by_phase(template: np.ndarray, moving: np.ndarray, warp: np.ndarray, mode: str) -> np.ndarray:
+def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarray, mode: str) -> PairRegistration:
     """``warp`` (template -> moving coordinates) refined by local phase correlation.
 
     Each round cuts every moving tile at the whole pixel the warp maps its template tile to
@@ -396,14 +526,13 @@ def _refine_by_phase(template: np.ndarray, moving: np.ndarray, warp: np.ndarray,
     measured response to known blur, on both images (their mean), so that a slice sharper or
     blurrier than its neighbour is not read as moved.
     """
-    height, width = template.shape
+    height, width = template.image.shape
     tiles = _PhaseTiles(height, width)
-    if len(tiles) < 4:  # too small to tile: keep ECC's estimate
-        return warp
-    template_spectra = tiles.spectra(template)
+    if len(tiles) < 4:  # too small to tile: keep ECC's estimate, with no evidence of its own
+        return PairRegistration(warp, None)
+    template_spectra = template.spectra(tiles, 0)
     centres = tiles.centres
-    template_responses = _blur_responses(tiles, template_spectra, _blur_probes(template), None, centres)
-    moving_probes = _blur_probes(moving)
+    template_responses = _blur_responses(tiles, template, None, centres)
     basis = _blur_field_basis(centres, height, width)
     half = (PHASE_TILE - 1) / 2
     limit = np.array([width - PHASE_TILE, height - PHASE_TILE])
@@ -412,27 +541,41 @@ def _refine_by_phase(template: np.ndarray, moving: np.ndarray, warp: np.ndarray,
         mapped = centres @ warp[:, :2].T + warp[:, 2]
         origins = np.clip(np.rint(mapped - half).astype(np.intp), 0, limit)
         fraction = mapped - (origins + half)
-        moving_spectra = tiles.spectra(moving, origins)
-        shifts, weights = tiles.shifts(template_spectra, moving_spectra)
+        shifts, weights = tiles.shifts(template_spectra, moving.spectra(tiles, 0, origins))
         weights = weights * (np.abs(fraction).max(axis=1) < 2.0)  # cut far off at the border: not measured
         if nuisance is None:  # once: the tiles move by a pixel or so after the first round
-            moving_responses = _blur_responses(tiles, moving_spectra, moving_probes, origins, mapped)
+            moving_responses = _blur_responses(tiles, moving, origins, mapped)
             responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
             nuisance = _blur_columns(responses, basis)
-        warp = warp + _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)
-    return warp
+        step = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)[0]
+        warp = warp + step
+        if np.abs(_image_corners(height, width) @ step.T).max() < PHASE_CONVERGED:
+            break
+    # How uncertain the last round's fit is: the motion is known as well as that fit knows it.
+    covariance = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance, frame=(height, width))[1]
+    return PairRegistration(warp, covariance)
 
 
-def register_pair(template: np.ndarray, moving: np.ndarray, mode: str) -> np.ndarray | None:
+def register_pair(
+    template: np.ndarray | _PhaseImage,
+    moving: np.ndarray | _PhaseImage,
+    mode: str,
+    *,
+    coarse_side: int = COARSE_SIDE,
+) -> PairRegistration | None:
     """The transform mapping ``template`` coordinates to ``moving`` coordinates, or None if it fails.
 
     Args:
-        template, moving: gray float32 ``(H, W)`` of one size.
+        template, moving: gray float32 ``(H, W)`` of one size (or kept with their spectra).
         mode: ``translation``, ``similarity`` or ``affine``.
+        coarse_side: ECC's first estimate is made on images of at most this many px.
     """
+    template_phase = template if isinstance(template, _PhaseImage) else _PhaseImage(template)
+    moving_phase = moving if isinstance(moving, _PhaseImage) else _PhaseImage(moving)
+    template, moving = template_phase.image, moving_phase.image
     motion = cv2.MOTION_TRANSLATION if mode == "translation" else cv2.MOTION_AFFINE
-    coarse_template, factor = _downscaled(template, COARSE_SIDE)
-    coarse_moving, _ = _downscaled(moving, COARSE_SIDE)
+    coarse_template, factor = _downscaled(template, coarse_side)
+    coarse_moving, _ = _downscaled(moving, coarse_side)
     try:
         warp, correlation = _ecc(coarse_template, coarse_moving, motion, np.eye(2, 3))
         if mode == "translation" and factor < 1.0:
@@ -442,12 +585,15 @@ def register_pair(template: np.ndarray, moving: np.ndarray, mode: str) -> np.nda
             warp, correlation = _ecc(template, moving, motion, _rescaled(warp, factor))
     except cv2.error:
         return None
+    registration = PairRegistration(warp, None)
     if mode != "translation":
         warp = _rescaled(warp, factor)
         if mode == "similarity":
             warp = _closest_similarity(warp)
+        registration = PairRegistration(warp, None)
         if correlation >= MIN_CORRELATION and np.all(np.isfinite(warp)):
-            warp = _refine_by_phase(template, moving, warp, mode)
+            registration = _refine_by_phase(template_phase, moving_phase, warp, mode)
+    warp = registration.matrix
     height, width = template.shape
     scale = math.sqrt(abs(float(np.linalg.det(warp[:, :2]))))
     if (
@@ -458,7 +604,7 @@ def register_pair(template: np.ndarray, moving: np.ndarray, mode: str) -> np.nda
         > MAX_SHIFT_FRACTION * max(height, width) + 2.0 * abs(scale - 1.0) * max(height, width)
     ):
         return None
-    return warp
+    return registration
 
 
 def _largest_covered_rectangle(covered: np.ndarray) -> tuple[int, int, int, int]:
@@ -504,6 +650,82 @@ def common_crop(transforms: list[SliceTransform], height: int, width: int) -> tu
     return _largest_covered_rectangle(covered)
 
 
+def _chained(
+    read: Callable[[int], np.ndarray],
+    n_slices: int,
+    mode: str,
+    side: int,
+    *,
+    judged_only: bool,
+    coarse_side: int = COARSE_SIDE,
+) -> tuple[list[SliceTransform], list[PairRegistration | None], int, int]:
+    """Each slice registered to its neighbour on images of at most ``side`` px (ECC's start on
+    ``coarse_side``), the transforms chained to the middle slice, with each slice's motion
+    weighed against its uncertainty.
+
+    Returns the transforms (full resolution), the pairs (``pairs[k]``: slice k coordinates ->
+    slice k + 1 coordinates, None where registration failed or, with ``judged_only``, where the
+    pair holds too little to judge its uncertainty by), and the frame's height and width.
+    """
+    reference = (n_slices - 1) // 2
+    first = read(0)
+    height, width = first.shape[:2]
+    template = _PhaseImage(_registration_image(first, side))
+    del first
+    pairs: list[PairRegistration | None] = []
+    for j in range(1, n_slices):
+        moving = _PhaseImage(_registration_image(read(j), side))
+        pair = register_pair(template, moving, mode, coarse_side=coarse_side)
+        pairs.append(None if judged_only and (pair is None or pair.corner_covariance is None) else pair)
+        template = moving  # only the neighbour is needed
+    factor = _scale_factor(height, width, side)
+    full = [None if p is None else np.vstack((_rescaled(p.matrix, factor), [0, 0, 1])) for p in pairs]
+    floor = np.eye(2) * EVIDENCE_FLOOR**2
+    variance = [
+        np.zeros((4, 2, 2)) if p is None or p.corner_covariance is None else (p.corner_covariance + floor) / factor**2
+        for p in pairs
+    ]
+    chained = [np.eye(3) for _ in range(n_slices)]
+    spread = [np.zeros((4, 2, 2)) for _ in range(n_slices)]  # the chained transforms' corner covariance
+    for j in range(reference + 1, n_slices):
+        step = full[j - 1]
+        chained[j] = (step if step is not None else np.eye(3)) @ chained[j - 1]
+        spread[j] = spread[j - 1] + variance[j - 1]
+    for j in range(reference - 1, -1, -1):
+        step = full[j]
+        chained[j] = (np.linalg.inv(step) if step is not None else np.eye(3)) @ chained[j + 1]
+        spread[j] = spread[j + 1] + variance[j]
+    corners = _image_corners(height, width)
+    least = np.eye(2) * 1e-12  # the reference: no motion, no uncertainty
+    transforms = []
+    for j in range(n_slices):
+        # A slice is unregistered when the pair linking it towards the reference failed.
+        link = full[j - 1] if j > reference else full[j] if j < reference else np.eye(3)
+        transform = SliceTransform(j, chained[j][:2].copy(), registered=link is not None, applied=j != reference)
+        moved = corners @ (transform.matrix - np.eye(2, 3)).T  # (4, 2): each corner's displacement
+        transform.significance = max(
+            math.sqrt(float(m @ np.linalg.solve(c + least, m))) for m, c in zip(moved, spread[j], strict=True)
+        )
+        transforms.append(transform)
+    return transforms, pairs, height, width
+
+
+def _auto_verdict(transforms: list[SliceTransform], pairs: list, needed: float, height: int, width: int) -> str:
+    """Why ``auto`` warps the stack or leaves it as read: the sentence the report and ``info`` give.
+
+    It warps when some slice's motion is more than ``needed`` times the standard error of
+    its chained estimate (which is at least ``EVIDENCE_FLOOR`` px per pair in the chain).
+    """
+    if all(p is None for p in pairs):
+        return "fused as read: no neighbour pair held enough texture to measure motion by"
+    strongest = max(transforms, key=lambda t: t.significance)
+    motion = strongest.largest_motion(height, width)
+    evidence = f"slice {strongest.index + 1} moved {motion:.2f} px, {strongest.significance:.1f} times its uncertainty"
+    if strongest.significance <= needed:
+        return f"fused as read: at most {evidence} (warping needs {needed:g})"
+    return f"warped: {evidence}"
+
+
 def estimate_alignment(
     read: Callable[[int], np.ndarray],
     n_slices: int,
@@ -517,8 +739,11 @@ def estimate_alignment(
         read: slice number -> image ``(H, W)`` or ``(H, W, C)``.
         n_slices: slices in the stack.
         mode: ``auto``, ``none``, ``translation``, ``similarity`` or ``affine``. ``auto``
-            estimates a similarity and warps only the slices it moves by more than
-            ``AUTO_MIN_MOTION`` px of the registration image (a still stack is left as read).
+            estimates a similarity and warps the stack only when some slice moved by more
+            than ``AUTO_MIN_SIGNIFICANCE`` standard errors; otherwise it is left as read
+            (and a pair of two images always is). It screens on images of at most
+            ``AUTO_SCREEN_SIDE`` px first and registers at ``FINE_SIDE`` only a stack the
+            screen finds moved.
         crop: crop every slice to the rectangle they all cover.
     """
     reference = (n_slices - 1) // 2
@@ -526,46 +751,47 @@ def estimate_alignment(
     if mode == "none":  # nothing is read: the identity needs no frame size
         transforms = [SliceTransform(j, identity.copy(), applied=False) for j in range(n_slices)]
         return StackAlignment(mode, reference, transforms, 0, 0)
-    first = read(0)
-    height, width = first.shape[:2]
-    grays: list[np.ndarray | None] = [_registration_image(first)]
-    pairs: list[np.ndarray | None] = []  # pairs[k]: slice k coordinates -> slice k + 1 coordinates
-    for j in range(1, n_slices):
-        grays.append(_registration_image(read(j)))
-        template, moving = grays[j - 1], grays[j]
-        assert template is not None and moving is not None
-        pairs.append(register_pair(template, moving, "similarity" if mode == "auto" else mode))
-        grays[j - 1] = None  # only the neighbour is needed
-    fine_factor = _scale_factor(height, width, FINE_SIDE)
-    full = [None if p is None else np.vstack((_rescaled(p, fine_factor), [0, 0, 1])) for p in pairs]
-    chained = [np.eye(3) for _ in range(n_slices)]
-    for j in range(reference + 1, n_slices):
-        step = full[j - 1]
-        chained[j] = (step if step is not None else np.eye(3)) @ chained[j - 1]
-    for j in range(reference - 1, -1, -1):
-        step = full[j]
-        chained[j] = (np.linalg.inv(step) if step is not None else np.eye(3)) @ chained[j + 1]
-    transforms = []
-    for j in range(n_slices):
-        # A slice is unregistered when the pair linking it towards the reference failed.
-        link = full[j - 1] if j > reference else full[j] if j < reference else np.eye(3)
-        transform = SliceTransform(j, chained[j][:2].copy(), registered=link is not None)
-        transform.applied = j != reference
-        transforms.append(transform)
-    alignment = StackAlignment(mode, reference, transforms, height, width)
     if mode == "auto":
-        # Below this the estimate cannot tell motion from the blur difference between slices.
-        # Above it every slice is warped, not only those that moved more: once some slice is
-        # resampled, aligning the rest pays too (0.2 px of motion aligned: +0.3 to +0.7 dB, probe).
-        alignment.min_motion = AUTO_MIN_MOTION / fine_factor
-        if alignment.largest_motion() <= alignment.min_motion:
+        # The screen: small images, a cheap start. A stack it finds moved (on half the evidence
+        # that warping needs where it shrank the slices: they carry less) is estimated as
+        # ``similarity`` is, and judged again.
+        transforms, pairs, height, width = _chained(
+            read,
+            n_slices,
+            "similarity",
+            AUTO_SCREEN_SIDE,
+            judged_only=True,
+            coarse_side=AUTO_SCREEN_SIDE // 4,
+        )
+        shrunk = _scale_factor(height, width, AUTO_SCREEN_SIDE) < _scale_factor(height, width, FINE_SIDE)
+        needed = AUTO_MIN_SIGNIFICANCE / 2 if shrunk else AUTO_MIN_SIGNIFICANCE
+        verdict = _auto_verdict(transforms, pairs, needed, height, width)
+        if verdict.startswith("warped"):
+            transforms, pairs, height, width = _chained(read, n_slices, "similarity", FINE_SIDE, judged_only=True)
+            verdict = _auto_verdict(transforms, pairs, AUTO_MIN_SIGNIFICANCE, height, width)
+        else:
+            screened_at = _scale_factor(height, width, AUTO_SCREEN_SIDE)
+            verdict += f" (screened at {round(width * screened_at)} x {round(height * screened_at)})"
+        if n_slices == 2:
+            # Pair fusion takes its two images as registered, as the multi-focus pairs it is judged
+            # on are given, and its metrics judge the fused image against them as they are.
+            estimate = verdict.split(": ", 1)[1]
+            verdict = (
+                f"fused as read: a pair is taken as registered (the estimate: {estimate}); --align similarity warps it"
+            )
+        if not verdict.startswith("warped"):
             for transform in transforms:
                 transform.applied = False
-    if all(p is None for p in pairs):
+    else:
+        transforms, pairs, height, width = _chained(read, n_slices, mode, FINE_SIDE, judged_only=False)
+    alignment = StackAlignment(mode, reference, transforms, height, width)
+    if mode == "auto":
+        alignment.verdict = verdict
+    elif all(p is None for p in pairs):
         alignment.warnings.append("no slice could be registered (no texture to align on); fused unaligned")
         for transform in transforms:
             transform.applied = False
-    elif any(p is None for p in pairs):
+    if any(p is None for p in pairs) and not all(p is None for p in pairs) and alignment.active:
         failed = [t.index for t in transforms if not t.registered]
         names = ", ".join(str(j + 1) for j in failed)
         alignment.warnings.append(

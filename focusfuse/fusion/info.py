@@ -26,7 +26,7 @@ def describe_stack(
     inputs: Sequence[str | os.PathLike],
     *,
     max_memory: int | None = None,
-    align: str = "none",
+    align: str = "auto",
     z_step: float | None = None,
     strategy: str = "calibrated",
     channel_folders: bool = False,
@@ -138,13 +138,13 @@ def format_info(facts: dict) -> str:
     if alignment is not None:
         reference = alignment["reference"]
         lines.append(("alignment", f"{alignment['mode']}, to slice {reference} ({names[reference]})"))
-        if alignment["min_motion_px"] is not None:
-            verdict = "warped" if any(entry["applied"] for entry in alignment["slices"]) else "fused as read"
-            motion = f"largest motion read {alignment['largest_motion_px']:.2f} px"
-            lines.append(("  auto", f"{motion}, threshold {alignment['min_motion_px']:.2f} px: {verdict}"))
+        if alignment["auto_verdict"] is not None:
+            lines.append(("  auto", alignment["auto_verdict"]))
         for entry in alignment["slices"]:
             dx, dy = entry["shift_px"]
             state = "" if entry["registered"] else " (not registered: kept its neighbour's)"
+            if alignment["auto_verdict"] is not None and entry["slice"] != reference:
+                state += f", {entry['significance']:g} standard errors"
             lines.append(
                 (
                     f"  {entry['slice']}: {names[entry['slice']]}",

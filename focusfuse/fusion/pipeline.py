@@ -417,7 +417,7 @@ def fuse_stack(
     fill_flat: bool = True,
     composite: Composite = "pyramid",
     pyramid_levels: int = PYRAMID_LEVELS,
-    align: AlignMode = "none",
+    align: AlignMode = "auto",
     crop: bool = False,
     max_memory: int | None = None,
     prune: bool = False,
@@ -455,10 +455,10 @@ def fuse_stack(
         pyramid_levels: levels of the ``pyramid`` blend below full resolution.
         align: register every slice to the middle one before fusing (neighbour to
             neighbour, chained): ``translation``, ``similarity`` (scale, rotation and
-            shift: drift and focus breathing), ``affine``, ``none``, or ``auto``: a
-            similarity applied only when it moves some pixel by more than the estimate
-            can tell from blur (``AUTO_MIN_MOTION``), so that a stack that did not move
-            is fused from its slices as read.
+            shift: drift and focus breathing), ``affine``, ``none``, or ``auto`` (the
+            default): a similarity applied only when some slice moved by many times the
+            estimate's own standard error (``AUTO_MIN_SIGNIFICANCE``), so that a stack
+            that did not move is fused from its slices as read, and a pair as given.
         crop: crop the result to the area that every aligned slice covers.
         max_memory: memory budget in bytes (default 2 GiB, at most what is available):
             above it the image is fused in tiles (``tiling.py``).

@@ -62,11 +62,17 @@ def test_a_folder_of_pngs_has_no_physical_size_and_alignment_is_listed_per_slice
     assert sum(line.startswith("  ") and " px, scale " in line for line in text.splitlines()) == 8
 
 
-def test_auto_alignment_says_whether_the_stack_would_be_warped(demo_stack_dir):
-    result = info(str(demo_stack_dir), "--align", "auto")
+def test_auto_alignment_is_the_default_and_says_why_the_stack_would_not_be_warped(demo_stack_dir):
+    result = info(str(demo_stack_dir))
     assert result.exit_code == 0, result.output
     assert re.search(r"^alignment +auto, to slice 3 \(z4.png\)$", result.stdout, re.M)
-    assert re.search(r"^  auto +largest motion read 0\.\d\d px, threshold 0.50 px: fused as read$", result.stdout, re.M)
+    verdict = (
+        r"^  auto +fused as read: at most slice \d moved 0\.\d\d px, \d\.\d times its uncertainty \(warping needs 12\)"
+    )
+    assert re.search(verdict + r" \(screened at 481 x 321\)$", result.stdout, re.M), result.stdout
+    assert sum(line.endswith(" standard errors") for line in result.stdout.splitlines()) == 7
+    skipped = info(str(demo_stack_dir), "--align", "none")
+    assert skipped.exit_code == 0 and "alignment" not in skipped.stdout
 
 
 def test_info_refuses_what_stack_refuses(tmp_path):
