@@ -67,6 +67,7 @@ MIN_CORRELATION = 0.5  # ECC's correlation below this: the pair is not registere
 MAX_SHIFT_FRACTION = 0.1  # a neighbour shift beyond this share of the image is a failure
 MAX_SCALE_CHANGE = 0.05  # likewise a neighbour scale change beyond 5%
 ECC_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
+ECC_SCREEN_CRITERIA = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 30, 1e-4)  # a start, refined by phase
 HIGH_PASS_SIGMA = 8.0  # px: detail only; ECC's own invariance covers global brightness, not vignetting
 ECC_PREFILTER = 5  # px: ECC smooths both images by a Gaussian of this size first
 # Phase refinement. Chosen on synthetic stacks that are never reported: bench/alignment.py's
@@ -97,6 +98,10 @@ EVIDENCE_FLOOR = 0.05
 # With the floor, a neighbour of the reference must move 0.6 px of the registration image, a slice
 # k pairs away 0.6 sqrt(k) px at least.
 AUTO_MIN_SIGNIFICANCE = 12.0
+# ...and by more than this many times the sum of its pairs' standard errors: what the chain would
+# be worth were the pairs' errors all of one sign, as the blur's are over runs of pairs of a deep
+# stack. Twice the most that still selection stacks read (2.0); stacks that moved read 7 to 42.
+AUTO_MIN_COHERENCE = 4.0
 AUTO_SCREEN_SIDE = 512  # px: ``auto`` screens a stack for motion on images this small first
 
 
@@ -117,6 +122,7 @@ class SliceTransform:
     registered: bool = True  # False: its pair with the neighbour could not be registered
     applied: bool = True  # False: left unwarped (the reference, or alignment off)
     significance: float = 0.0  # its largest corner motion in standard errors of the chained estimate
+    coherence: float = 0.0  # the same, were the pairs' errors all of one sign: over their sum
 
     def corner_error(self, truth: np.ndarray, height: int, width: int) -> float:
         """The largest distance, px, between where this transform and ``truth`` (2x3) put an image corner."""
@@ -140,6 +146,7 @@ class SliceTransform:
             "registered": self.registered,
             "applied": self.applied,
             "significance": round(self.significance, 1),
+            "coherence": round(self.coherence, 1),
         }
 
 
@@ -185,6 +192,7 @@ class StackAlignment:
             "warnings": list(self.warnings),
             "largest_motion_px": round(self.largest_motion(), 3),
             "min_significance": AUTO_MIN_SIGNIFICANCE if self.mode == "auto" else None,
+            "min_coherence": AUTO_MIN_COHERENCE if self.mode == "auto" else None,
             "auto_verdict": self.verdict,
         }
 
@@ -235,10 +243,12 @@ def _closest_similarity(matrix: np.ndarray) -> np.ndarray:
     return np.array([[p, -q, matrix[0, 2]], [q, p, matrix[1, 2]]])
 
 
-def _ecc(template: np.ndarray, moving: np.ndarray, motion: int, start: np.ndarray) -> tuple[np.ndarray, float]:
+def _ecc(
+    template: np.ndarray, moving: np.ndarray, motion: int, start: np.ndarray, criteria: tuple = ECC_CRITERIA
+) -> tuple[np.ndarray, float]:
     mask = np.full(template.shape, 255, np.uint8)  # every pixel counts
     correlation, warp = cv2.findTransformECC(
-        template, moving, start.astype(np.float32), motion, ECC_CRITERIA, mask, ECC_PREFILTER
+        template, moving, start.astype(np.float32), motion, criteria, mask, ECC_PREFILTER
     )
     return np.asarray(warp, np.float64), float(correlation)
 
@@ -561,23 +571,25 @@ def register_pair(
     moving: np.ndarray | _PhaseImage,
     mode: str,
     *,
-    coarse_side: int = COARSE_SIDE,
+    screen: bool = False,
 ) -> PairRegistration | None:
     """The transform mapping ``template`` coordinates to ``moving`` coordinates, or None if it fails.
 
     Args:
         template, moving: gray float32 ``(H, W)`` of one size (or kept with their spectra).
         mode: ``translation``, ``similarity`` or ``affine``.
-        coarse_side: ECC's first estimate is made on images of at most this many px.
+        screen: a cheaper start, for ``auto``'s screen: ECC on images of at most
+            ``AUTO_SCREEN_SIDE / 4`` px, stopped sooner; the phase refinement takes it from there.
     """
     template_phase = template if isinstance(template, _PhaseImage) else _PhaseImage(template)
     moving_phase = moving if isinstance(moving, _PhaseImage) else _PhaseImage(moving)
     template, moving = template_phase.image, moving_phase.image
     motion = cv2.MOTION_TRANSLATION if mode == "translation" else cv2.MOTION_AFFINE
+    coarse_side, criteria = (AUTO_SCREEN_SIDE // 4, ECC_SCREEN_CRITERIA) if screen else (COARSE_SIDE, ECC_CRITERIA)
     coarse_template, factor = _downscaled(template, coarse_side)
     coarse_moving, _ = _downscaled(moving, coarse_side)
     try:
-        warp, correlation = _ecc(coarse_template, coarse_moving, motion, np.eye(2, 3))
+        warp, correlation = _ecc(coarse_template, coarse_moving, motion, np.eye(2, 3), criteria)
         if mode == "translation" and factor < 1.0:
             # A shift alone is measured by ECC as well as by phase, better: 0.05 against 0.16 px
             # at the corners on drifting stacks (probe, seeds 3-10); only the scale and shape that
@@ -657,11 +669,11 @@ def _chained(
     side: int,
     *,
     judged_only: bool,
-    coarse_side: int = COARSE_SIDE,
+    screen: bool = False,
 ) -> tuple[list[SliceTransform], list[PairRegistration | None], int, int]:
-    """Each slice registered to its neighbour on images of at most ``side`` px (ECC's start on
-    ``coarse_side``), the transforms chained to the middle slice, with each slice's motion
-    weighed against its uncertainty.
+    """Each slice registered to its neighbour on images of at most ``side`` px (with the
+    screen's cheaper start: ``register_pair``), the transforms chained to the middle slice,
+    with each slice's motion weighed against its uncertainty.
 
     Returns the transforms (full resolution), the pairs (``pairs[k]``: slice k coordinates ->
     slice k + 1 coordinates, None where registration failed or, with ``judged_only``, where the
@@ -675,7 +687,7 @@ def _chained(
     pairs: list[PairRegistration | None] = []
     for j in range(1, n_slices):
         moving = _PhaseImage(_registration_image(read(j), side))
-        pair = register_pair(template, moving, mode, coarse_side=coarse_side)
+        pair = register_pair(template, moving, mode, screen=screen)
         pairs.append(None if judged_only and (pair is None or pair.corner_covariance is None) else pair)
         template = moving  # only the neighbour is needed
     factor = _scale_factor(height, width, side)
@@ -687,14 +699,18 @@ def _chained(
     ]
     chained = [np.eye(3) for _ in range(n_slices)]
     spread = [np.zeros((4, 2, 2)) for _ in range(n_slices)]  # the chained transforms' corner covariance
+    summed = [np.zeros(4) for _ in range(n_slices)]  # the pairs' corner standard errors, added up
+    errors = [np.sqrt(np.trace(v, axis1=1, axis2=2) / 2) for v in variance]  # (4,) per pair
     for j in range(reference + 1, n_slices):
         step = full[j - 1]
         chained[j] = (step if step is not None else np.eye(3)) @ chained[j - 1]
         spread[j] = spread[j - 1] + variance[j - 1]
+        summed[j] = summed[j - 1] + errors[j - 1]
     for j in range(reference - 1, -1, -1):
         step = full[j]
         chained[j] = (np.linalg.inv(step) if step is not None else np.eye(3)) @ chained[j + 1]
         spread[j] = spread[j + 1] + variance[j]
+        summed[j] = summed[j + 1] + errors[j]
     corners = _image_corners(height, width)
     least = np.eye(2) * 1e-12  # the reference: no motion, no uncertainty
     transforms = []
@@ -706,23 +722,34 @@ def _chained(
         transform.significance = max(
             math.sqrt(float(m @ np.linalg.solve(c + least, m))) for m, c in zip(moved, spread[j], strict=True)
         )
+        transform.coherence = float(np.max(np.hypot(*moved.T) / np.maximum(summed[j], 1e-6)))
         transforms.append(transform)
     return transforms, pairs, height, width
 
 
-def _auto_verdict(transforms: list[SliceTransform], pairs: list, needed: float, height: int, width: int) -> str:
+def _auto_verdict(
+    transforms: list[SliceTransform], pairs: list, share: float, height: int, width: int, *, screened: str = ""
+) -> str:
     """Why ``auto`` warps the stack or leaves it as read: the sentence the report and ``info`` give.
 
-    It warps when some slice's motion is more than ``needed`` times the standard error of
-    its chained estimate (which is at least ``EVIDENCE_FLOOR`` px per pair in the chain).
+    It warps when some slice's motion is more than ``AUTO_MIN_SIGNIFICANCE`` standard errors
+    of its chained estimate and more than ``AUTO_MIN_COHERENCE`` times the sum of its pairs'
+    standard errors, each times ``share``. ``screened``: the size of the screen's shrunk
+    images, where that evidence only sends the stack on to the full-size estimate.
     """
     if all(p is None for p in pairs):
         return "fused as read: no neighbour pair held enough texture to measure motion by"
-    strongest = max(transforms, key=lambda t: t.significance)
+    needed = (AUTO_MIN_SIGNIFICANCE * share, AUTO_MIN_COHERENCE * share)
+    strongest = max(transforms, key=lambda t: min(t.significance / needed[0], t.coherence / needed[1]))
     motion = strongest.largest_motion(height, width)
-    evidence = f"slice {strongest.index + 1} moved {motion:.2f} px, {strongest.significance:.1f} times its uncertainty"
-    if strongest.significance <= needed:
-        return f"fused as read: at most {evidence} (warping needs {needed:g})"
+    evidence = (
+        f"slice {strongest.index + 1} moved {motion:.2f} px, {strongest.significance:.1f} standard errors "
+        f"({strongest.coherence:.1f} were its pairs' errors all of one sign)"
+    )
+    if strongest.significance <= needed[0] or strongest.coherence <= needed[1]:
+        rule = f"{needed[0]:g} and {needed[1]:g}"
+        rule = f"screened at {screened}, where {rule} look closer" if screened else f"warping needs {rule}"
+        return f"fused as read: at most {evidence}; {rule}"
     return f"warped: {evidence}"
 
 
@@ -761,17 +788,17 @@ def estimate_alignment(
             "similarity",
             AUTO_SCREEN_SIDE,
             judged_only=True,
-            coarse_side=AUTO_SCREEN_SIDE // 4,
+            screen=True,
         )
-        shrunk = _scale_factor(height, width, AUTO_SCREEN_SIDE) < _scale_factor(height, width, FINE_SIDE)
-        needed = AUTO_MIN_SIGNIFICANCE / 2 if shrunk else AUTO_MIN_SIGNIFICANCE
-        verdict = _auto_verdict(transforms, pairs, needed, height, width)
+        screen_factor = _scale_factor(height, width, AUTO_SCREEN_SIDE)
+        if screen_factor < _scale_factor(height, width, FINE_SIDE):
+            screened = f"{round(width * screen_factor)} x {round(height * screen_factor)}"
+            verdict = _auto_verdict(transforms, pairs, 0.5, height, width, screened=screened)
+        else:
+            verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
         if verdict.startswith("warped"):
             transforms, pairs, height, width = _chained(read, n_slices, "similarity", FINE_SIDE, judged_only=True)
-            verdict = _auto_verdict(transforms, pairs, AUTO_MIN_SIGNIFICANCE, height, width)
-        else:
-            screened_at = _scale_factor(height, width, AUTO_SCREEN_SIDE)
-            verdict += f" (screened at {round(width * screened_at)} x {round(height * screened_at)})"
+            verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
         if n_slices == 2:
             # Pair fusion takes its two images as registered, as the multi-focus pairs it is judged
             # on are given, and its metrics judge the fused image against them as they are.

@@ -105,7 +105,7 @@ def test_auto_is_the_default_and_fuses_a_still_stack_from_its_slices_as_read():
     folder = EXAMPLES / "stack8"  # never moved; the blur difference reads as 0.28 px at a corner
     default = fuse_stack([folder], device="cpu")
     alignment = default.timing["alignment"]
-    assert alignment["mode"] == "auto" and alignment["min_significance"] == 12
+    assert alignment["mode"] == "auto" and (alignment["min_significance"], alignment["min_coherence"]) == (12, 4)
     assert 0.01 < alignment["largest_motion_px"] < 0.5  # it was estimated
     assert alignment["auto_verdict"].startswith("fused as read: at most slice")
     assert not any(s["applied"] for s in alignment["slices"])
@@ -201,7 +201,16 @@ def test_crop_keeps_only_what_every_slice_covers(tmp_path, monkeypatch):
     assert fused.shape == (height, width) and (record["width"], record["height"]) == (width, height)
     assert 256 - 30 <= width < 256 and 256 - 30 <= height < 256
     for entry in record["alignment"]["slices"]:
-        assert set(entry) == {"slice", "shift_px", "scale", "rotation_deg", "registered", "applied", "significance"}
+        assert set(entry) == {
+            "slice",
+            "shift_px",
+            "scale",
+            "rotation_deg",
+            "registered",
+            "applied",
+            "significance",
+            "coherence",
+        }
 
 
 def test_tile_spectra_are_the_windowed_tiles_fourier_transforms_less_their_mean():
@@ -238,3 +247,21 @@ def test_a_pairs_uncertainty_is_small_where_the_frame_agrees_and_large_where_it_
         assert pair is not None and pair.corner_covariance is not None
         errors[name] = float(np.sqrt(np.trace(pair.corner_covariance, axis1=1, axis2=2).max()))
     assert errors["shifted"] < 0.05 and errors["torn"] > 10 * errors["shifted"], errors
+
+
+@pytest.mark.parametrize(
+    ("significance", "coherence", "warped"), [(20.0, 2.0, False), (10.0, 8.0, False), (20.0, 5.0, True)]
+)
+def test_auto_needs_both_the_chains_significance_and_its_pairs_coherence(significance, coherence, warped):
+    """Errors that add up one way along the chain (a deep stack's blurred end) can look like
+    many standard errors; the plain sum of the pairs' errors must be exceeded too."""
+    from focusfuse.fusion.alignment import PairRegistration, SliceTransform, _auto_verdict
+
+    moved = np.array([[1.0, 0.0, 3.0], [0.0, 1.0, 0.0]])
+    transforms = [
+        SliceTransform(0, np.eye(2, 3), applied=False),
+        SliceTransform(1, moved, significance=significance, coherence=coherence),
+    ]
+    verdict = _auto_verdict(transforms, [PairRegistration(moved, np.zeros((4, 2, 2)))], 1.0, 100, 100)
+    assert verdict.startswith("warped" if warped else "fused as read"), verdict
+    assert f"slice 2 moved 3.00 px, {significance:.1f} standard errors ({coherence:.1f} were" in verdict
