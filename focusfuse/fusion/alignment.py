@@ -162,6 +162,7 @@ class StackAlignment:
     crop: tuple[int, int, int, int] | None = None  # x, y, width, height in the reference frame
     warnings: list[str] = field(default_factory=list)
     verdict: str | None = None  # ``auto``: why it warped the stack or left it as read
+    interpolation: int = cv2.INTER_LANCZOS4  # how warped slices are resampled
 
     @property
     def active(self) -> bool:
@@ -175,7 +176,7 @@ class StackAlignment:
                 image,
                 transform.matrix,
                 (self.width, self.height),
-                flags=cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP,
+                flags=self.interpolation | cv2.WARP_INVERSE_MAP,
                 borderMode=cv2.BORDER_REPLICATE,  # uncovered borders take the nearest covered value
             )
         if self.crop is not None:
@@ -759,6 +760,7 @@ def estimate_alignment(
     mode: str = "similarity",
     *,
     crop: bool = False,
+    side: int = FINE_SIDE,
 ) -> StackAlignment:
     """Register each slice to its neighbour and chain the transforms to the middle slice.
 
@@ -769,9 +771,11 @@ def estimate_alignment(
             estimates a similarity and warps the stack only when some slice moved by more
             than ``AUTO_MIN_SIGNIFICANCE`` standard errors; otherwise it is left as read
             (and a pair of two images always is). It screens on images of at most
-            ``AUTO_SCREEN_SIDE`` px first and registers at ``FINE_SIDE`` only a stack the
+            ``AUTO_SCREEN_SIDE`` px first and registers at ``side`` only a stack the
             screen finds moved.
         crop: crop every slice to the rectangle they all cover.
+        side: the phase refinement's images are at most this many px on the long side
+            (``FINE_SIDE``; ``--speed fast``, which decides at 512 px, registers at 512).
     """
     reference = (n_slices - 1) // 2
     identity = np.eye(2, 3)
@@ -786,18 +790,18 @@ def estimate_alignment(
             read,
             n_slices,
             "similarity",
-            AUTO_SCREEN_SIDE,
+            min(AUTO_SCREEN_SIDE, side),
             judged_only=True,
             screen=True,
         )
-        screen_factor = _scale_factor(height, width, AUTO_SCREEN_SIDE)
-        if screen_factor < _scale_factor(height, width, FINE_SIDE):
+        screen_factor = _scale_factor(height, width, min(AUTO_SCREEN_SIDE, side))
+        if screen_factor < _scale_factor(height, width, side):
             screened = f"{round(width * screen_factor)} x {round(height * screen_factor)}"
             verdict = _auto_verdict(transforms, pairs, 0.5, height, width, screened=screened)
         else:
             verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
         if verdict.startswith("warped"):
-            transforms, pairs, height, width = _chained(read, n_slices, "similarity", FINE_SIDE, judged_only=True)
+            transforms, pairs, height, width = _chained(read, n_slices, "similarity", side, judged_only=True)
             verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
         if n_slices == 2:
             # Pair fusion takes its two images as registered, as the multi-focus pairs it is judged
@@ -810,7 +814,7 @@ def estimate_alignment(
             for transform in transforms:
                 transform.applied = False
     else:
-        transforms, pairs, height, width = _chained(read, n_slices, mode, FINE_SIDE, judged_only=False)
+        transforms, pairs, height, width = _chained(read, n_slices, mode, side, judged_only=False)
     alignment = StackAlignment(mode, reference, transforms, height, width)
     if mode == "auto":
         alignment.verdict = verdict

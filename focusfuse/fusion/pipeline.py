@@ -40,7 +40,9 @@ from focusfuse.fusion.resolution import (
     feature_precision,
     reduced_stack,
     refine_boundaries,
+    registration_side,
     slices_per_decision_for,
+    warp_interpolation,
 )
 from focusfuse.fusion.strategies import (
     STRATEGIES,
@@ -585,7 +587,8 @@ def fuse_stack(
             reference = channel_report["reference"]
             decide_read = ChannelView(decoded, reference).read
         with clock.stage("align"):
-            alignment = estimate_alignment(decide_read, len(source), align, crop=crop)
+            alignment = estimate_alignment(decide_read, len(source), align, crop=crop, side=registration_side(speed))
+            alignment.interpolation = warp_interpolation(speed)
         if alignment.active:
             with clock.stage("align"):
                 aligned = _aligned_slices(decoded, alignment, decoded.read(0))

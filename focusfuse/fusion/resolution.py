@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 
+from focusfuse.fusion.alignment import FINE_SIDE
 from focusfuse.fusion.strategies import SLICES_PER_DECISION, Precision
 from focusfuse.io.slice_cache import DecodedStack
 
@@ -46,6 +47,18 @@ MAX_REDUCTION = 4
 # fifth to two fifths less time in the decisions; 6, not 8, keeps the decision path in
 # charge of most steps on real stacks, where feature sharpness alone is less sure.
 FAST_SLICES_PER_DECISION = 6
+
+
+def registration_side(speed: Speed) -> int:
+    """The long side alignment registers on: no finer than the decisions are made at (fast's
+    at 512 px; the default's at up to ``FINE_SIDE``, 1024 px, as the decisions)."""
+    return FAST_DECISION_SIDE if speed == "fast" else FINE_SIDE
+
+
+def warp_interpolation(speed: Speed) -> int:
+    """How aligned slices are resampled: Lanczos, or under ``fast`` bicubic, a fifth of the
+    time (pcb10: 0.12 against 0.02 s a slice) for decisions made at a quarter of the side."""
+    return cv2.INTER_CUBIC if speed == "fast" else cv2.INTER_LANCZOS4
 
 
 def slices_per_decision_for(speed: Speed, reduced: bool = True) -> int:
