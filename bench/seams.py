@@ -8,7 +8,9 @@ real acquisitions added per slice: brightness flicker (gain within +-3%), a vign
 that changes with focus (up to 12% darker corners by the last slice), sub-pixel jitter
 (up to 0.3 px in x and y) and sensor noise (std 0.01); the same stack without
 nuisances; and ../shared/data/stacks/pcb10 (real, no truth). Each stack is fused once
-by ``fuse_stack`` with the ``pyramid`` default; ``select`` is the same index map with
+by ``fuse_stack`` with the ``pyramid`` default and ``--align none`` (the measures compare
+the result with the slices as read, whose frame an aligned result is not in; pcb10 moves,
+so the default would align it); ``select`` is the same index map with
 every pixel copied from its slice (what ``--composite select`` writes), and once more
 with ``--speed fast``. Printed per mode: the three seam measures
 (focusfuse/metrics/seams.py), PSNR against the all-in-focus truth on the synthetic
@@ -105,7 +107,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--levels", type=int, default=None, help="pyramid levels (default: the shipped default)")
     args = parser.parse_args()
-    options = {} if args.levels is None else {"pyramid_levels": args.levels}
+    options: dict = {"align": "none"} if args.levels is None else {"align": "none", "pyramid_levels": args.levels}
     with tempfile.TemporaryDirectory() as scratch_name:
         scratch = Path(scratch_name)
         for name in args.stacks.split(","):
