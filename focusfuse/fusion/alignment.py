@@ -488,6 +488,12 @@ def _fit_displacement(
     return displacement, _corner_covariance(design, target, robust, _tile_blocks(centres, *frame), frame, mode)
 
 
+def _judgeable(height: int, width: int) -> bool:
+    """Whether a pair of images this size has tiles in enough blocks to judge its uncertainty."""
+    tiles = _PhaseTiles(height, width)
+    return len(np.unique(_tile_blocks(tiles.centres, height, width))) >= EVIDENCE_MIN_BLOCKS
+
+
 def _corner_covariance(
     design: np.ndarray, target: np.ndarray, robust: np.ndarray, blocks: np.ndarray, frame: tuple[int, int], mode: str
 ) -> np.ndarray | None:
@@ -686,11 +692,14 @@ def _chained(
     template = _PhaseImage(_registration_image(first, side))
     del first
     pairs: list[PairRegistration | None] = []
-    for j in range(1, n_slices):
-        moving = _PhaseImage(_registration_image(read(j), side))
-        pair = register_pair(template, moving, mode, screen=screen)
-        pairs.append(None if judged_only and (pair is None or pair.corner_covariance is None) else pair)
-        template = moving  # only the neighbour is needed
+    if judged_only and not _judgeable(*template.image.shape):
+        pairs = [None] * (n_slices - 1)  # no pair of this size could be judged: none is registered
+    else:
+        for j in range(1, n_slices):
+            moving = _PhaseImage(_registration_image(read(j), side))
+            pair = register_pair(template, moving, mode, screen=screen)
+            pairs.append(None if judged_only and (pair is None or pair.corner_covariance is None) else pair)
+            template = moving  # only the neighbour is needed
     factor = _scale_factor(height, width, side)
     full = [None if p is None else np.vstack((_rescaled(p.matrix, factor), [0, 0, 1])) for p in pairs]
     floor = np.eye(2) * EVIDENCE_FLOOR**2

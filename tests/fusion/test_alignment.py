@@ -282,3 +282,13 @@ def test_fast_aligns_a_moved_stack_as_the_default_does_within_its_resampling(tmp
     assert all(s["applied"] for s in fast.timing["alignment"]["slices"] if s["slice"] != 2)
     assert abs(psnr(fast.fused) - psnr(default.fused)) < 0.3, (psnr(fast.fused), psnr(default.fused))
     assert not np.array_equal(fast.fused, default.fused)  # bicubic, not Lanczos
+
+
+def test_auto_does_not_register_frames_too_small_to_judge():
+    """Under 128 px a pair's tiles fill too few blocks to measure its uncertainty: auto reads the
+    first slice, sees the size, and leaves the stack as read without registering a pair."""
+    slices = still_stack(100, 6, seed=4)
+    read = []
+    alignment = estimate_alignment(lambda j: read.append(j) or slices[j], 6, "auto")
+    assert read == [0] and not alignment.active
+    assert alignment.verdict == "fused as read: no neighbour pair held enough texture to measure motion by"
