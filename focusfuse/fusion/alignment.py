@@ -450,24 +450,33 @@ def _tile_blocks(centres: np.ndarray, height: int, width: int) -> np.ndarray:
     return row * EVIDENCE_BLOCKS + column
 
 
+@dataclass
+class _MotionFit:
+    """A pair's displacement fitted to its tiles, with what its uncertainty is computed from."""
+
+    displacement: np.ndarray  # (2, 3): shift ~ displacement @ (x, y, 1)
+    design: np.ndarray  # (2 * tiles, k): the motion's columns, then the nuisance's
+    target: np.ndarray  # (2 * tiles,): the tiles' x shifts, then their y shifts
+    robust: np.ndarray  # (tiles,): the tiles' final weights, outliers down-weighted
+    centres: np.ndarray
+    mode: str
+
+    def corner_covariance(self, height: int, width: int) -> np.ndarray | None:
+        """``(4, 2, 2)``: how uncertain the displacement is at the corners of a height x width
+        frame, by a jackknife over blocks of tiles (each block left out in turn). Neighbouring
+        tiles overlap and share their errors; whole blocks left out measure the scatter that a
+        fit to other parts of the frame would give."""
+        blocks = _tile_blocks(self.centres, height, width)
+        return _corner_covariance(self.design, self.target, self.robust, blocks, (height, width), self.mode)
+
+
 def _fit_displacement(
-    centres: np.ndarray,
-    shifts: np.ndarray,
-    weights: np.ndarray,
-    mode: str,
-    nuisance: np.ndarray | None = None,
-    *,
-    frame: tuple[int, int] | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
+    centres: np.ndarray, shifts: np.ndarray, weights: np.ndarray, mode: str, nuisance: np.ndarray | None = None
+) -> _MotionFit:
     """The 2x3 ``D`` with ``shift ~ D @ (x, y, 1)`` for the mode's degrees of freedom, fitted by
     weighted least squares, re-weighted a few times so that outlying tiles (occlusions, depth
     edges, noise) count less. ``nuisance``, ``(2 * tiles, k)``, holds columns fitted alongside
     (x rows, then y rows) whose coefficients are not part of the motion: the blur field.
-
-    With ``frame`` (height, width), also how uncertain ``D`` is: the covariance ``(4, 2, 2)``
-    of the displacement it gives the frame's corners, by a jackknife over blocks of tiles
-    (each block left out in turn). Neighbouring tiles overlap and share their errors; whole
-    blocks left out measure the scatter that a fit to other parts of the frame would give.
     """
     design = _motion_design(centres, mode)
     motion = design.shape[1]
@@ -482,10 +491,7 @@ def _fit_displacement(
         residual = np.hypot(*(target - design @ params).reshape(2, -1))
         scale = PHASE_OUTLIER * (float(np.median(residual[confident])) + 1e-3)
         robust = weights / (1.0 + (residual / scale) ** 2)
-    displacement = _displacement(params[:motion], mode)
-    if frame is None:
-        return displacement, None
-    return displacement, _corner_covariance(design, target, robust, _tile_blocks(centres, *frame), frame, mode)
+    return _MotionFit(_displacement(params[:motion], mode), design, target, robust, centres, mode)
 
 
 def _judgeable(height: int, width: int) -> bool:
@@ -513,7 +519,10 @@ def _corner_covariance(
         inside = rows == block
         kept_normal = normal - weighted[inside].T @ design[inside]
         kept_moment = moment - weighted[inside].T @ target[inside]
-        params = np.linalg.lstsq(kept_normal, kept_moment, rcond=None)[0]
+        try:
+            params = np.linalg.solve(kept_normal, kept_moment)
+        except np.linalg.LinAlgError:  # a block held what alone determined a column
+            params = np.linalg.lstsq(kept_normal, kept_moment, rcond=None)[0]
         estimates.append(corners @ _displacement(params[:motion], mode).T)  # (4, 2)
     spread = np.array(estimates) - np.mean(estimates, axis=0)  # (blocks, 4, 2)
     count = len(carrying)
@@ -564,13 +573,12 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
             moving_responses = _blur_responses(tiles, moving, origins, mapped)
             responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
             nuisance = _blur_columns(responses, basis)
-        step = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)[0]
-        warp = warp + step
-        if np.abs(_image_corners(height, width) @ step.T).max() < PHASE_CONVERGED:
+        fit = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)
+        warp = warp + fit.displacement
+        if np.abs(_image_corners(height, width) @ fit.displacement.T).max() < PHASE_CONVERGED:
             break
-    # How uncertain the last round's fit is: the motion is known as well as that fit knows it.
-    covariance = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance, frame=(height, width))[1]
-    return PairRegistration(warp, covariance)
+    # The motion is known as well as the last round's fit knows it.
+    return PairRegistration(warp, fit.corner_covariance(height, width))
 
 
 def register_pair(
