@@ -148,11 +148,12 @@ def default_timing_path(output: Path) -> Path:
     return output.with_name(output.stem + ".timing.json")
 
 
-def _aligned_slices(decoded: DecodedStack, alignment: StackAlignment, first: np.ndarray) -> DecodedStack:
-    """The decoded slices warped into the reference frame (and cropped), in a new store."""
-    warped_first = alignment.warp(0, first)
+def _aligned_slices(decoded: DecodedStack, alignment: StackAlignment) -> DecodedStack:
+    """The decoded slices warped into the reference frame (and cropped), in a new store that
+    takes each one from the old (which holds it no longer)."""
+    warped_first = alignment.warp(0, decoded.take(0))
     return DecodedStack(
-        lambda j: alignment.warp(j, decoded.read(j)), decoded.n_slices, warped_first, in_memory=decoded.in_memory
+        lambda j: alignment.warp(j, decoded.take(j)), decoded.n_slices, warped_first, in_memory=decoded.in_memory
     )
 
 
@@ -591,7 +592,7 @@ def fuse_stack(
             alignment.interpolation = warp_interpolation(speed)
         if alignment.active:
             with clock.stage("align"):
-                aligned = _aligned_slices(decoded, alignment, decoded.read(0))
+                aligned = _aligned_slices(decoded, alignment)
                 aligned.read_all()
             decoded.close()
             decoded = aligned

@@ -109,6 +109,14 @@ class DecodedStack:
         assert image is not None
         return image
 
+    def take(self, index: int) -> np.ndarray:
+        """Slice ``index``, read for the last time: a store in RAM lets go of it, so that a
+        stack copied slice by slice into another store (warped) is not held twice."""
+        image = self.read(index)
+        if self._file is None:
+            self._slices[index] = None
+        return image
+
     def read_rows(self, index: int, rows: slice) -> np.ndarray:
         """Rows ``rows`` (step 1) of slice ``index``: from the file only those rows are read, so a
         tile or strip of a large slice costs no whole-slice array; in RAM, a view."""

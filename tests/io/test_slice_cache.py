@@ -52,3 +52,21 @@ def test_rows_of_a_slice_are_those_of_the_whole_slice(in_memory, rows):
     with DecodedStack(lambda j: stack[j], len(stack), stack[0], in_memory=in_memory) as store:
         for j in (4, 0, 2):
             np.testing.assert_array_equal(store.read_rows(j, rows), stack[j][rows])
+
+
+def test_a_slice_taken_from_a_store_in_ram_is_no_longer_held_by_it():
+    """Warping an aligned stack into a new store takes each slice from the old one: held twice, a
+    deep stack's decoded slices would double the peak memory."""
+    import gc
+    import weakref
+
+    stack = [np.full((8, 8), j, np.uint8) for j in range(4)]
+    with DecodedStack(lambda j: stack[j].copy(), len(stack), stack[0].copy(), in_memory=True) as store:
+        store.read_all()
+        taken = store.take(2)
+        np.testing.assert_array_equal(taken, stack[2])
+        alive = weakref.ref(taken)
+        del taken
+        gc.collect()
+        assert alive() is None  # the store kept no reference to it
+        np.testing.assert_array_equal(store.read(3), stack[3])  # the others are still there
