@@ -252,8 +252,8 @@ def fusion_options(command: Callable) -> Callable:
             show_default=True,
             help="Register every slice to the middle one (neighbour to neighbour, chained): "
             "similarity for drift and focus breathing; auto: a similarity applied only to a stack "
-            "read as moved, by more than half a pixel (of the image scaled to at most 1024 px) and "
-            "by many times the estimate's own uncertainty; none: fuse the slices as read.",
+            "read as moved by many times the estimate's own uncertainty (a pair of two images: "
+            "never); none: fuse the slices as read.",
         ),
         click.option("--crop", is_flag=True, help="Crop the result to the area every aligned slice covers."),
         click.option(

@@ -126,7 +126,7 @@ class SliceTransform:
 
     def corner_error(self, truth: np.ndarray, height: int, width: int) -> float:
         """The largest distance, px, between where this transform and ``truth`` (2x3) put an image corner."""
-        corners = np.array([[0, 0, 1], [width - 1, 0, 1], [0, height - 1, 1], [width - 1, height - 1, 1]], float)
+        corners = _image_corners(height, width)
         return float(np.max(np.hypot(*(corners @ self.matrix.T - corners @ truth.T).T)))
 
     def largest_motion(self, height: int, width: int) -> float:
@@ -460,14 +460,36 @@ class _MotionFit:
     robust: np.ndarray  # (tiles,): the tiles' final weights, outliers down-weighted
     centres: np.ndarray
     mode: str
+    motion: int  # how many of the design's columns are the motion's
 
     def corner_covariance(self, height: int, width: int) -> np.ndarray | None:
         """``(4, 2, 2)``: how uncertain the displacement is at the corners of a height x width
-        frame, by a jackknife over blocks of tiles (each block left out in turn). Neighbouring
-        tiles overlap and share their errors; whole blocks left out measure the scatter that a
-        fit to other parts of the frame would give."""
+        frame, by a jackknife over blocks of tiles (each block left out in turn); None when fewer
+        than ``EVIDENCE_MIN_BLOCKS`` blocks hold tiles with weight (too little to judge).
+        Neighbouring tiles overlap and share their errors; whole blocks left out measure the
+        scatter that a fit to other parts of the frame would give."""
         blocks = _tile_blocks(self.centres, height, width)
-        return _corner_covariance(self.design, self.target, self.robust, blocks, (height, width), self.mode)
+        carrying = [b for b in np.unique(blocks) if self.robust[blocks == b].sum() > 0]
+        if len(carrying) < EVIDENCE_MIN_BLOCKS:
+            return None
+        corners = _image_corners(height, width)
+        # The normal equations of the whole fit, less each block's share: one small solve per block.
+        rows = np.concatenate([blocks, blocks])
+        weighted = self.design * np.concatenate([self.robust, self.robust])[:, None]
+        normal, moment = weighted.T @ self.design, weighted.T @ self.target
+        estimates = []
+        for block in carrying:
+            inside = rows == block
+            kept_normal = normal - weighted[inside].T @ self.design[inside]
+            kept_moment = moment - weighted[inside].T @ self.target[inside]
+            try:
+                params = np.linalg.solve(kept_normal, kept_moment)
+            except np.linalg.LinAlgError:  # a block held what alone determined a column
+                params = np.linalg.lstsq(kept_normal, kept_moment, rcond=None)[0]
+            estimates.append(corners @ _displacement(params[: self.motion], self.mode).T)  # (4, 2)
+        spread = np.array(estimates) - np.mean(estimates, axis=0)  # (blocks, 4, 2)
+        count = len(carrying)
+        return (count - 1) / count * np.einsum("bci,bcj->cij", spread, spread)
 
 
 def _fit_displacement(
@@ -491,42 +513,13 @@ def _fit_displacement(
         residual = np.hypot(*(target - design @ params).reshape(2, -1))
         scale = PHASE_OUTLIER * (float(np.median(residual[confident])) + 1e-3)
         robust = weights / (1.0 + (residual / scale) ** 2)
-    return _MotionFit(_displacement(params[:motion], mode), design, target, robust, centres, mode)
+    return _MotionFit(_displacement(params[:motion], mode), design, target, robust, centres, mode, motion)
 
 
 def _judgeable(height: int, width: int) -> bool:
     """Whether a pair of images this size has tiles in enough blocks to judge its uncertainty."""
     tiles = _PhaseTiles(height, width)
     return len(np.unique(_tile_blocks(tiles.centres, height, width))) >= EVIDENCE_MIN_BLOCKS
-
-
-def _corner_covariance(
-    design: np.ndarray, target: np.ndarray, robust: np.ndarray, blocks: np.ndarray, frame: tuple[int, int], mode: str
-) -> np.ndarray | None:
-    """``(4, 2, 2)``: the jackknife covariance of the corners' displacement, over the blocks that
-    hold tiles with weight; None when fewer than ``EVIDENCE_MIN_BLOCKS`` do (too little to judge)."""
-    carrying = [b for b in np.unique(blocks) if robust[blocks == b].sum() > 0]
-    if len(carrying) < EVIDENCE_MIN_BLOCKS:
-        return None
-    motion = _motion_design(np.zeros((1, 2)), mode).shape[1]
-    corners = _image_corners(*frame)
-    # The normal equations of the whole fit, less each block's share: one small solve per block.
-    rows = np.concatenate([blocks, blocks])
-    weighted = design * np.concatenate([robust, robust])[:, None]
-    normal, moment = weighted.T @ design, weighted.T @ target
-    estimates = []
-    for block in carrying:
-        inside = rows == block
-        kept_normal = normal - weighted[inside].T @ design[inside]
-        kept_moment = moment - weighted[inside].T @ target[inside]
-        try:
-            params = np.linalg.solve(kept_normal, kept_moment)
-        except np.linalg.LinAlgError:  # a block held what alone determined a column
-            params = np.linalg.lstsq(kept_normal, kept_moment, rcond=None)[0]
-        estimates.append(corners @ _displacement(params[:motion], mode).T)  # (4, 2)
-    spread = np.array(estimates) - np.mean(estimates, axis=0)  # (blocks, 4, 2)
-    count = len(carrying)
-    return (count - 1) / count * np.einsum("bci,bcj->cij", spread, spread)
 
 
 def _blur_columns(
@@ -612,15 +605,14 @@ def register_pair(
             warp, correlation = _ecc(template, moving, motion, _rescaled(warp, factor))
     except cv2.error:
         return None
-    registration = PairRegistration(warp, None)
+    covariance = None  # translation, or a pair too small or poorly correlated to refine: no evidence
     if mode != "translation":
         warp = _rescaled(warp, factor)
         if mode == "similarity":
             warp = _closest_similarity(warp)
-        registration = PairRegistration(warp, None)
         if correlation >= MIN_CORRELATION and np.all(np.isfinite(warp)):
-            registration = _refine_by_phase(template_phase, moving_phase, warp, mode)
-    warp = registration.matrix
+            refined = _refine_by_phase(template_phase, moving_phase, warp, mode)
+            warp, covariance = refined.matrix, refined.corner_covariance
     height, width = template.shape
     scale = math.sqrt(abs(float(np.linalg.det(warp[:, :2]))))
     if (
@@ -631,7 +623,7 @@ def register_pair(
         > MAX_SHIFT_FRACTION * max(height, width) + 2.0 * abs(scale - 1.0) * max(height, width)
     ):
         return None
-    return registration
+    return PairRegistration(warp, covariance)
 
 
 def _largest_covered_rectangle(covered: np.ndarray) -> tuple[int, int, int, int]:
