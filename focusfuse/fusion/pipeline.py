@@ -46,6 +46,7 @@ from focusfuse.fusion.resolution import (
 )
 from focusfuse.fusion.strategies import (
     STRATEGIES,
+    Precision,
     Progress,
     StackContext,
     Strategy,
@@ -289,8 +290,9 @@ def _fuse_decoded(
     prune: bool,
     progress: Progress,
     read_rows: RowReader,
+    decided_at: tuple[int, int],
+    precision: Precision,
     composite_store: DecodedStack | None = None,
-    speed: Speed = "default",
 ) -> tuple[np.ndarray, np.ndarray, str, int, torch.Tensor | None]:
     """Run the strategy on the decoded slices ``read(j)``, whole or in tiles, then fill and composite.
 
@@ -298,9 +300,9 @@ def _fuse_decoded(
     whole slice. ``composite_store``: the whole slices, when ``read`` gives one channel of
     them (a multichannel stack decided on its reference channel): every channel is then
     composited from them under the index map, by the pyramid or by copying.
-    ``speed`` ``fast`` (``calibrated`` only): the strategy decides on the slices shrunk
-    (``resolution.py``), and the fused image is made from the full-size slices under the
-    enlarged index map.
+    ``decided_at`` (``resolution.decision_size``): when smaller than the slices, the strategy
+    decides on the slices shrunk to it, and the fused image is made from the full-size
+    slices under the enlarged index map. ``precision``: the feature path's.
     Returns the fused image, the index map, the composite used, the slice-tiles run,
     and (``calibrated``) the sharpest any slice is at each pixel (on the decision image).
     """
@@ -313,9 +315,7 @@ def _fuse_decoded(
         full_range = recorded_range(first_slice if composite_store is None else composite_store.read(0))
     full_read, full_rows = read, read_rows
     full_size = first_slice.shape[:2]
-    decided_at = decision_size(full_size[0], full_size[1], speed, strategy)
     reduced = decided_at != full_size
-    precision = feature_precision(speed, device, reduced)
     smaller = None
     if reduced:
         smaller = reduced_stack(read, len(source), decided_at, in_memory=plan.slices_in_memory)
@@ -599,6 +599,7 @@ def fuse_stack(
             slice_shape = decoded.shape
         decided_at = decision_size(slice_shape[0], slice_shape[1], speed, used_strategy)  # after any crop
         shrunk = decided_at != tuple(slice_shape[:2])
+        precision = feature_precision(speed, torch_device, shrunk)
         used_per_decision = slices_per_decision
         if used_per_decision is None:
             used_per_decision = slices_per_decision_for(speed, shrunk)
@@ -622,7 +623,8 @@ def fuse_stack(
             progress=progress or (lambda done, total: None),
             read_rows=decisions.read_rows,
             composite_store=decoded if by_channel else None,  # every channel under one index map
-            speed=speed,
+            decided_at=decided_at,
+            precision=precision,
         )
         surface = None
         if wants_height:
@@ -678,7 +680,7 @@ def fuse_stack(
             speed=speed,
         ),
         "speed": speed,
-        "feature_precision": feature_precision(speed, torch_device, shrunk),
+        "feature_precision": precision,
         "decision_size": list(decided_at),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,
