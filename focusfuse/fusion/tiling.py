@@ -206,28 +206,25 @@ def measure_statistics(
     mosaic_source = StackSource(labels=source.labels, paths=source.paths, reader=lambda j: mosaic.cut(source.read(j)))
     context = make_context(mosaic_source, mosaic_source.read(0))
     inside = torch.from_numpy(mosaic.inside()).to(context.device)[None, None]
+    context.statistics_mask = inside
+
+    def gates_of(j: int) -> torch.Tensor:
+        """Slice ``j``'s channel gates over the inside of the crops, by a pass of their own."""
+        gray = context.gray([context.first_slice if j == 0 else mosaic_source.read(j)])
+        with context.clock.stage("features"):
+            return context.model.features.channel_gates(gray, inside.to(gray.dtype))[0]
+
     if context.feature_precision == "float32":
         # Each slice's gates in the same pass as its features (``StackContext.activity``).
         context.gates_measured_over = inside
-        context.statistics_mask = inside
         run(context)
-        missing = [j for j in range(len(source)) if j not in context.measured_gates]  # a strategy that skips some
-        for j in missing:
-            gray = context.gray([mosaic_source.read(j)])
-            with context.clock.stage("features"):
-                context.measured_gates[j] = context.model.features.channel_gates(gray, inside.to(gray.dtype))[0]
-        gates_in_order = torch.stack([context.measured_gates[j] for j in range(len(source))]).cpu()
-        return ImageWideStatistics(gates_in_order, dict(context.measured_medians))
-    gates = []
-    for j in range(len(source)):
-        image = context.first_slice if j == 0 else mosaic_source.read(j)
-        gray = context.gray([image])
-        with context.clock.stage("features"):
-            gates.append(context.model.features.channel_gates(gray, inside.to(gray.dtype))[0])
-    context.statistics = ImageWideStatistics(torch.stack(gates).cpu())
-    context.statistics_mask = inside
-    run(context)
-    return ImageWideStatistics(context.statistics.gates, dict(context.measured_medians))
+        measured = context.measured_gates  # a strategy that skips some slices leaves theirs to measure
+        gates = torch.stack([measured[j] if j in measured else gates_of(j) for j in range(len(source))]).cpu()
+    else:
+        gates = torch.stack([gates_of(j) for j in range(len(source))]).cpu()
+        context.statistics = ImageWideStatistics(gates)
+        run(context)
+    return ImageWideStatistics(gates, dict(context.measured_medians))
 
 
 def _window_reader(read_rows: RowReader, kept: list[int], window: tuple[slice, slice]) -> Callable[[int], np.ndarray]:
