@@ -91,17 +91,7 @@ def synthetic(size: int, seed: int, render: Literal["gather", "scatter"], scratc
     ]
     print(f"synthetic 10x{size}x{size}, seed {seed}, blur rendered by {render}: estimated in {seconds:.2f} s")
     print("  corner error per slice, px: " + " ".join(f"{e:.2f}" for e in errors))
-    truly = [
-        cv2.warpAffine(
-            image,
-            matrix,
-            (size, size),
-            flags=cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
-        for image, matrix in zip(stack.slices, stack.transforms, strict=True)
-    ]
-    true_paths = write_slices(scratch / "true", truly)
+    true_paths = write_slices(scratch / "true", realigned(stack.slices, stack.transforms))
     inner = (slice(16, -16), slice(16, -16))
     rows = {
         "unaligned": fuse_stack(paths, device="cpu", align="none").fused,
@@ -195,7 +185,7 @@ def moved_rows(scratch: Path) -> Iterator[AutoRow]:
 
 
 def realigned(slices: list[np.ndarray], transforms: list[np.ndarray]) -> list[np.ndarray]:
-    """The slices re-aligned by their true transforms (Lanczos), as section 1 does."""
+    """The slices re-aligned by their true transforms (Lanczos): the reference the estimate is judged by."""
     height, width = slices[0].shape[:2]
     flags = cv2.INTER_LANCZOS4 | cv2.WARP_INVERSE_MAP
     return [
