@@ -291,9 +291,21 @@ def fusion_options(command: Callable) -> Callable:
     return command
 
 
+def series_options(command: Callable) -> Callable:
+    """The options of ``stack`` and ``info`` that pick one z-stack of a CZI, ND2, LIF or OME-Zarr file."""
+    options = [
+        click.option("--scene", help="CZI scene or LIF image (LAS X series), OME-Zarr series: index from 0, or name."),
+        click.option("--position", help="ND2 multipoint position: index from 0, or name."),
+        click.option("--time", type=click.IntRange(min=0), help="Time point (from 0) of a time series."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("-o", "--output", required=True, type=click.Path(), help="Fused image (.png, .tif or .jpg).")
+@click.option("-o", "--output", required=True, type=click.Path(), help="Fused image (.png, .tif, .ome.tif or .jpg).")
 @click.option(
     "--index-map",
     type=click.Path(),
@@ -336,6 +348,7 @@ def fusion_options(command: Callable) -> Callable:
     type=click.IntRange(min=0),
     help="Channel (from 0) whose index map fuses every channel. [default: the one with the most texture]",
 )
+@series_options
 @fusion_options
 @click.option("-q", "--quiet", is_flag=True, help="Print nothing but errors.")
 def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> None:
@@ -520,7 +533,8 @@ def batch_reporter(mode: str) -> Iterator[tuple[Callable[[int], None], Callable]
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="calibrated", show_default=True)
 @click.option("--channels", "channel_folders", is_flag=True, help="INPUTS are folders, one per channel.")
 @click.option("--reference-channel", type=click.IntRange(min=0), help="The channel whose index map would fuse all.")
-def info(inputs, as_json, align, max_memory, z_step, strategy, channel_folders, reference_channel) -> None:
+@series_options
+def info(inputs, as_json, align, max_memory, z_step, strategy, channel_folders, reference_channel, **series) -> None:
     """What `stack` would read and do with INPUTS, without fusing.
 
     Slices and their order, size, dtype and the bits the pixels use, axes and
@@ -531,7 +545,17 @@ def info(inputs, as_json, align, max_memory, z_step, strategy, channel_folders, 
 
     from focusfuse.fusion.info import describe_stack, format_info
 
-    facts = describe_stack(expand_inputs(inputs), max_memory=max_memory, align=align, z_step=z_step, strategy=strategy)
+    paths = list(inputs) if channel_folders else expand_inputs(inputs)
+    facts = describe_stack(
+        paths,
+        max_memory=max_memory,
+        align=align,
+        z_step=z_step,
+        strategy=strategy,
+        channel_folders=channel_folders,
+        reference_channel=reference_channel,
+        **series,
+    )
     click.echo(json.dumps(facts, indent=2) if as_json else format_info(facts))
 
 

@@ -2,20 +2,24 @@
 
 A folder holding two or more single images is one stack (its images in natural
 order, as ``focusfuse stack DIR`` reads it); a multipage TIFF whose planes run
-along Z is a stack of its own. Results mirror the tree: the stack ``day1/pos3``
-(a folder, or ``day1/pos3.ome.tif``) is fused to ``OUTROOT/day1/pos3.png`` with its
-index map and timing report beside it, named as ``stack`` names them.
+along Z is a stack of its own, and so is a CZI, ND2 or LIF file or an OME-Zarr
+folder (one stack per scene or position where it holds several:
+``plate.scene1``). Results mirror the tree: the stack ``day1/pos3`` (a folder, or
+``day1/pos3.ome.tif``) is fused to ``OUTROOT/day1/pos3.png`` with its index map and
+timing report beside it, named as ``stack`` names them.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.pipeline import default_index_map_path, default_timing_path
+from focusfuse.io.microscope import MICROSCOPE_SUFFIXES, SeriesSelection, microscope_kind, open_microscope_file
+from focusfuse.io.microscope.ome_zarr import is_ome_zarr
 from focusfuse.io.reader import TIFF_SUFFIXES, images_in_folder, multipage_depth, natural_key
 
 OUTPUT_FORMATS = ("png", "tif")
@@ -32,6 +36,7 @@ class StackJob:
         n_slices: images in the folder, or planes in the TIFF (0 when unreadable).
         folder: the folder whose images are the slices (None for a multipage TIFF).
         problem: why it cannot be fused, found while discovering (an unreadable TIFF).
+        selection: the scene or position of a microscope file that holds several.
     """
 
     name: str
@@ -40,6 +45,7 @@ class StackJob:
     n_slices: int
     folder: Path | None = None
     problem: str | None = None
+    selection: SeriesSelection | None = None
 
     @property
     def source(self) -> str:
@@ -79,10 +85,10 @@ class Discovery:
 
 
 def stack_name(path: Path) -> str:
-    """A multipage TIFF's name without its image suffixes: ``pos3.ome.tif`` -> ``pos3``."""
+    """A multipage TIFF's or microscope file's name without its suffixes: ``pos3.ome.tif`` -> ``pos3``."""
     name = path.name
     lowered = name.lower()
-    for suffix in (".ome.tiff", ".ome.tif", *TIFF_SUFFIXES):
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", *TIFF_SUFFIXES, *MICROSCOPE_SUFFIXES):
         if lowered.endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -100,12 +106,60 @@ def _walk(root: Path, skip: Path) -> list[Path]:
     folders = []
     for current, subfolders, _ in os.walk(root):
         here = Path(current)
+        if here != root and is_ome_zarr(here):
+            subfolders[:] = []  # an OME-Zarr image is a stack of its parent folder, not a tree of stacks
+            continue
         subfolders[:] = sorted(
             (d for d in subfolders if not d.startswith(".") and (here / d).resolve() != skip),
             key=natural_key,
         )
         folders.append(here)
     return folders
+
+
+def _microscope_inputs(folder: Path) -> list[Path]:
+    """The CZI, ND2 and LIF files and OME-Zarr folders directly in ``folder``, in natural order."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return []
+    found = [
+        entry
+        for entry in entries
+        if not entry.name.startswith(".")
+        and ((entry.is_file() and entry.suffix.lower() in MICROSCOPE_SUFFIXES) or is_ome_zarr(entry))
+    ]
+    return sorted(found, key=lambda p: natural_key(p.name))
+
+
+def _microscope_jobs(path: Path, name: str, out_root: Path, output_format: str) -> tuple[list[StackJob], list[Passed]]:
+    """One job per z-stack of a microscope file: per scene or position where it holds several."""
+    try:
+        kind = microscope_kind(path)
+        described = open_microscope_file(path, kind)
+    except FocusFuseError as error:
+        return [StackJob(name, (path,), _output(out_root, name, output_format), 0, problem=str(error))], []
+    jobs, passed = [], []
+    several = len(described.series) > 1
+    for series in described.series:
+        job_name = f"{name}.{described.series_word}{series.index}" if several else name
+        selection = None
+        if several and described.option == "--position":
+            selection = SeriesSelection(position=series.index)
+        elif several:
+            selection = SeriesSelection(scene=series.index)
+        problem = None
+        if series.size_t > 1:
+            problem = (
+                f"{path}: holds a time series (T={series.size_t}); batch fuses z-stacks, "
+                f"`focusfuse stack --time N` one time point"
+            )
+        if series.size_z < 2 and problem is None:
+            passed.append(Passed(job_name, "a single plane (Z=1), not a z-stack"))
+            continue
+        output = _output(out_root, job_name, output_format)
+        jobs.append(StackJob(job_name, (path,), output, series.size_z, problem=problem, selection=selection))
+    return jobs, passed
 
 
 def discover_stacks(
@@ -143,6 +197,11 @@ def discover_stacks(
                     found.jobs.append(StackJob(name, (image,), _output(out_root, name, output_format), depth))
                 else:
                     slices.append(image)
+            for path in _microscope_inputs(folder):
+                name = f"{folder_name}/{stack_name(path)}" if relative != "." else stack_name(path)
+                jobs, passed = _microscope_jobs(path, name, out_root, output_format)
+                found.jobs.extend(jobs)
+                found.passed.extend(passed)
             if slices:
                 # An unreadable TIFF beside single images is one of their slices: the stack
                 # fails naming it, rather than being fused without it.
@@ -187,7 +246,7 @@ def _select(found: Discovery, pattern: str | None, min_slices: int) -> Discovery
         owner = owners.get(job.fused)
         if owner is not None:
             clash = f"its results would overwrite those of {owner.source} ({job.fused})"
-            selected.jobs.append(StackJob(job.name, job.inputs, job.fused, job.n_slices, job.folder, problem=clash))
+            selected.jobs.append(replace(job, problem=clash))
             continue
         owners[job.fused] = job
         selected.jobs.append(job)

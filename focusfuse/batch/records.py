@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from focusfuse.batch.discovery import StackJob
-from focusfuse.fusion.pipeline import input_files
+from focusfuse.fusion.pipeline import folder_contents, input_files
 from focusfuse.io.writer import write_json
 
 
@@ -37,6 +37,9 @@ def seconds_since_change(job: StackJob, now: float | None = None) -> float:
     if job.folder is not None:
         stats.append(job.folder.stat())
     newest = max(max(stat.st_mtime, stat.st_ctime) for stat in stats)
+    for path in job.inputs:
+        if path.is_dir():  # an OME-Zarr image: a chunk written inside it counts
+            newest = max(newest, folder_contents(path)[1] / 1e9)
     return now - newest
 
 

@@ -183,6 +183,8 @@ def _fuse(job: StackJob, settings: BatchSettings, weights_sha256: str) -> str | 
             max_memory=settings.max_memory,
             weights=settings.weights,
             speed=settings.speed,  # type: ignore[arg-type]
+            scene=None if job.selection is None else job.selection.scene,
+            position=None if job.selection is None else job.selection.position,
         )
     except FocusFuseError as error:
         return str(error)

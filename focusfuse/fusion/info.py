@@ -19,6 +19,7 @@ from focusfuse.fusion.alignment import ALIGN_MODES, estimate_alignment
 from focusfuse.fusion.channels import check_reference_channel, reference_record, slice_texture
 from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, memory_budget, stack_memory_plan
 from focusfuse.fusion.resolution import decision_size
+from focusfuse.io.microscope import SeriesSelection
 from focusfuse.io.reader import open_channel_stack, open_stack
 
 
@@ -31,11 +32,17 @@ def describe_stack(
     strategy: str = "calibrated",
     channel_folders: bool = False,
     reference_channel: int | None = None,
+    scene: int | str | None = None,
+    position: int | str | None = None,
+    time: int | None = None,
 ) -> dict:
     """The facts ``focusfuse info`` prints, as a JSON-ready dict."""
     if align not in ALIGN_MODES:
         raise FocusFuseError(f"--align {align}: use one of {', '.join(ALIGN_MODES)}")
-    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs)
+    selection = SeriesSelection(scene, position, time)
+    if channel_folders and selection.named:
+        raise FocusFuseError(f"--channels: {selection.options()} names a stack of a microscope file, not of folders")
+    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs, selection)
     if len(source) < 2:
         raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
     first = source.read(0)
@@ -73,6 +80,9 @@ def describe_stack(
         "value_range": [low, high],
         "axes": source.axes if len(source.paths) == 1 else ("YX" if first.ndim == 2 else "YXS"),
         "physical": physical.report(),
+        "source_format": source.source_format,
+        "file_holds": list(source.contents),
+        "channel_names": list(source.channel_names),
         "channel_fusion": channel_fusion,
         "strategy": used_strategy,
         "decision_size": list(decided_at),
@@ -94,6 +104,18 @@ def _channels_line(facts: dict) -> str:
         return "gray" if facts["channels"] == 1 else "colour: decided on the luminance"
     scores = ", ".join(f"{score:.3g}" for score in fusion["texture"])
     return f"fused by channel {fusion['reference']}'s index map ({fusion['chosen_by']}; texture {scores})"
+
+
+def _format_lines(facts: dict) -> list[tuple[str, str]]:
+    """A microscope file's format, what it holds and the channels' names."""
+    lines = []
+    if facts.get("source_format"):
+        held = facts["file_holds"]
+        lines.append(("format", f"{facts['source_format']}, holding {len(held)} series"))
+        lines.extend(("  holds", entry) for entry in held)
+    if facts.get("channel_names"):
+        lines.append(("channel names", ", ".join(facts["channel_names"])))
+    return lines
 
 
 def format_info(facts: dict) -> str:
@@ -123,6 +145,7 @@ def format_info(facts: dict) -> str:
         ("stack", facts["stack"]),
         ("slices", f"{facts['n_slices']} in this order: {order}"),
         ("size", f"{facts['width']} x {facts['height']}, {facts['channels']} channel(s), axes {facts['axes']}"),
+        *_format_lines(facts),
         ("channels", _channels_line(facts)),
         ("pixels", f"{facts['dtype']}{bits}, values {low:g} to {high:g}"),
         ("pixel size", pixel),

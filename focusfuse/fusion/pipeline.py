@@ -70,9 +70,10 @@ from focusfuse.fusion.tiling import (
 from focusfuse.fusion.timing import StageClock
 from focusfuse.io.color import unit_scale
 from focusfuse.io.filecheck import available_memory
+from focusfuse.io.microscope import SeriesSelection
 from focusfuse.io.reader import StackSource, open_channel_stack, open_stack
 from focusfuse.io.slice_cache import DecodedStack, RowReader
-from focusfuse.io.writer import OutputSet, check_format_holds, check_free_space, check_output_path
+from focusfuse.io.writer import OutputSet, check_format_holds, check_free_space, check_output_path, output_stem
 from focusfuse.model.network import GACN
 from focusfuse.model.weights import find_weights, shared_model
 
@@ -140,13 +141,21 @@ def memory_budget(max_memory: int | None) -> int:
 
 
 def default_index_map_path(output: Path) -> Path:
-    """NAME.index.png beside NAME.EXT."""
-    return output.with_name(output.stem + ".index.png")
+    """NAME.index.png beside NAME.EXT (and beside NAME.ome.tif)."""
+    return output.with_name(output_stem(output) + ".index.png")
 
 
 def default_timing_path(output: Path) -> Path:
-    """NAME.timing.json beside NAME.EXT."""
-    return output.with_name(output.stem + ".timing.json")
+    """NAME.timing.json beside NAME.EXT (and beside NAME.ome.tif)."""
+    return output.with_name(output_stem(output) + ".timing.json")
+
+
+def made_from_name(source: StackSource) -> str:
+    """The stack as a person names it: the folder, or the file with its scene and time (``a.czi[scene=1]``)."""
+    if len(source.paths) > 1:
+        return str(Path(source.labels[0]).parent)
+    label = source.labels[0]
+    return label.replace("[z=0]", "").replace(",z=0]", "]")
 
 
 def _aligned_slices(decoded: DecodedStack, alignment: StackAlignment) -> DecodedStack:
@@ -187,9 +196,27 @@ def input_files(paths: Sequence[Path]) -> list[dict]:
     """
     files = []
     for path in paths:
+        if path.is_dir():  # an OME-Zarr image: its chunks are its contents
+            size, newest = folder_contents(path)
+            files.append({"name": path.name, "bytes": size, "mtime_ns": newest})
+            continue
         stat = path.stat()
         files.append({"name": path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns})
     return files
+
+
+def folder_contents(folder: Path) -> tuple[int, int]:
+    """Bytes of every file under ``folder`` and the newest change (mtime or ctime, ns) of any file or folder in it."""
+    size, newest = 0, max(folder.stat().st_mtime_ns, folder.stat().st_ctime_ns)
+    for current, _, names in os.walk(folder):
+        here = Path(current)
+        status = here.stat()
+        newest = max(newest, status.st_mtime_ns, status.st_ctime_ns)
+        for name in names:
+            status = (here / name).stat()
+            size += status.st_size
+            newest = max(newest, status.st_mtime_ns, status.st_ctime_ns)
+    return size, newest
 
 
 def result_options(
@@ -431,11 +458,15 @@ def fuse_stack(
     channel_folders: bool = False,
     reference_channel: int | None = None,
     speed: Speed = "default",
+    scene: int | str | None = None,
+    position: int | str | None = None,
+    time: int | None = None,
 ) -> FusionResult:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
     Args:
-        inputs: a directory, image files (order kept) or one multipage TIFF.
+        inputs: a directory, image files (order kept), one multipage TIFF, or one
+            CZI, ND2, LIF or OME-Zarr file (with focusfuse[formats]).
         output: where to write the fused image (.png, .tif, .jpg); nothing is written when None.
         index_map_path, timing_path: default to NAME.index.png and NAME.timing.json beside ``output``.
         strategy: ``calibrated`` (N feature extractions, running best),
@@ -481,6 +512,9 @@ def fuse_stack(
         speed: ``default``, or ``fast``: ``calibrated`` decides on the slices shrunk to
             a long side of ``FAST_DECISION_SIDE`` px and makes the fused image from the
             full-size slices under the enlarged index map (``resolution.py``).
+        scene, position, time: which z-stack of a microscope file to fuse: a CZI scene
+            or LIF image, an ND2 position (index from 0, or name), a time point.
+            Needed where the file holds several; refused for other inputs.
     Returns:
         FusionResult with the fused array in the input dtype (and ``height`` when asked for).
     """
@@ -509,7 +543,10 @@ def fuse_stack(
     wants_height = height_map_path is not None or height_preview_path is not None
     torch_device = resolve_device(device)
     clock = StageClock(torch_device)
-    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs)
+    selection = SeriesSelection(scene, position, time)
+    if channel_folders and selection.named:
+        raise FocusFuseError(f"--channels: {selection.options()} names a stack of a microscope file, not of folders")
+    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs, selection)
     if len(source) < 2:
         raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
     try:
@@ -658,6 +695,9 @@ def fuse_stack(
         "composite": used_composite,
         "alignment": alignment.report(),
         "physical": physical.report(),
+        "source_format": source.source_format,
+        "selection": {"scene": scene, "position": position, "time": time} if selection.named else None,
+        "channel_names": list(source.channel_names),
         "channel_fusion": channel_report,
         "icc_profile_bytes": None if source.icc_profile is None else len(source.icc_profile),
         "memory_plan": plan.report(),
@@ -709,10 +749,24 @@ def fuse_stack(
             if targets:
                 fused_path, index_path, timing_file = targets
                 profile = None if by_channel else source.icc_profile
-                outputs.image(fused_path, fused, physical, channel_axis=by_channel, icc_profile=profile)
+                outputs.image(
+                    fused_path,
+                    fused,
+                    physical,
+                    channel_axis=by_channel,
+                    icc_profile=profile,
+                    channel_names=source.channel_names,
+                    description=f"all-in-focus image fused by focusfuse {__version__} from {made_from_name(source)}",
+                )
                 outputs.image(index_path, index_map)
             if surface is not None and height_map_path is not None:
-                outputs.image(Path(height_map_path), surface, physical)
+                outputs.image(
+                    Path(height_map_path),
+                    surface,
+                    physical,
+                    description=f"surface height in {'micrometres' if height_unit == 'um' else 'slice units'} "
+                    f"(NaN where no slice shows texture), by focusfuse {__version__} from {made_from_name(source)}",
+                )
             if surface is not None and height_preview_path is not None:
                 outputs.image(Path(height_preview_path), height_preview(surface, height_unit, physical))
         if targets:

@@ -34,6 +34,7 @@ from focusfuse.io.filecheck import (
 )
 from focusfuse.io.icc import read_icc_profile
 from focusfuse.io.metadata import PhysicalSize, read_physical_size
+from focusfuse.io.microscope import MICROSCOPE_SUFFIXES, SeriesSelection, microscope_kind, open_microscope_stack
 from focusfuse.io.ome_files import OmeDataset, multi_file_dataset, read_ome_plane
 
 # OpenCV's own warnings and errors (a failed decode) would print library-worded lines
@@ -241,6 +242,9 @@ class StackSource:
     axes: str = "YX"  # the TIFF series' axes, or YX / YXS for image files
     channel_axis: bool = False  # the last axis holds channels (TIFF C, one folder each), not RGB samples
     icc_profile: bytes | None = None  # the first file's colour profile, for the fused image
+    channel_names: tuple[str, ...] = ()  # as the acquisition named them (microscope files), for OME-TIFF outputs
+    source_format: str | None = None  # CZI, ND2, LIF or OME-Zarr for microscope files
+    contents: tuple[str, ...] = ()  # a microscope file's series (``scene 0 (A1): 400x300 Z=4 C=2``), for info
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -344,12 +348,14 @@ def multipage_depth(path: Path) -> int:
     return 1 if stack is None else len(stack)
 
 
-def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
-    """Open a stack from a directory, a list of image files, or one multipage TIFF.
+def open_stack(inputs: Sequence[str | os.PathLike], selection: SeriesSelection | None = None) -> StackSource:
+    """Open a stack from a directory, a list of image files, one multipage TIFF or one microscope file.
 
     A directory's images are ordered by natural sort; an explicit list keeps its order.
+    A CZI, ND2, LIF or OME-Zarr input gives the z-stack ``selection`` names in it.
     """
     paths = [Path(p) for p in inputs]
+    selection = selection or SeriesSelection()
     if not paths:
         raise FocusFuseError("no input given: pass a directory, image files or a multipage TIFF")
     for path in paths:
@@ -357,6 +363,17 @@ def open_stack(inputs: Sequence[str | os.PathLike]) -> StackSource:
             raise FocusFuseError(f"{path}: no such file or directory")
         if not path.is_dir():
             check_readable(path)
+    kinds = [microscope_kind(path) for path in paths]
+    if len(paths) == 1 and kinds[0] is not None:
+        return open_microscope_stack(paths[0], selection, kinds[0])
+    for path, kind in zip(paths, kinds, strict=True):
+        if kind is not None:
+            raise FocusFuseError(f"{path}: a {kind} file is a stack of its own; pass it alone")
+    if selection.named:
+        raise FocusFuseError(
+            f"{paths[0]}: {selection.options()} names a scene, position or time point of a CZI, ND2, LIF "
+            "or OME-Zarr file; these inputs are images"
+        )
     if len(paths) == 1 and paths[0].is_dir():
         paths = _slices_in_folder(paths[0])
     dataset = _one_ome_dataset(paths)
@@ -495,6 +512,12 @@ def images_in_folder(folder: Path) -> list[Path]:
 def _slices_in_folder(folder: Path) -> list[Path]:
     files = images_in_folder(folder)
     if not files:
+        microscope = sorted(p.name for p in folder.iterdir() if p.suffix.lower() in MICROSCOPE_SUFFIXES)
+        if microscope:
+            raise FocusFuseError(
+                f"{folder}: no images, but {len(microscope)} microscope file(s) ({', '.join(microscope[:3])}"
+                f"{', ...' if len(microscope) > 3 else ''}): each is a stack; pass one, or use focusfuse batch"
+            )
         raise FocusFuseError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this directory")
     return files
 

@@ -27,6 +27,22 @@ from focusfuse.io.icc import embed_in_jpeg, embed_in_png, png_chunk
 from focusfuse.io.metadata import PhysicalSize, tiff_physical_arguments
 
 FORMATS = {".png": "PNG", ".tif": "TIFF", ".tiff": "TIFF", ".jpg": "JPEG", ".jpeg": "JPEG"}
+FORMAT_HINT = "use .png, .tif, .ome.tif or .jpg"
+OME_TIFF_SUFFIXES = (".ome.tif", ".ome.tiff")
+
+
+def is_ome_tiff(path: Path) -> bool:
+    """NAME.ome.tif or NAME.ome.tiff: written as OME-TIFF, with its OME-XML."""
+    return path.name.lower().endswith(OME_TIFF_SUFFIXES)
+
+
+def output_stem(path: Path) -> str:
+    """The name without its image suffixes: ``fused.ome.tif`` -> ``fused``, ``fused.png`` -> ``fused``."""
+    lowered = path.name.lower()
+    for suffix in OME_TIFF_SUFFIXES:
+        if lowered.endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
 
 
 def check_output_path(
@@ -40,7 +56,7 @@ def check_output_path(
         raise FocusFuseError(f"{path}: is a directory; name a file")
     suffix = path.suffix.lower()
     if not report and suffix not in FORMATS:
-        raise FocusFuseError(f"{path}: unsupported output format {suffix or '(none)'} (use .png, .tif or .jpg)")
+        raise FocusFuseError(f"{path}: unsupported output format {suffix or '(none)'} ({FORMAT_HINT})")
     if not path.parent.is_dir():
         raise FocusFuseError(f"{path}: directory {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK | os.X_OK):
@@ -108,7 +124,7 @@ class OutputSet:
             raise FocusFuseError(f"{path}: cannot write ({error.strerror or error})") from error
 
     def image(self, path: Path, image: np.ndarray, physical: PhysicalSize | None = None, **options) -> None:
-        """Stage an image (see ``write_image`` for ``options``)."""
+        """Stage an image (see ``image_writer`` for ``options``)."""
         self._stage(path, image_writer(path, image, physical, **options))
 
     def json(self, path: Path, record: dict) -> None:
@@ -200,6 +216,42 @@ def png_gray_alpha(image: np.ndarray) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
+def ome_tiff_arguments(
+    image: np.ndarray,
+    physical: PhysicalSize | None,
+    *,
+    channel_axis: bool,
+    channel_names: tuple[str, ...] = (),
+    name: str | None = None,
+    description: str | None = None,
+) -> tuple[np.ndarray, dict]:
+    """The pixels as stored and the tifffile.imwrite arguments of an OME-TIFF: sizes, channels, its source.
+
+    Channels are stored as planes (``CYX``); RGB as interleaved samples (``YXS``).
+    """
+    metadata: dict = {}
+    if channel_axis and image.ndim == 3:
+        pixels, metadata["axes"], photometric = np.moveaxis(image, -1, 0), "CYX", "minisblack"
+        if len(channel_names) == image.shape[2]:
+            metadata["Channel"] = {"Name": list(channel_names)}
+    elif image.ndim == 3:
+        pixels, metadata["axes"], photometric = image, "YXS", "rgb"
+    else:
+        pixels, metadata["axes"], photometric = image, "YX", "minisblack"
+    if physical is not None and physical.has_pixel_size:
+        metadata.update(
+            PhysicalSizeX=physical.pixel_x_um,
+            PhysicalSizeXUnit="µm",
+            PhysicalSizeY=physical.pixel_y_um,
+            PhysicalSizeYUnit="µm",
+        )
+    if name:
+        metadata["Name"] = name
+    if description:
+        metadata["Description"] = description
+    return pixels, {"ome": True, "photometric": photometric, "metadata": metadata}
+
+
 def image_writer(
     path: Path,
     image: np.ndarray,
@@ -207,14 +259,33 @@ def image_writer(
     *,
     channel_axis: bool = False,
     icc_profile: bytes | None = None,
+    channel_names: tuple[str, ...] = (),
+    description: str | None = None,
 ) -> Callable[[Path], None]:
-    """What writes ``image`` as ``path``'s format to a given file (see ``write_image``)."""
+    """What writes ``image`` as ``path``'s format to a given file (see ``write_image``).
+
+    NAME.ome.tif is an OME-TIFF whose OME-XML holds the pixel size, ``channel_names``
+    and ``description`` (what it was made from), for OMERO, QuPath and napari.
+    """
     check_format_holds(path, image.dtype)
     kind = FORMATS.get(path.suffix.lower())
     if kind is None:
-        raise FocusFuseError(f"{path}: unsupported output format {path.suffix or '(none)'} (use .png, .tif or .jpg)")
+        raise FocusFuseError(f"{path}: unsupported output format {path.suffix or '(none)'} ({FORMAT_HINT})")
 
     def write(temporary: Path) -> None:
+        if is_ome_tiff(path):
+            pixels, arguments = ome_tiff_arguments(
+                image,
+                physical,
+                channel_axis=channel_axis,
+                channel_names=channel_names,
+                name=output_stem(path),
+                description=description,
+            )
+            if icc_profile is not None and not channel_axis:
+                arguments["iccprofile"] = icc_profile
+            tifffile.imwrite(temporary, pixels, **arguments)
+            return
         if kind == "TIFF" and channel_axis and image.ndim == 3:
             arguments = tiff_physical_arguments(physical, imagej=True) or {"imagej": True, "metadata": {}}
             arguments["metadata"] = {**arguments["metadata"], "axes": "CYX"}
