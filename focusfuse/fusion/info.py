@@ -78,7 +78,7 @@ def describe_stack(
         "dtype": str(first.dtype),
         "bits_used": int(high).bit_length() if first.dtype.kind == "u" else None,
         "value_range": [low, high],
-        "axes": source.axes if len(source.paths) == 1 else ("YX" if first.ndim == 2 else "YXS"),
+        "axes": source.axes if len(source.paths) == 1 or source.channel_axis else ("YX" if first.ndim == 2 else "YXS"),
         "physical": physical.report(),
         "source_format": source.source_format,
         "file_holds": list(source.contents),

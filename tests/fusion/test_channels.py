@@ -103,3 +103,19 @@ def test_info_names_the_reference_channel(tmp_path):
     assert result.exit_code == 0, result.output
     assert "fused by channel 0's index map (most texture; texture " in result.stdout
     assert "48 x 48, 3 channel(s), axes ZCYX" in result.stdout
+
+
+def test_info_reads_channel_folders_and_plans_for_the_reference_channel_given(tmp_path):
+    zcyx = three_channel_stack(n_slices=3, size=48)
+    folders = []
+    for channel in range(3):
+        folder = tmp_path / f"c{channel}"
+        folder.mkdir()
+        for z in range(3):
+            tifffile.imwrite(folder / f"z{z}.tif", zcyx[z, channel])
+        folders.append(str(folder))
+    arguments = ["info", "--channels", *folders, "--reference-channel", "2", "--align", "none"]
+    result = CliRunner().invoke(cli.main, arguments)
+    assert result.exit_code == 0, result.output
+    assert "48 x 48, 3 channel(s), axes CYX" in result.stdout
+    assert "fused by channel 2's index map (--reference-channel;" in result.stdout

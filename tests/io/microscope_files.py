@@ -21,11 +21,15 @@ def write_czi(
     z_step_um: float,
     channel_names: list[str] | None = None,
     times: int = 1,
+    compression: str | None = None,
 ) -> None:
-    """A CZI of ``scenes``, each ``(Z, C, Y, X)`` (``(T, Z, C, Y, X)`` when ``times`` > 1), side by side."""
+    """A CZI of ``scenes``, each ``(Z, C, Y, X)`` (``(T, Z, C, Y, X)`` when ``times`` > 1), side by side.
+
+    ``compression``: pylibCZIrw's options string (``zstd1:ExplicitLevel=1``); None stores the pixels as they are.
+    """
     from pylibCZIrw import czi
 
-    with czi.create_czi(str(path), exist_ok=True) as document:
+    with czi.create_czi(str(path), exist_ok=True, compression_options=compression) as document:
         left = 0
         for scene, planes in enumerate(scenes):
             series = planes if times > 1 else planes[None]
@@ -59,7 +63,7 @@ def write_ome_zarr(
         group=root,
         fmt=fmt,
         axes="czyx",
-        scale={"z": z_step_um, "y": pixel_um, "x": pixel_um},
+        scale={"c": 1.0, "z": z_step_um, "y": pixel_um, "x": pixel_um},
         axes_units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
         scale_factors=[2],
         storage_options={"chunks": (1, 1, czyx.shape[2], czyx.shape[3])},

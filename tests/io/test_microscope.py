@@ -1,0 +1,285 @@
+"""Microscope files in (CZI, LIF, OME-Zarr written by real writers) and OME-TIFF out.
+
+Each reader's tests skip, saying why, when its package (focusfuse[formats]) is absent.
+ND2 has no writer and no sample file whose licence allows shipping it: its reader is
+not tested here (docs/formats.md).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import xml.etree.ElementTree as ElementTree
+
+import numpy as np
+import pytest
+import tifffile
+from click.testing import CliRunner
+from microscope_files import write_czi, write_lif, write_ome_zarr
+
+from focusfuse.batch.discovery import discover_stacks
+from focusfuse.cli import main
+from focusfuse.errors import FocusFuseError
+from focusfuse.fusion.info import describe_stack
+from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.io.metadata import read_physical_size
+from focusfuse.io.microscope import SeriesSelection
+from focusfuse.io.reader import open_stack
+
+from conftest import step_depth_stack
+
+PIXEL_UM, Z_STEP_UM = 0.5, 1.5
+CHANNELS = ["DAPI", "GFP"]
+
+
+def needs(package: str):
+    absent = importlib.util.find_spec(package) is None
+    return pytest.mark.skipif(absent, reason=f"{package} is not installed (pip install 'focusfuse[formats]')")
+
+
+needs_czi = needs("pylibCZIrw")
+needs_lif = needs("liffile")
+needs_zarr = pytest.mark.skipif(
+    importlib.util.find_spec("zarr") is None or importlib.util.find_spec("ome_zarr") is None,
+    reason="zarr and ome-zarr are not installed (pip install 'focusfuse[formats]' ome-zarr)",
+)
+
+
+def two_channel_stack(size: int = 96) -> np.ndarray:
+    """``(Z, C, Y, X)`` uint16 with 12 bits used: two textures in the same bands of focus, slice k sharp in band k."""
+    channels = [step_depth_stack(np.uint16, n_slices=4, size=size, seed=seed).slices for seed in (0, 1)]
+    return (np.stack([np.stack(slices) for slices in channels], axis=1) >> 4).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def zcyx() -> np.ndarray:
+    return two_channel_stack()
+
+
+@pytest.fixture(scope="module")
+def as_tiff(zcyx, tmp_path_factory):
+    """The same slices as an ImageJ hyperstack, fused: what every reader must match."""
+    folder = tmp_path_factory.mktemp("tiff")
+    path = folder / "stack.tif"
+    tifffile.imwrite(
+        path, zcyx, imagej=True, resolution=(1 / PIXEL_UM, 1 / PIXEL_UM),
+        metadata={"axes": "ZCYX", "unit": "um", "spacing": Z_STEP_UM},
+    )  # fmt: skip
+    return fuse_stack([path], output=folder / "fused.tif", device="cpu")
+
+
+def write_as(kind: str, path_base, zcyx: np.ndarray):
+    if kind == "czi":
+        path = path_base.with_suffix(".czi")
+        write_czi(path, [zcyx], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, channel_names=CHANNELS)
+    elif kind == "lif":
+        path = path_base.with_suffix(".lif")
+        write_lif(path, {"stack": zcyx}, pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    else:
+        path = path_base.with_suffix(".zarr")
+        version = kind.rsplit("-", 1)[1]
+        write_ome_zarr(path, zcyx, pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, channel_names=CHANNELS, version=version)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("czi", marks=needs_czi),
+        pytest.param("lif", marks=needs_lif),
+        pytest.param("ome-zarr-0.4", marks=needs_zarr),
+        pytest.param("ome-zarr-0.5", marks=needs_zarr),
+    ],
+)
+def test_a_microscope_file_fuses_as_the_same_slices_in_a_multipage_tiff(tmp_path, zcyx, as_tiff, kind):
+    path = write_as(kind, tmp_path / "cells", zcyx)
+    source = open_stack([path])
+    assert len(source) == 4 and source.channel_axis
+    assert (source.physical.pixel_x_um, source.physical.pixel_y_um, source.physical.z_step_um) == (
+        PIXEL_UM,
+        PIXEL_UM,
+        Z_STEP_UM,
+    )
+    assert np.array_equal(source.read(2), np.moveaxis(zcyx[2], 0, -1))  # 16-bit values kept as stored
+    result = fuse_stack([path], output=tmp_path / "fused.tif", device="cpu")
+    assert np.array_equal(result.index_map, as_tiff.index_map)
+    assert np.array_equal(result.fused, as_tiff.fused)
+    assert result.fused.dtype == np.uint16
+    written = read_physical_size(tmp_path / "fused.tif")
+    assert (written.pixel_x_um, written.pixel_y_um) == (PIXEL_UM, PIXEL_UM)
+    assert result.timing["source_format"] == {"czi": "CZI", "lif": "LIF"}.get(kind, "OME-Zarr")
+
+
+@needs_czi
+def test_a_file_of_several_scenes_fuses_the_one_named_or_is_refused_listing_them(tmp_path, zcyx):
+    path = tmp_path / "plate.czi"
+    write_czi(path, [zcyx, zcyx[:, :, :, ::-1].copy()], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    with pytest.raises(FocusFuseError, match=r"plate\.czi: holds 2 scenes \(0: 96x96 Z=4 C=2; 1: 96x96 Z=4 C=2\); "):
+        open_stack([path])
+    second = open_stack([path], SeriesSelection(scene="1"))
+    assert second.labels[3] == f"{path}[scene=1,z=3]"
+    assert np.array_equal(second.read(3), np.moveaxis(zcyx[3, :, :, ::-1], 0, -1))
+    with pytest.raises(FocusFuseError, match=r"--scene 2: no such scene"):
+        open_stack([path], SeriesSelection(scene=2))
+    with pytest.raises(FocusFuseError, match=r"a CZI file has no positions"):
+        open_stack([path], SeriesSelection(position=0))
+
+
+@needs_lif
+def test_lif_images_are_scenes_named_as_las_x_named_them(tmp_path, zcyx):
+    path = tmp_path / "experiment.lif"
+    single = zcyx[:3, :1].astype(np.uint8)
+    write_lif(path, {"Series001": zcyx, "Series002 gray": single}, pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    gray = open_stack([path], SeriesSelection(scene="Series002 gray"))
+    assert len(gray) == 3 and not gray.channel_axis
+    assert np.array_equal(gray.read(1), single[1, 0])
+    facts = describe_stack([path], scene="Series002 gray", align="none")
+    assert facts["source_format"] == "LIF"
+    assert facts["file_holds"] == ["scene 0 (Series001): 96x96 Z=4 C=2", "scene 1 (Series002 gray): 96x96 Z=3 C=1"]
+
+
+@needs_czi
+def test_a_time_series_needs_a_time_point(tmp_path, zcyx):
+    path = tmp_path / "timelapse.czi"
+    series = np.stack([zcyx, zcyx // 2])
+    write_czi(path, [series], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, times=2)
+    with pytest.raises(FocusFuseError, match=r"holds a time series of 2 time points \(T=2\); name one with --time"):
+        open_stack([path])
+    later = open_stack([path], SeriesSelection(time=1))
+    assert later.labels[0] == f"{path}[t=1,z=0]"
+    assert np.array_equal(later.read(0), np.moveaxis(zcyx[0] // 2, 0, -1))
+    with pytest.raises(FocusFuseError, match=r"--time 2: it holds time points 0 to 1"):
+        open_stack([path], SeriesSelection(time=2))
+
+
+@needs_czi
+def test_a_single_plane_and_a_selection_of_image_files_are_refused(tmp_path, zcyx):
+    path = tmp_path / "snapshot.czi"
+    write_czi(path, [zcyx[:1]], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    with pytest.raises(FocusFuseError, match=r"snapshot\.czi: it holds a single plane \(Z=1\), not a z-stack"):
+        open_stack([path])
+    tiff = tmp_path / "stack.tif"
+    tifffile.imwrite(tiff, zcyx[:, 0], photometric="minisblack")
+    with pytest.raises(FocusFuseError, match=r"stack\.tif: --scene 1 names a scene, position or time point"):
+        open_stack([tiff], SeriesSelection(scene=1))
+
+
+def damaged_czi(tmp_path, zcyx):
+    whole = tmp_path / "whole.czi"
+    write_czi(whole, [zcyx], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    cut = tmp_path / "cut.czi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    whole.unlink()
+    return cut, "cut.czi: not a readable CZI file (Not enough data read"
+
+
+def damaged_lif(tmp_path, zcyx):
+    whole = tmp_path / "whole.lif"
+    write_lif(whole, {"stack": zcyx}, pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    cut = tmp_path / "cut.lif"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size - 1000])
+    whole.unlink()
+    return cut, "cut.lif: cut short (image 'stack' ends at byte"
+
+
+def damaged_zarr_chunk(tmp_path, zcyx):
+    path = write_as("ome-zarr-0.5", tmp_path / "cells", zcyx)
+    chunk = next(p for p in sorted((path / "s0").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(chunk.read_bytes()[:100])
+    return path, "cells.zarr[z=0]: cannot read this plane ("
+
+
+def zarr_with_unknown_axes(tmp_path, zcyx):
+    path = write_as("ome-zarr-0.5", tmp_path / "cells", zcyx)
+    metadata = json.loads((path / "zarr.json").read_text())
+    metadata["attributes"]["ome"]["multiscales"][0]["axes"][1]["name"] = "q"
+    (path / "zarr.json").write_text(json.dumps(metadata))
+    return path, "cells.zarr: OME-Zarr axes q are not read (t, c, z, y, x are)"
+
+
+def named_czi_holding_a_png(tmp_path, zcyx):
+    import cv2
+
+    path = tmp_path / "image.czi"
+    path.write_bytes(cv2.imencode(".png", zcyx[0, 0])[1].tobytes())
+    return path, "image.czi: not a CZI file (its first bytes are not a CZI header)"
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        pytest.param(damaged_czi, marks=needs_czi),
+        pytest.param(damaged_lif, marks=needs_lif),
+        pytest.param(damaged_zarr_chunk, marks=needs_zarr),
+        pytest.param(zarr_with_unknown_axes, marks=needs_zarr),
+        named_czi_holding_a_png,
+    ],
+)
+def test_a_damaged_microscope_file_gets_one_line_and_no_output(tmp_path, zcyx, make):
+    path, message = make(tmp_path, zcyx)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = CliRunner().invoke(main, ["stack", str(path), "-o", str(out / "fused.png"), "--device", "cpu"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("focusfuse: error: ") and message in lines[0], result.output
+    assert not list(out.iterdir())
+
+
+def test_a_missing_reader_names_the_extra_to_install(tmp_path, zcyx, monkeypatch):
+    path = tmp_path / "cells.czi"
+    path.write_bytes(b"ZISRAWFILE" + bytes(200))
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pylibCZIrw" else real(name, *a))
+    needed = r"cells\.czi: reading CZI files needs pylibCZIrw: pip install 'focusfuse\[formats\]'"
+    with pytest.raises(FocusFuseError, match=needed):
+        open_stack([path])
+
+
+@needs_czi
+def test_ome_tiff_out_carries_sizes_channel_names_and_source(tmp_path, zcyx):
+    path = tmp_path / "cells.czi"
+    write_czi(path, [zcyx], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, channel_names=CHANNELS)
+    arguments = ["stack", str(path), "-o", str(tmp_path / "fused.ome.tif"), "--device", "cpu", "-q"]
+    result = CliRunner().invoke(main, [*arguments, "--height-map", str(tmp_path / "height.ome.tif")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "fused.index.png").is_file() and (tmp_path / "fused.timing.json").is_file()
+    with tifffile.TiffFile(tmp_path / "fused.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].axes == "CYX" and tif.series[0].shape == (2, 96, 96)
+        fused = tif.series[0].asarray()
+        pixels = ElementTree.fromstring(tif.ome_metadata).find(".//{*}Pixels")
+        description = ElementTree.fromstring(tif.ome_metadata).find(".//{*}Description").text
+    assert fused.dtype == np.uint16
+    sizes = [pixels.get(name) for name in ("PhysicalSizeX", "PhysicalSizeY", "PhysicalSizeXUnit")]
+    assert sizes == ["0.5", "0.5", "µm"]
+    assert [channel.get("Name") for channel in pixels.findall("{*}Channel")] == CHANNELS
+    assert str(path) in description
+    assert read_physical_size(tmp_path / "fused.ome.tif").pixel_x_um == PIXEL_UM
+    with tifffile.TiffFile(tmp_path / "height.ome.tif") as tif:
+        assert tif.is_ome and tif.series[0].dtype == np.float32
+        assert "micrometres" in ElementTree.fromstring(tif.ome_metadata).find(".//{*}Description").text
+
+
+@needs_czi
+@needs_zarr
+def test_batch_finds_one_stack_per_scene_and_each_ome_zarr_folder(tmp_path, zcyx):
+    root = tmp_path / "acquisition"
+    (root / "day1").mkdir(parents=True)
+    write_czi(root / "day1/plate.czi", [zcyx, zcyx[:, :, ::-1].copy()], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    write_czi(root / "day1/timelapse.czi", [np.stack([zcyx, zcyx])], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, times=2)
+    write_as("ome-zarr-0.5", root / "day1/cells", zcyx)
+    found = discover_stacks([root], tmp_path / "out")
+    jobs = {job.name: job for job in found.jobs}
+    assert sorted(jobs) == ["day1/cells", "day1/plate.scene0", "day1/plate.scene1", "day1/timelapse"]
+    assert jobs["day1/plate.scene1"].selection == SeriesSelection(scene=1)
+    assert jobs["day1/cells"].n_slices == 4 and jobs["day1/cells"].problem is None
+    assert "holds a time series (T=2)" in jobs["day1/timelapse"].problem
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["batch", str(root), "-o", str(out), "--format", "tif", "--settle", "0", "--device", "cpu", "-q"]
+    )
+    assert result.exit_code == 5, result.output  # the time series failed, the rest fused
+    fused = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.tif"))
+    assert fused == ["day1/cells.tif", "day1/plate.scene0.tif", "day1/plate.scene1.tif"]
+    alone = fuse_stack([root / "day1/plate.czi"], scene=1, device="cpu")  # what `stack --scene 1` gives
+    assert np.array_equal(tifffile.imread(out / "day1/plate.scene1.tif"), np.moveaxis(alone.fused, -1, 0))
