@@ -77,7 +77,21 @@ def write_seeds(folder: Path) -> list[Path]:
     stack = np.stack([images["gray"], images["gray"][::-1], images["gray"][:, ::-1]])
     tifffile.imwrite(folder / "imagej.tif", stack, imagej=True, metadata={"axes": "ZYX"})
     tifffile.imwrite(folder / "ome.ome.tif", stack, metadata={"axes": "ZYX"})
+    write_microscope_seeds(folder, np.stack([stack, stack[:, ::-1]], axis=1).astype(np.uint16) * 16)
     return sorted(folder.iterdir())
+
+
+def write_microscope_seeds(folder: Path, zcyx: np.ndarray) -> None:
+    """CZI (plain and zstd) and LIF z-stacks of two channels, where their readers are installed."""
+    import importlib.util
+
+    from microscope_files import write_czi, write_lif
+
+    if importlib.util.find_spec("pylibCZIrw") is not None:
+        write_czi(folder / "stack.czi", [zcyx], pixel_um=0.5, z_step_um=1.0)
+        write_czi(folder / "zstd.czi", [zcyx], pixel_um=0.5, z_step_um=1.0, compression="zstd1:ExplicitLevel=1")
+    if importlib.util.find_spec("liffile") is not None:
+        write_lif(folder / "stack.lif", {"stack": zcyx}, pixel_um=0.5, z_step_um=1.0)
 
 
 def mutate(data: bytes, rng: np.random.Generator, others: list[bytes]) -> tuple[str, bytes]:
