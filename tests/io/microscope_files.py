@@ -119,3 +119,13 @@ def write_lif(path: Path, images: dict[str, np.ndarray], *, pixel_um: float, z_s
         for memory_id, data in blocks:
             name = memory_id.encode("utf-16-le")
             handle.write(struct.pack("<IIBQBI", 0x70, 0, 0x2A, len(data), 0x2A, len(name) // 2) + name + data)
+
+
+def write_bioformats2raw(path: Path, images: list[np.ndarray], *, pixel_um: float, z_step_um: float) -> None:
+    """A bioformats2raw folder (what Bio-Formats' converter writes): one OME-Zarr image per series, 0, 1, ..."""
+    import zarr
+
+    for number, planes in enumerate(images):
+        write_ome_zarr(path / str(number), planes, pixel_um=pixel_um, z_step_um=z_step_um, channel_names=["A", "B"])
+    root = zarr.open_group(str(path), mode="a", zarr_format=3)
+    root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
-from microscope_files import write_czi, write_lif, write_ome_zarr
+from microscope_files import write_bioformats2raw, write_czi, write_lif, write_ome_zarr
 
 from focusfuse.batch.discovery import discover_stacks
 from focusfuse.cli import main
@@ -136,6 +136,17 @@ def test_lif_images_are_scenes_named_as_las_x_named_them(tmp_path, zcyx):
     facts = describe_stack([path], scene="Series002 gray", align="none")
     assert facts["source_format"] == "LIF"
     assert facts["file_holds"] == ["scene 0 (Series001): 96x96 Z=4 C=2", "scene 1 (Series002 gray): 96x96 Z=3 C=1"]
+
+
+@needs_zarr
+def test_a_bioformats2raw_folder_holds_one_scene_per_series(tmp_path, zcyx):
+    path = tmp_path / "converted.zarr"
+    write_bioformats2raw(path, [zcyx, zcyx[:3]], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    with pytest.raises(FocusFuseError, match=r"converted\.zarr: holds 2 scenes \(0 \(image\): 96x96 Z=4 C=2; 1 "):
+        open_stack([path])
+    second = open_stack([path], SeriesSelection(scene=1))
+    assert len(second) == 3 and second.channel_names == ("A", "B")
+    assert np.array_equal(second.read(2), np.moveaxis(zcyx[2], 0, -1))
 
 
 @needs_czi

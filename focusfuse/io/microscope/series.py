@@ -165,32 +165,39 @@ def selected_stack(file: MicroscopeFile, selection: SeriesSelection):
     if series.size_z < 2:
         where = f"{file.series_word} {series.index}" if several else "it"
         raise FocusFuseError(f"{file.path}: {where} holds a single plane (Z=1), not a z-stack")
-    plane_bytes = series.height * series.width * series.samples * series.size_c * np.dtype(series.dtype).itemsize
-    check_fits_memory(f"{file.path}[z=0]", plane_bytes, f"one {series.width}x{series.height} plane")
+    plane_bytes = series.height * series.width * series.samples * np.dtype(series.dtype).itemsize
+    slice_bytes = plane_bytes * (series.size_c + (1 if series.size_c > 1 else 0))  # the slice and one plane
+    check_fits_memory(f"{file.path}[z=0]", slice_bytes, f"one {series.width}x{series.height} slice")
     place = [f"{file.series_word}={series.index}"] if several else []
     place += [f"t={time}"] if series.size_t > 1 else []
     labels = [f"{file.path}[{','.join([*place, f'z={z}'])}]" for z in range(series.size_z)]
     channel_axis = series.size_c > 1
 
-    def read_slice(z: int) -> np.ndarray:
-        planes = []
-        for channel in range(series.size_c):
-            try:
-                plane = file.read_plane(series.index, z, channel, time)
-            except FocusFuseError:
-                raise
-            except Exception as error:  # the format library's own errors: a damaged file
-                raise FocusFuseError(f"{labels[z]}: cannot read this plane ({error})") from error
-            planes.append(plane)
-        image = planes[0] if len(planes) == 1 else np.stack(planes, axis=-1)
-        expected = (series.height, series.width) + ((3,) if series.samples == 3 else ())
-        if image.shape[:2] != expected[:2] or image.dtype != series.dtype:
+    expected = (series.height, series.width) + ((3,) if series.samples == 3 else ())
+
+    def read_plane(z: int, channel: int) -> np.ndarray:
+        try:
+            plane = file.read_plane(series.index, z, channel, time)
+        except FocusFuseError:
+            raise
+        except Exception as error:  # the format library's own errors: a damaged file
+            raise FocusFuseError(f"{labels[z]}: cannot read this plane ({error})") from error
+        if plane.shape != expected or plane.dtype != series.dtype:
             raise FocusFuseError(
-                f"{labels[z]}: plane is {image.shape} {image.dtype}, the metadata says {expected} {series.dtype}"
+                f"{labels[z]}: plane is {plane.shape} {plane.dtype}, the metadata says {expected} {series.dtype}"
             )
-        if image.dtype == np.float32 and not np.isfinite(image).all():
+        if plane.dtype == np.float32 and not np.isfinite(plane).all():
             raise FocusFuseError(f"{labels[z]}: contains NaN or infinite values")
-        return np.ascontiguousarray(image)
+        return plane
+
+    def read_slice(z: int) -> np.ndarray:
+        if not channel_axis:
+            return np.ascontiguousarray(read_plane(z, 0))
+        # Filled one channel at a time: a slice takes its own size and one plane's, not twice its size.
+        image = np.empty(expected + (series.size_c,), series.dtype)
+        for channel in range(series.size_c):
+            image[..., channel] = read_plane(z, channel)
+        return image
 
     axes = "Z" + ("C" if channel_axis else "") + "YX" + ("S" if series.samples == 3 else "")
     return StackSource(
