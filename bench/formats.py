@@ -4,12 +4,13 @@
 One synthetic z-stack (10 slices, 2 channels of 12-bit pixels in 16-bit words, 2048x1536,
 pixel size 0.5 um, z-step 1.5 um, known depth) is written as a multipage TIFF (ImageJ
 hyperstack), a CZI (pylibCZIrw's writer, zstd-compressed as ZEN can write it, and
-uncompressed), an OME-Zarr (ome-zarr's writer, NGFF 0.5) and a LIF (tests/io's writer).
+uncompressed), an OME-Zarr (ome-zarr's writer, NGFF 0.5), and a LIF and an ND2 (tests/io's
+writers).
 (1) Each file is fused by `focusfuse stack FILE -o out.tif --device cpu` as its own
 process, the formats in turn, ``--repeats`` times; the least wall seconds of each,
 its peak RSS, its ratio to the TIFF's, and whether its index map equals the TIFF's.
 (2) Reading every slice through focusfuse's reader alone (in this process; least of
-three): the part of (1) that differs between formats. ND2 has no writer: not measured.
+three): the part of (1) that differs between formats.
 Usage: python bench/formats.py [--repeats 3] [--size 2048x1536]
 """
 
@@ -32,7 +33,7 @@ from focusfuse.io.reader import open_stack
 from focusfuse.training.synthetic import make_depth_stack, procedural_texture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "io"))
-from microscope_files import write_czi, write_lif, write_ome_zarr  # noqa: E402
+from microscope_files import write_czi, write_lif, write_nd2, write_ome_zarr  # noqa: E402
 
 PIXEL_UM, Z_STEP_UM, SLICES = 0.5, 1.5, 10
 ZSTD = "zstd1:ExplicitLevel=1;PreProcess=HiLoByteUnpack"  # what ZEN writes for "compressed" 16-bit
@@ -78,6 +79,11 @@ def write_all(zcyx: np.ndarray, folder: Path) -> dict[str, Path | str]:
         files["LIF"] = folder / "stack.lif"
     else:
         files["LIF"] = "liffile is not installed"
+    if importlib.util.find_spec("nd2"):
+        write_nd2(folder / "stack.nd2", [zcyx], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, channel_names=["A", "B"])
+        files["ND2"] = folder / "stack.nd2"
+    else:
+        files["ND2"] = "nd2 is not installed"
     return files
 
 

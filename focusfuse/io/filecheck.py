@@ -42,7 +42,9 @@ MEMORY_SHARE = 0.5
 
 
 # What libjpeg and libpng print on stderr while they decode a damaged file anyway.
-DECODER_COMPLAINT = re.compile(r"corrupt|premature|bad huffman|libpng|jpeg|warning|invalid|truncat", re.IGNORECASE)
+DECODER_COMPLAINT = re.compile(
+    r"corrupt|premature|bad huffman|libpng|jpeg|warning|invalid|truncat|inconsistent progression", re.IGNORECASE
+)
 # libpng's warnings about optional chunks (a colour profile that does not match the
 # image, an odd gamma or text chunk): the pixels are whole, so the file is read and
 # the warning, common in files from cameras and editors, is not printed.

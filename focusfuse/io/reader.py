@@ -62,6 +62,8 @@ def _check_array(image: np.ndarray, label: str, *, channel_axis: bool = False) -
         raise FocusFuseError(f"{label}: unsupported pixel type {image.dtype} (use uint8, uint16 or float32)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
+    if image.size == 0:
+        raise FocusFuseError(f"{label}: declares an empty image (shape {image.shape})")
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] > 4 and not channel_axis):
         raise FocusFuseError(f"{label}: expected a 2-D gray or colour image, got shape {image.shape}")
     if image.dtype == np.float32 and not np.isfinite(image).all():
@@ -298,6 +300,8 @@ def _tiff_stack(path: Path) -> StackSource | None:
             f"not {''.join(extra)}"
         )
     page_shape = shape[: len(page_axes)]
+    if 0 in shape:
+        raise FocusFuseError(f"{path}: declares an empty image (axes {axes!r}, shape {shape})")
     channel_axis = "C" in page_axes and shape[page_axes.index("C")] > 1
     stack_position = page_axes.index(stack_axis)
     depth = shape[stack_position]

@@ -129,3 +129,95 @@ def write_bioformats2raw(path: Path, images: list[np.ndarray], *, pixel_um: floa
         write_ome_zarr(path / str(number), planes, pixel_um=pixel_um, z_step_um=z_step_um, channel_names=["A", "B"])
     root = zarr.open_group(str(path), mode="a", zarr_format=3)
     root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+
+
+ND2_CHUNK_MAGIC = 0x0ABECEDA
+ND2_FILE_SIGNATURE = b"ND2 FILE SIGNATURE CHUNK NAME01!"
+ND2_FILEMAP_SIGNATURE = b"ND2 FILEMAP SIGNATURE NAME 0001!"
+ND2_CHUNKMAP_SIGNATURE = b"ND2 CHUNK MAP SIGNATURE 0000001!"
+ND2_FRAME_NAME_BYTES = 4072  # a frame's pixels start 4096 bytes into its chunk, after an 8-byte time stamp
+
+
+def _variant(name: str, value) -> str:
+    """NIS-Elements' XML variant of a value: runtype and value per scalar, elements for a dict."""
+    if isinstance(value, dict):
+        inner = "".join(_variant(key, item) for key, item in value.items())
+        return f'<{name} runtype="CLxListVariant">{inner}</{name}>'
+    if isinstance(value, bool):
+        return f'<{name} runtype="bool" value="{str(value).lower()}"/>'
+    if isinstance(value, int):
+        return f'<{name} runtype="lx_uint32" value="{value}"/>'
+    if isinstance(value, float):
+        return f'<{name} runtype="double" value="{value!r}"/>'
+    return f'<{name} runtype="CLxStringW" value="{value}"/>'
+
+
+def _nd2_chunk(name: bytes, data: bytes, name_bytes: int | None = None) -> bytes:
+    padded = name.ljust(name_bytes or len(name), b"\x00")
+    return struct.pack("<IIQ", ND2_CHUNK_MAGIC, len(padded), len(data)) + padded + data
+
+
+def write_nd2(
+    path: Path,
+    positions: list[np.ndarray],
+    *,
+    pixel_um: float,
+    z_step_um: float,
+    channel_names: list[str],
+    position_names: list[str] | None = None,
+) -> None:
+    """An ND2 (version 3.0, metadata as NIS-Elements' XML variants) of ``(Z, C, Y, X)`` stacks, one per position.
+
+    Frames run Z fastest, then position, each holding every channel of its point
+    interleaved per pixel, as NIS-Elements stores them.
+    """
+    depth, channels, height, width = positions[0].shape
+    itemsize = positions[0].dtype.itemsize
+    attributes = {
+        "uiWidth": width, "uiWidthBytes": width * channels * itemsize, "uiHeight": height, "uiComp": channels,
+        "uiBpcInMemory": 8 * itemsize, "uiBpcSignificant": 8 * itemsize, "uiSequenceCount": depth * len(positions),
+        "eCompression": 2,
+    }  # fmt: skip
+    no_spectrum = {"uiCount": 0}
+    planes = {
+        f"a{index}": {
+            "uiCompCount": 1, "uiSampleIndex": index, "sDescription": name, "uiColor": 16777215,
+            "pFluorescentProbe": {"m_sName": name, "m_ExcitationSpectrum": no_spectrum},
+        }
+        for index, name in enumerate(channel_names)
+    }  # fmt: skip
+    picture_planes = {"uiCount": channels, "sPlaneNew": planes}
+    metadata = {"bCalibrated": True, "dCalibration": pixel_um, "sPicturePlanes": picture_planes}
+    z_loop = {"eType": 4, "uLoopPars": {"uiCount": depth, "dZStep": z_step_um, "dZLow": 0.0, "dZHigh": 0.0}}
+    experiment: dict = z_loop
+    if len(positions) > 1:
+        names = position_names or [""] * len(positions)
+        points = {f"i{n:010}": {"dPosX": 10.0 * n, "dPosY": 0.0, "dPosZ": 0.0, "dPosName": name}
+                  for n, name in enumerate(names)}  # fmt: skip
+        experiment = {
+            "eType": 2, "uLoopPars": {"uiCount": len(positions), "Points": points},
+            "ppNextLevelEx": {"i0000000000": z_loop},
+        }  # fmt: skip
+    chunks = [
+        (b"ImageAttributesLV!", _variant("variant", {"SLxImageAttributes": attributes}).encode()),
+        (b"ImageMetadataSeqLV|0!", _variant("variant", {"SLxPictureMetadata": metadata}).encode()),
+        (b"ImageMetadataLV!", _variant("variant", {"SLxExperiment": experiment}).encode()),
+    ]
+    frames = [stack[z] for stack in positions for z in range(depth)]  # Z fastest, then position
+    with open(path, "wb") as handle:
+        handle.write(_nd2_chunk(ND2_FILE_SIGNATURE, b"Ver3.0".ljust(64, b"\x00")))
+        chunk_map = b""
+        for number, planes_czyx in enumerate(frames):
+            pixels = np.ascontiguousarray(np.moveaxis(planes_czyx, 0, -1)).astype(planes_czyx.dtype.newbyteorder("<"))
+            offset = handle.tell()
+            name = f"ImageDataSeq|{number}!".encode()
+            handle.write(_nd2_chunk(name, struct.pack("<d", float(number)) + pixels.tobytes(), ND2_FRAME_NAME_BYTES))
+            chunk_map += name + struct.pack("<QQ", offset, handle.tell() - offset)
+        for name, data in chunks:
+            offset = handle.tell()
+            handle.write(_nd2_chunk(name, data))
+            chunk_map += name + struct.pack("<QQ", offset, handle.tell() - offset)
+        location = handle.tell()
+        chunk_map += ND2_CHUNKMAP_SIGNATURE + struct.pack("<Q", location)
+        handle.write(_nd2_chunk(ND2_FILEMAP_SIGNATURE, chunk_map))
+        handle.write(ND2_CHUNKMAP_SIGNATURE + struct.pack("<Q", location))

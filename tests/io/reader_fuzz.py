@@ -82,16 +82,18 @@ def write_seeds(folder: Path) -> list[Path]:
 
 
 def write_microscope_seeds(folder: Path, zcyx: np.ndarray) -> None:
-    """CZI (plain and zstd) and LIF z-stacks of two channels, where their readers are installed."""
+    """CZI (plain and zstd), LIF and ND2 z-stacks of two channels, where their readers are installed."""
     import importlib.util
 
-    from microscope_files import write_czi, write_lif
+    from microscope_files import write_czi, write_lif, write_nd2
 
     if importlib.util.find_spec("pylibCZIrw") is not None:
         write_czi(folder / "stack.czi", [zcyx], pixel_um=0.5, z_step_um=1.0)
         write_czi(folder / "zstd.czi", [zcyx], pixel_um=0.5, z_step_um=1.0, compression="zstd1:ExplicitLevel=1")
     if importlib.util.find_spec("liffile") is not None:
         write_lif(folder / "stack.lif", {"stack": zcyx}, pixel_um=0.5, z_step_um=1.0)
+    if importlib.util.find_spec("nd2") is not None:
+        write_nd2(folder / "stack.nd2", [zcyx], pixel_um=0.5, z_step_um=1.0, channel_names=["A", "B"])
 
 
 def mutate(data: bytes, rng: np.random.Generator, others: list[bytes]) -> tuple[str, bytes]:

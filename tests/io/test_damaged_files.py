@@ -276,3 +276,24 @@ def test_a_stack_declaring_huge_slices_is_refused_before_any_pixel_is_decoded(tm
         match=r"z0\.png: fusing 30000x30000 slices needs a budget of at least \d+\.\d GiB; the budget is 2\.0 GiB",
     ):
         fuse_stack(paths, device="cpu")
+
+
+def test_a_progressive_jpeg_with_an_inconsistent_progression_is_refused_silently(capfd):
+    # Found by the fuzzer: libjpeg decodes it, warning on stderr; the warning is the reason to refuse it.
+    path = Path(__file__).parent / "data" / "inconsistent-progression.jpg"
+    with pytest.raises(FocusFuseError, match=r"damaged JPEG file \(Inconsistent progression sequence"):
+        read_image(path)
+    assert capfd.readouterr().err == ""
+
+
+def test_a_tiff_declaring_zero_rows_is_refused(tmp_path):
+    # Found by the fuzzer: a bit flip set an ImageJ stack's ImageLength to 0, and reading it raised a traceback.
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.ones((3, 40, 48), np.uint8), imagej=True, metadata={"axes": "ZYX"})
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages.first.tags["ImageLength"].valueoffset
+    data[offset : offset + 2] = struct.pack("<H", 0)
+    path.write_bytes(bytes(data))
+    with pytest.raises(FocusFuseError, match=r"stack\.tif: declares an empty image \(axes 'ZYX', shape \(3, 0, 48\)\)"):
+        open_stack([path])

@@ -1,8 +1,6 @@
-"""Microscope files in (CZI, LIF, OME-Zarr written by real writers) and OME-TIFF out.
+"""Microscope files in (CZI and OME-Zarr by their libraries' writers, LIF and ND2 by tests/io's) and OME-TIFF out.
 
 Each reader's tests skip, saying why, when its package (focusfuse[formats]) is absent.
-ND2 has no writer and no sample file whose licence allows shipping it: its reader is
-not tested here (docs/formats.md).
 """
 
 from __future__ import annotations
@@ -15,7 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 from click.testing import CliRunner
-from microscope_files import write_bioformats2raw, write_czi, write_lif, write_ome_zarr
+from microscope_files import write_bioformats2raw, write_czi, write_lif, write_nd2, write_ome_zarr
 
 from focusfuse.batch.discovery import discover_stacks
 from focusfuse.cli import main
@@ -39,6 +37,7 @@ def needs(package: str):
 
 needs_czi = needs("pylibCZIrw")
 needs_lif = needs("liffile")
+needs_nd2 = needs("nd2")
 needs_zarr = pytest.mark.skipif(
     importlib.util.find_spec("zarr") is None or importlib.util.find_spec("ome_zarr") is None,
     reason="zarr and ome-zarr are not installed (pip install 'focusfuse[formats]' ome-zarr)",
@@ -75,6 +74,9 @@ def write_as(kind: str, path_base, zcyx: np.ndarray):
     elif kind == "lif":
         path = path_base.with_suffix(".lif")
         write_lif(path, {"stack": zcyx}, pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
+    elif kind == "nd2":
+        path = path_base.with_suffix(".nd2")
+        write_nd2(path, [zcyx], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, channel_names=CHANNELS)
     else:
         path = path_base.with_suffix(".zarr")
         version = kind.rsplit("-", 1)[1]
@@ -87,6 +89,7 @@ def write_as(kind: str, path_base, zcyx: np.ndarray):
     [
         pytest.param("czi", marks=needs_czi),
         pytest.param("lif", marks=needs_lif),
+        pytest.param("nd2", marks=needs_nd2),
         pytest.param("ome-zarr-0.4", marks=needs_zarr),
         pytest.param("ome-zarr-0.5", marks=needs_zarr),
     ],
@@ -107,7 +110,7 @@ def test_a_microscope_file_fuses_as_the_same_slices_in_a_multipage_tiff(tmp_path
     assert result.fused.dtype == np.uint16
     written = read_physical_size(tmp_path / "fused.tif")
     assert (written.pixel_x_um, written.pixel_y_um) == (PIXEL_UM, PIXEL_UM)
-    assert result.timing["source_format"] == {"czi": "CZI", "lif": "LIF"}.get(kind, "OME-Zarr")
+    assert result.timing["source_format"] == {"czi": "CZI", "lif": "LIF", "nd2": "ND2"}.get(kind, "OME-Zarr")
 
 
 @needs_czi
@@ -121,8 +124,24 @@ def test_a_file_of_several_scenes_fuses_the_one_named_or_is_refused_listing_them
     assert np.array_equal(second.read(3), np.moveaxis(zcyx[3, :, :, ::-1], 0, -1))
     with pytest.raises(FocusFuseError, match=r"--scene 2: no such scene"):
         open_stack([path], SeriesSelection(scene=2))
-    with pytest.raises(FocusFuseError, match=r"a CZI file has no positions"):
+    with pytest.raises(FocusFuseError, match=r"--position 0: this CZI file has no positions"):
         open_stack([path], SeriesSelection(position=0))
+
+
+@needs_nd2
+def test_nd2_positions_are_picked_by_index_or_name(tmp_path, zcyx):
+    path = tmp_path / "multipoint.nd2"
+    right = zcyx[:, :, ::-1].copy()
+    write_nd2(path, [zcyx, right], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, channel_names=CHANNELS,
+              position_names=["left", "right"])  # fmt: skip
+    listed = r"holds 2 positions \(0 \(left\): 96x96 Z=4 C=2; 1 \(right\): 96x96 Z=4 C=2\); name one with --position"
+    with pytest.raises(FocusFuseError, match=listed):
+        open_stack([path])
+    with pytest.raises(FocusFuseError, match=r"--scene 0: this ND2 file has no scenes; it holds 2 positions"):
+        open_stack([path], SeriesSelection(scene=0))
+    by_name = open_stack([path], SeriesSelection(position="right"))
+    assert by_name.labels[0] == f"{path}[position=1,z=0]" and by_name.channel_names == tuple(CHANNELS)
+    assert np.array_equal(by_name.read(2), np.moveaxis(right[2], 0, -1))
 
 
 @needs_lif
@@ -193,6 +212,14 @@ def damaged_lif(tmp_path, zcyx):
     return cut, "cut.lif: cut short (image 'stack' ends at byte"
 
 
+def damaged_nd2(tmp_path, zcyx):
+    whole = write_as("nd2", tmp_path / "whole", zcyx)
+    cut = tmp_path / "cut.nd2"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size - 300])
+    whole.unlink()
+    return cut, "cut.nd2: not a readable ND2 file ("
+
+
 def damaged_zarr_chunk(tmp_path, zcyx):
     path = write_as("ome-zarr-0.5", tmp_path / "cells", zcyx)
     chunk = next(p for p in sorted((path / "s0").rglob("*")) if p.is_file() and p.name != "zarr.json")
@@ -221,6 +248,7 @@ def named_czi_holding_a_png(tmp_path, zcyx):
     [
         pytest.param(damaged_czi, marks=needs_czi),
         pytest.param(damaged_lif, marks=needs_lif),
+        pytest.param(damaged_nd2, marks=needs_nd2),
         pytest.param(damaged_zarr_chunk, marks=needs_zarr),
         pytest.param(zarr_with_unknown_axes, marks=needs_zarr),
         named_czi_holding_a_png,

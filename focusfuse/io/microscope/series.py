@@ -115,7 +115,8 @@ def _wanted_series(file: MicroscopeFile, selection: SeriesSelection) -> tuple[Se
     named_other = selection.position if other == "--position" else selection.scene
     if named_other is not None:
         raise FocusFuseError(
-            f"{file.path}: a {file.kind} file has no {other[2:]}s; it holds {_held(file)}: name one with {file.option}"
+            f"{file.path}: {other} {named_other}: this {file.kind} file has no {other[2:]}s; it holds {_held(file)}: "
+            f"name one with {file.option}"
         )
     wanted = selection.scene if file.option == "--scene" else selection.position
     if wanted is None:
@@ -144,6 +145,8 @@ def _wanted_time(file: MicroscopeFile, series: Series, time: int | None) -> int:
 
 def check_series(file: MicroscopeFile, series: Series) -> None:
     """A series focusfuse can fuse: a supported pixel type, gray channels or one RGB image, no extra axes."""
+    if series.height < 1 or series.width < 1:
+        raise FocusFuseError(f"{file.path}: declares an empty image ({series.width}x{series.height} pixels)")
     if series.dtype not in SUPPORTED_DTYPES:
         raise FocusFuseError(f"{file.path}: unsupported pixel type {series.dtype} (uint8, uint16 or float32 are read)")
     if series.samples not in (1, 3):
