@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import xml.etree.ElementTree as ElementTree
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -322,3 +323,15 @@ def test_batch_finds_one_stack_per_scene_and_each_ome_zarr_folder(tmp_path, zcyx
     assert fused == ["day1/cells.tif", "day1/plate.scene0.tif", "day1/plate.scene1.tif"]
     alone = fuse_stack([root / "day1/plate.czi"], scene=1, device="cpu")  # what `stack --scene 1` gives
     assert np.array_equal(tifffile.imread(out / "day1/plate.scene1.tif"), np.moveaxis(alone.fused, -1, 0))
+
+
+@needs_czi
+def test_a_czi_that_crashes_libczi_is_one_error_line(tmp_path):
+    # Found by the fuzzer: a bit flipped in a zstd-compressed subblock made libCZI crash focusfuse (SIGSEGV).
+    path = Path(__file__).parent / "data" / "libczi-crash.czi"
+    result = CliRunner().invoke(main, ["stack", str(path), "-o", str(tmp_path / "fused.png"), "--device", "cpu"])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"focusfuse: error: {path}: damaged CZI file (its reader, libCZI, crashed with SIGSEGV decoding 6 planes)"
+    )
+    assert list(tmp_path.iterdir()) == []

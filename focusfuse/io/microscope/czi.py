@@ -4,10 +4,18 @@ pylibCZIrw composes a plane from its subblocks (mosaic tiles included) and decod
 every compression ZEN writes (JPG-XR, zstd). Physical sizes come from the document's
 ``Scaling/Items/Distance`` (metres), channel and scene names from its ``Dimensions``.
 Colour planes (Bgr24, Bgr48) come back blue first and are turned to RGB.
+
+libCZI crashes the process (SIGSEGV) on some damaged files (a bit flipped in a
+zstd-compressed subblock): a file is first opened, and the planes of the stack to
+fuse decoded, in a child process (``probe``); a crash there is one error line naming
+the file, and the same bytes are then read here.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -27,10 +35,39 @@ PIXEL_TYPES = {  # CZI pixel type -> (dtype, samples)
 }
 
 
+# What the child process runs: open the file, and decode the planes it is given, one at a time.
+PROBE_SCRIPT = """
+import json, sys
+from pylibCZIrw import czi
+path, scene, planes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
+with czi.open_czi(path) as document:
+    document.total_bounding_box, document.scenes_bounding_rectangle, document.pixel_types, document.raw_metadata
+    for plane in planes:
+        document.read(plane=plane, scene=scene)
+"""
+
+
 def _czi():
     from pylibCZIrw import czi
 
     return czi
+
+
+def probe(path: Path, scene: int | None = None, planes: list[dict[str, int]] | None = None) -> None:
+    """Open ``path`` and decode ``planes`` of ``scene`` in a child process: a crash or error is a FocusFuseError."""
+    import json
+
+    command = [sys.executable, "-c", PROBE_SCRIPT, str(path), json.dumps(scene), json.dumps(planes or [])]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return
+    what = f"decoding {len(planes)} planes" if planes else "opening it"
+    if done.returncode < 0:
+        name = signal.Signals(-done.returncode).name
+        raise FocusFuseError(f"{path}: damaged CZI file (its reader, libCZI, crashed with {name} {what})")
+    lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+    last = lines[-1].split(": ", 1)[-1] if lines else f"exit status {done.returncode}"
+    raise FocusFuseError(f"{path}: not a readable CZI file ({last})")
 
 
 def _text(root: ElementTree.Element | None, path: str) -> str | None:
@@ -54,6 +91,7 @@ def _physical(metadata: ElementTree.Element | None) -> PhysicalSize:
 def read_czi(path: Path) -> MicroscopeFile:
     """Describe a CZI file: one ``Series`` per scene (one for a file without scenes)."""
     czi = _czi()
+    probe(path)
     with czi.open_czi(str(path)) as document:
         box = document.total_bounding_box
         scenes = document.scenes_bounding_rectangle
@@ -102,12 +140,18 @@ def read_czi(path: Path) -> MicroscopeFile:
     series = [one(index, rectangle) for index, rectangle in sorted(rectangles.items())]
     has_scenes = bool(scenes)
 
+    def plane_at(z: int, c: int, t: int) -> dict[str, int]:
+        return {"Z": first.get("Z", 0) + z, "C": first.get("C", 0) + c, "T": first.get("T", 0) + t}
+
     def read_plane(scene: int, z: int, c: int, t: int) -> np.ndarray:
-        plane = {"Z": first.get("Z", 0) + z, "C": first.get("C", 0) + c, "T": first.get("T", 0) + t}
         with _czi().open_czi(str(path)) as document:
-            pixels = document.read(plane=plane, scene=scene if has_scenes else None)
+            pixels = document.read(plane=plane_at(z, c, t), scene=scene if has_scenes else None)
         if samples == 3:
             return np.ascontiguousarray(pixels[:, :, ::-1])
         return pixels[:, :, 0]
 
-    return MicroscopeFile(path, "CZI", "scene", series, read_plane)
+    def check_stack(chosen: Series, t: int) -> None:
+        planes = [plane_at(z, c, t) for z in range(chosen.size_z) for c in range(chosen.size_c)]
+        probe(path, chosen.index if has_scenes else None, planes)
+
+    return MicroscopeFile(path, "CZI", "scene", series, read_plane, check_stack)

@@ -88,6 +88,9 @@ class MicroscopeFile:
         series_word: what the format calls its series (``scene``, ``position``, ``image``).
         read_plane: reads one plane; it opens the file itself, so a slice can be read
             whenever the fusion asks for it.
+        check_stack: where a format's library may crash on a damaged file, decodes the
+            chosen series' planes at a time point once, away from this process, before
+            any is read here (a FocusFuseError if they do not decode).
     """
 
     path: Path
@@ -95,6 +98,7 @@ class MicroscopeFile:
     series_word: str
     series: list[Series]
     read_plane: PlaneReader
+    check_stack: Callable[[Series, int], None] | None = None
 
     @property
     def option(self) -> str:
@@ -171,6 +175,8 @@ def selected_stack(file: MicroscopeFile, selection: SeriesSelection):
     plane_bytes = series.height * series.width * series.samples * np.dtype(series.dtype).itemsize
     slice_bytes = plane_bytes * (series.size_c + (1 if series.size_c > 1 else 0))  # the slice and one plane
     check_fits_memory(f"{file.path}[z=0]", slice_bytes, f"one {series.width}x{series.height} slice")
+    if file.check_stack is not None:
+        file.check_stack(series, time)
     place = [f"{file.series_word}={series.index}"] if several else []
     place += [f"t={time}"] if series.size_t > 1 else []
     labels = [f"{file.path}[{','.join([*place, f'z={z}'])}]" for z in range(series.size_z)]
