@@ -236,12 +236,10 @@ def zarr_with_unknown_axes(tmp_path, zcyx):
     return path, "cells.zarr: OME-Zarr axes q are not read (t, c, z, y, x are)"
 
 
-def named_czi_holding_a_png(tmp_path, zcyx):
-    import cv2
-
-    path = tmp_path / "image.czi"
-    path.write_bytes(cv2.imencode(".png", zcyx[0, 0])[1].tobytes())
-    return path, "image.czi: not a CZI file (its first bytes are not a CZI header)"
+def named_czi_holding_text(tmp_path, zcyx):
+    path = tmp_path / "notes.czi"
+    path.write_text("acquired on the old scope; see the lab book\n")
+    return path, "notes.czi: not a CZI file (its first bytes are not a CZI header)"
 
 
 @pytest.mark.parametrize(
@@ -252,7 +250,7 @@ def named_czi_holding_a_png(tmp_path, zcyx):
         pytest.param(damaged_nd2, marks=needs_nd2),
         pytest.param(damaged_zarr_chunk, marks=needs_zarr),
         pytest.param(zarr_with_unknown_axes, marks=needs_zarr),
-        named_czi_holding_a_png,
+        named_czi_holding_text,
     ],
 )
 def test_a_damaged_microscope_file_gets_one_line_and_no_output(tmp_path, zcyx, make):

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from focusfuse.errors import FocusFuseError
+from focusfuse.io.filecheck import sniff_format
 from focusfuse.io.microscope.ome_zarr import is_ome_zarr
 from focusfuse.io.microscope.series import MicroscopeFile, Series, SeriesSelection, selected_stack
 
@@ -50,7 +51,8 @@ def _kind_by_magic(head: bytes) -> str | None:
 def microscope_kind(path: Path) -> str | None:
     """``CZI``, ``ND2``, ``LIF`` or ``OME-Zarr`` when ``path`` is one (by content), else None.
 
-    A file named as one of them whose first bytes are not is refused here, naming it.
+    A file named as one of them that is neither (nor an image, which is read as one,
+    whatever its name) is refused here, naming it.
     """
     if path.is_dir():
         return "OME-Zarr" if is_ome_zarr(path) else None
@@ -60,11 +62,9 @@ def microscope_kind(path: Path) -> str | None:
     except OSError:
         return None
     kind = _kind_by_magic(head)
-    if kind is None:
-        named = next((name for name, (suffix, _) in READERS.items() if path.suffix.lower() == suffix), None)
-        if named is not None and named != "OME-Zarr":
-            what = "an empty file" if not head else "its first bytes are not"
-            raise FocusFuseError(f"{path}: not a {named} file ({what}{' a ' + named + ' header' if head else ''})")
+    named = next((name for name, (suffix, _) in READERS.items() if path.suffix.lower() == suffix), None)
+    if kind is None and named is not None and head and sniff_format(path) is None:
+        raise FocusFuseError(f"{path}: not a {named} file (its first bytes are not a {named} header)")
     return kind
 
 

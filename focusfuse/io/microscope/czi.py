@@ -154,4 +154,5 @@ def read_czi(path: Path) -> MicroscopeFile:
         planes = [plane_at(z, c, t) for z in range(chosen.size_z) for c in range(chosen.size_c)]
         probe(path, chosen.index if has_scenes else None, planes)
 
-    return MicroscopeFile(path, "CZI", "scene", series, read_plane, check_stack)
+    # libCZI composes a plane in its own bitmap before numpy copies it (measured: a peak of 2.3 to 2.7 planes).
+    return MicroscopeFile(path, "CZI", "scene", series, read_plane, check_stack, working_planes=3)

@@ -10,6 +10,7 @@ axis, read plane by plane.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,9 @@ class MicroscopeFile:
             whenever the fusion asks for it.
         check_stack: where a format's library may crash on a damaged file, decodes the
             chosen series' planes at a time point once, away from this process, before
-            any is read here (a FocusFuseError if they do not decode).
+            the first is read here (a FocusFuseError if they do not decode): after the
+            fusion's memory plan, so that slices too large for the budget are refused
+            without being decoded.
     """
 
     path: Path
@@ -99,6 +102,7 @@ class MicroscopeFile:
     series: list[Series]
     read_plane: PlaneReader
     check_stack: Callable[[Series, int], None] | None = None
+    working_planes: int = 1  # memory the library takes to decode one plane, in planes (libCZI: 3)
 
     @property
     def option(self) -> str:
@@ -173,10 +177,11 @@ def selected_stack(file: MicroscopeFile, selection: SeriesSelection):
         where = f"{file.series_word} {series.index}" if several else "it"
         raise FocusFuseError(f"{file.path}: {where} holds a single plane (Z=1), not a z-stack")
     plane_bytes = series.height * series.width * series.samples * np.dtype(series.dtype).itemsize
-    slice_bytes = plane_bytes * (series.size_c + (1 if series.size_c > 1 else 0))  # the slice and one plane
+    # The slice, and what the library takes to decode one of its planes into it.
+    slice_bytes = plane_bytes * ((series.size_c if series.size_c > 1 else 0) + file.working_planes)
     check_fits_memory(f"{file.path}[z=0]", slice_bytes, f"one {series.width}x{series.height} slice")
-    if file.check_stack is not None:
-        file.check_stack(series, time)
+    unchecked = [file.check_stack] if file.check_stack is not None else []
+    checking = threading.Lock()  # background decoders read slices from other threads
     place = [f"{file.series_word}={series.index}"] if several else []
     place += [f"t={time}"] if series.size_t > 1 else []
     labels = [f"{file.path}[{','.join([*place, f'z={z}'])}]" for z in range(series.size_z)]
@@ -200,6 +205,10 @@ def selected_stack(file: MicroscopeFile, selection: SeriesSelection):
         return plane
 
     def read_slice(z: int) -> np.ndarray:
+        with checking:
+            if unchecked:
+                unchecked[0](series, time)
+                unchecked.clear()
         if not channel_axis:
             return np.ascontiguousarray(read_plane(z, 0))
         # Filled one channel at a time: a slice takes its own size and one plane's, not twice its size.
