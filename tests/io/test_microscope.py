@@ -333,3 +333,14 @@ def test_a_czi_that_crashes_libczi_is_one_error_line(tmp_path):
         f"focusfuse: error: {path}: damaged CZI file (its reader, libCZI, crashed with SIGSEGV decoding 6 planes)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_czi
+def test_a_czi_declaring_absurd_channels_is_refused_at_once():
+    # Found by the fuzzer: a bit flip made the channel range end at 2**64 - 2**31 + 1, and listing the
+    # channels' pixel types never ended.
+    path = Path(__file__).parent / "data" / "absurd-channels.czi"
+    with pytest.raises(
+        FocusFuseError, match=r"absurd-channels\.czi: damaged CZI file \(its subblocks declare channels 0 to 1844"
+    ):
+        open_stack([path])

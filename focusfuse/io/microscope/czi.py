@@ -41,10 +41,12 @@ import json, sys
 from pylibCZIrw import czi
 path, scene, planes = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 with czi.open_czi(path) as document:
-    document.total_bounding_box, document.scenes_bounding_rectangle, document.pixel_types, document.raw_metadata
+    document.total_bounding_box, document.scenes_bounding_rectangle, document.raw_metadata
     for plane in planes:
         document.read(plane=plane, scene=scene)
 """
+# More channels than any instrument records: a damaged header (pylibCZIrw lists pixel types channel by channel).
+MAX_CHANNELS = 4096
 
 
 def _czi():
@@ -94,6 +96,11 @@ def read_czi(path: Path) -> MicroscopeFile:
     probe(path)
     with czi.open_czi(str(path)) as document:
         box = document.total_bounding_box
+        first_channel, channel_end = box.get("C", (0, 1))
+        if not 0 <= first_channel < channel_end <= MAX_CHANNELS:
+            raise FocusFuseError(
+                f"{path}: damaged CZI file (its subblocks declare channels {first_channel} to {channel_end})"
+            )
         scenes = document.scenes_bounding_rectangle
         whole = document.total_bounding_rectangle
         pixel_types = document.pixel_types
