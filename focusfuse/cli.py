@@ -354,8 +354,9 @@ def series_options(command: Callable) -> Callable:
 def stack(inputs, output, index_map, timing, batch_size, quiet, **fusion) -> None:
     """Fuse a z-stack into one all-in-focus image and an index map.
 
-    INPUTS is a directory (images in natural order), image files (order kept), or
-    one multipage TIFF (also ImageJ hyperstacks and OME-TIFF with a Z axis).
+    INPUTS is a directory (images in natural order), image files (order kept),
+    one multipage TIFF (also ImageJ hyperstacks and OME-TIFF with a Z axis), or one
+    CZI, ND2 or LIF file or OME-Zarr folder (pip install 'focusfuse[formats]').
     """
     mode = output_mode(quiet)
     outputs_end_the_command()
