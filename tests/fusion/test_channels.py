@@ -48,15 +48,21 @@ def test_channels_without_texture_are_fused_by_channel_0s_index_map_exactly(tmp_
         assert tif.is_imagej and tif.series[0].axes == "CYX" and tif.series[0].shape == (3, 96, 96)
 
 
-def test_one_folder_per_channel_and_a_chosen_reference(tmp_path):
-    zcyx = three_channel_stack(n_slices=4, size=64)
+def channel_folders(tmp_path, zcyx: np.ndarray) -> list:
+    """One folder of 16-bit PNG slices per channel of ``zcyx``: c0/, c1/, ..."""
     folders = []
-    for channel in range(3):
+    for channel in range(zcyx.shape[1]):
         folder = tmp_path / f"c{channel}"
         folder.mkdir()
         for k in range(len(zcyx)):
             cv2.imwrite(str(folder / f"z{k}.png"), zcyx[k, channel])
-        folders.append(str(folder))
+        folders.append(folder)
+    return folders
+
+
+def test_one_folder_per_channel_and_a_chosen_reference(tmp_path):
+    zcyx = three_channel_stack(n_slices=4, size=64)
+    folders = [str(folder) for folder in channel_folders(tmp_path, zcyx)]
     result = CliRunner().invoke(
         cli.main, ["stack", "--channels", *folders, "-o", str(tmp_path / "f.tif"), "--composite", "select",
                    "--device", "cpu"],
@@ -106,15 +112,8 @@ def test_info_names_the_reference_channel(tmp_path):
 
 
 def test_info_reads_channel_folders_and_plans_for_the_reference_channel_given(tmp_path):
-    zcyx = three_channel_stack(n_slices=3, size=48)
-    folders = []
-    for channel in range(3):
-        folder = tmp_path / f"c{channel}"
-        folder.mkdir()
-        for z in range(3):
-            tifffile.imwrite(folder / f"z{z}.tif", zcyx[z, channel])
-        folders.append(str(folder))
-    arguments = ["info", "--channels", *folders, "--reference-channel", "2", "--align", "none"]
+    folders = channel_folders(tmp_path, three_channel_stack(n_slices=3, size=48))
+    arguments = ["info", "--channels", *map(str, folders), "--reference-channel", "2", "--align", "none"]
     result = CliRunner().invoke(cli.main, arguments)
     assert result.exit_code == 0, result.output
     assert "48 x 48, 3 channel(s), axes CYX" in result.stdout

@@ -195,30 +195,28 @@ def test_a_single_plane_and_a_selection_of_image_files_are_refused(tmp_path, zcy
         open_stack([tiff], SeriesSelection(scene=1))
 
 
-def damaged_czi(tmp_path, zcyx):
-    whole = tmp_path / "whole.czi"
-    write_czi(whole, [zcyx], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
-    cut = tmp_path / "cut.czi"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+def cut_short(whole, name: str, keep: int):
+    """``whole``'s first ``keep`` bytes (negative: all but the last) as ``name`` beside it; ``whole`` removed."""
+    cut = whole.with_name(name)
+    cut.write_bytes(whole.read_bytes()[:keep])
     whole.unlink()
-    return cut, "cut.czi: not a readable CZI file (Not enough data read"
+    return cut
+
+
+def damaged_czi(tmp_path, zcyx):
+    whole = write_as("czi", tmp_path / "whole", zcyx)
+    message = "cut.czi: not a readable CZI file (Not enough data read"
+    return cut_short(whole, "cut.czi", whole.stat().st_size // 2), message
 
 
 def damaged_lif(tmp_path, zcyx):
-    whole = tmp_path / "whole.lif"
-    write_lif(whole, {"stack": zcyx}, pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM)
-    cut = tmp_path / "cut.lif"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size - 1000])
-    whole.unlink()
-    return cut, "cut.lif: cut short (image 'stack' ends at byte"
+    whole = write_as("lif", tmp_path / "whole", zcyx)
+    return cut_short(whole, "cut.lif", -1000), "cut.lif: cut short (image 'stack' ends at byte"
 
 
 def damaged_nd2(tmp_path, zcyx):
     whole = write_as("nd2", tmp_path / "whole", zcyx)
-    cut = tmp_path / "cut.nd2"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size - 300])
-    whole.unlink()
-    return cut, "cut.nd2: not a readable ND2 file ("
+    return cut_short(whole, "cut.nd2", -300), "cut.nd2: not a readable ND2 file ("
 
 
 def damaged_zarr_chunk(tmp_path, zcyx):
