@@ -342,3 +342,41 @@ def test_a_czi_declaring_absurd_channels_is_refused_at_once():
         FocusFuseError, match=r"absurd-channels\.czi: damaged CZI file \(its subblocks declare channels 0 to 1844"
     ):
         open_stack([path])
+
+
+@needs_czi
+def test_a_colour_czi_is_read_as_rgb_and_fuses_as_the_same_slices_in_pngs(tmp_path):
+    import cv2
+    from pylibCZIrw import czi
+
+    rgb = np.stack(step_depth_stack(np.uint8, n_slices=4, size=64, colour=True).slices)
+    path = tmp_path / "brightfield.czi"
+    with czi.create_czi(str(path), exist_ok=True) as document:
+        for z, plane in enumerate(rgb):
+            document.write(np.ascontiguousarray(plane[:, :, ::-1]), plane={"Z": z, "C": 0, "T": 0})  # CZI is BGR
+        document.write_metadata("rgb", scale_x=PIXEL_UM * 1e-6, scale_y=PIXEL_UM * 1e-6, scale_z=Z_STEP_UM * 1e-6)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for z, plane in enumerate(rgb):
+        cv2.imwrite(str(folder / f"z{z}.png"), plane[:, :, ::-1])
+    from_czi = fuse_stack([path], device="cpu")
+    from_pngs = fuse_stack([folder], device="cpu")
+    assert from_czi.fused.shape == (64, 64, 3) and from_czi.timing["channel_fusion"] is None
+    assert np.array_equal(from_czi.index_map, from_pngs.index_map)
+    assert np.array_equal(from_czi.fused, from_pngs.fused)
+
+
+@needs_zarr
+def test_an_ome_zarr_time_series_fuses_the_time_point_named(tmp_path, zcyx):
+    import zarr
+    from ome_zarr.writer import write_image
+
+    tczyx = np.stack([np.moveaxis(zcyx, 1, 0), np.moveaxis(zcyx // 2, 1, 0)])
+    path = tmp_path / "timelapse.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    write_image(image=tczyx, group=root, axes="tczyx", scale_factors=[2], storage_options={"chunks": (1, 1, 1, 96, 96)})
+    with pytest.raises(FocusFuseError, match=r"timelapse\.zarr: holds a time series of 2 time points"):
+        open_stack([path])
+    later = open_stack([path], SeriesSelection(time=1))
+    assert later.labels[3] == f"{path}[t=1,z=3]"
+    assert np.array_equal(later.read(3), np.moveaxis(zcyx[3] // 2, 0, -1))
