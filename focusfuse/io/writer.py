@@ -227,17 +227,21 @@ def ome_tiff_arguments(
 ) -> tuple[np.ndarray, dict]:
     """The pixels as stored and the tifffile.imwrite arguments of an OME-TIFF: sizes, channels, its source.
 
-    Channels are stored as planes (``CYX``); RGB as interleaved samples (``YXS``).
+    Channels are stored as planes (``CYX``); colour samples interleaved (``YXS``): RGB(A)
+    as RGB, gray with alpha as gray.
     """
     metadata: dict = {}
+    arguments: dict = {"ome": True, "photometric": "minisblack", "metadata": metadata}
     if channel_axis and image.ndim == 3:
-        pixels, metadata["axes"], photometric = np.moveaxis(image, -1, 0), "CYX", "minisblack"
+        pixels, metadata["axes"] = np.moveaxis(image, -1, 0), "CYX"
         if len(channel_names) == image.shape[2]:
             metadata["Channel"] = {"Name": list(channel_names)}
     elif image.ndim == 3:
-        pixels, metadata["axes"], photometric = image, "YXS", "rgb"
+        pixels, metadata["axes"], arguments["planarconfig"] = image, "YXS", "contig"
+        if image.shape[2] in (3, 4):
+            arguments["photometric"] = "rgb"
     else:
-        pixels, metadata["axes"], photometric = image, "YX", "minisblack"
+        pixels, metadata["axes"] = image, "YX"
     if physical is not None and physical.has_pixel_size:
         metadata.update(
             PhysicalSizeX=physical.pixel_x_um,
@@ -249,7 +253,7 @@ def ome_tiff_arguments(
         metadata["Name"] = name
     if description:
         metadata["Description"] = description
-    return pixels, {"ome": True, "photometric": photometric, "metadata": metadata}
+    return pixels, arguments
 
 
 def image_writer(

@@ -58,3 +58,16 @@ def test_missing_directory_and_unknown_format_are_named(tmp_path):
         check_output_path(tmp_path / "nope" / "out.png")
     with pytest.raises(FocusFuseError, match=r"out\.gif: unsupported output format \.gif"):
         check_output_path(tmp_path / "out.gif")
+
+
+@pytest.mark.parametrize("samples", [1, 2, 3, 4], ids=["gray", "gray-alpha", "rgb", "rgba"])
+def test_ome_tiff_holds_every_kind_of_pixel_the_fusion_gives(tmp_path, samples):
+    # Gray with alpha was written as RGB and refused by tifffile ("not enough samples").
+    import tifffile
+
+    rng = np.random.default_rng(samples)
+    image = rng.integers(0, 65535, (20, 30) if samples == 1 else (20, 30, samples), dtype=np.uint16)
+    write_image(tmp_path / "fused.ome.tif", image)
+    with tifffile.TiffFile(tmp_path / "fused.ome.tif") as tif:
+        assert tif.is_ome
+        assert np.array_equal(tif.series[0].asarray(), image)
