@@ -207,8 +207,8 @@ def input_files(paths: Sequence[Path]) -> list[dict]:
 
 def folder_contents(folder: Path) -> tuple[int, int]:
     """Bytes of every file under ``folder`` and the newest change (mtime or ctime, ns) of any file or folder in it."""
-    size, newest = 0, max(folder.stat().st_mtime_ns, folder.stat().st_ctime_ns)
-    for current, _, names in os.walk(folder):
+    size, newest = 0, 0
+    for current, _, names in os.walk(folder):  # the folder itself first
         here = Path(current)
         status = here.stat()
         newest = max(newest, status.st_mtime_ns, status.st_ctime_ns)
@@ -744,6 +744,7 @@ def fuse_stack(
         }
     # Every output is staged, then all are put in place together: a stop or an error
     # leaves all of them whole or none.
+    origin = made_from_name(source)  # named in OME-TIFF outputs
     with OutputSet() as outputs:
         with clock.stage("write"):
             if targets:
@@ -756,7 +757,7 @@ def fuse_stack(
                     channel_axis=by_channel,
                     icc_profile=profile,
                     channel_names=source.channel_names,
-                    description=f"all-in-focus image fused by focusfuse {__version__} from {made_from_name(source)}",
+                    description=f"all-in-focus image fused by focusfuse {__version__} from {origin}",
                 )
                 outputs.image(index_path, index_map)
             if surface is not None and height_map_path is not None:
@@ -765,7 +766,7 @@ def fuse_stack(
                     surface,
                     physical,
                     description=f"surface height in {'micrometres' if height_unit == 'um' else 'slice units'} "
-                    f"(NaN where no slice shows texture), by focusfuse {__version__} from {made_from_name(source)}",
+                    f"(NaN where no slice shows texture), by focusfuse {__version__} from {origin}",
                 )
             if surface is not None and height_preview_path is not None:
                 outputs.image(Path(height_preview_path), height_preview(surface, height_unit, physical))
