@@ -10,17 +10,24 @@ peak resident memory the reading added after the imports. CZI: pylibCZIrw (chose
 install the others beside focusfuse with
 ``pip install --no-deps --target /tmp/candidates readlif czifile beautifulsoup4 soupsieve``
 and run with ``PYTHONPATH=/tmp/candidates``.
-Usage: PYTHONPATH=/tmp/candidates python bench/format_candidates.py
+(2) libCZI's working memory: one 6000x6000 uint16 plane read by pylibCZIrw, its
+added peak in planes (what focusfuse's memory check counts for CZI).
+(3) With --install-sizes: each candidate installed by pip, with what it requires, into
+an empty folder; its size without numpy (which focusfuse has already). Needs PyPI.
+Usage: PYTHONPATH=/tmp/candidates python bench/format_candidates.py [--install-sizes]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from formats import PIXEL_UM, SLICES, Z_STEP_UM, ZSTD, synthetic_zcyx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "io"))
@@ -93,7 +100,52 @@ def measure(library: str, path: Path, repeats: int = 5) -> str:
     return f"{seconds:8.3f} s {peak:8.0f} MiB  ({records[0]['planes']} planes)"
 
 
+def czi_working_planes(folder: Path, side: int = 6000) -> str:
+    """The peak a single pylibCZIrw read adds, in planes of the plane it returns (plain and zstd)."""
+    plane = np.random.default_rng(0).integers(0, 4095, (1, 1, side, side), dtype=np.uint16)
+    plane_mib = plane.nbytes / 2**20
+    read_one = "with czi.open_czi(PATH) as document:\n    document.read(plane={'Z': 0, 'C': 0, 'T': 0}); planes = 1"
+    script = CHILD.format(imports="from pylibCZIrw import czi", body=read_one)
+    results = []
+    for name, compression in (("plain", None), ("zstd", ZSTD)):
+        path = folder / f"one-plane-{name}.czi"
+        write_czi(path, [plane], pixel_um=PIXEL_UM, z_step_um=Z_STEP_UM, compression=compression)
+        command = [sys.executable, "-c", script, str(path), "1"]
+        added = json.loads(subprocess.run(command, capture_output=True, text=True, check=True).stdout)["peak_mib"]
+        results.append(f"{name} {added:.0f} MiB = {added / plane_mib:.1f} planes")
+    return f"one {side}x{side} uint16 plane ({plane_mib:.1f} MiB) read by pylibCZIrw adds: " + "; ".join(results)
+
+
+CANDIDATES = [
+    ["pylibCZIrw==6.1.0"], ["czifile==2019.7.2.3"], ["nd2==0.12.0"], ["liffile==2026.2.16"], ["readlif==0.6.6"],
+    ["zarr==3.1.6"], ["ome-zarr==0.18.0"], ["bioio", "bioio-czi", "bioio-nd2", "bioio-lif", "bioio-ome-zarr"],
+]  # fmt: skip
+
+
+def folder_mib(folder: Path) -> float:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file()) / 2**20
+
+
+def install_sizes(scratch: Path) -> None:
+    """Each candidate as pip installs it, with what it requires; numpy's share left out."""
+    print("\npip install --target (with requirements), size without numpy")
+    for packages in CANDIDATES:
+        target = scratch / "install"
+        shutil.rmtree(target, ignore_errors=True)
+        command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target), *packages]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"{' '.join(packages):<60} failed: {done.stderr.strip().splitlines()[-1:]}")
+            continue
+        numpy = sum(folder_mib(path) for path in target.glob("numpy*") if path.is_dir())
+        requirements = len(list(target.glob("*.dist-info"))) - 1
+        print(f"{' '.join(packages):<60} {folder_mib(target) - numpy:7.1f} MiB  ({requirements} other packages)")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--install-sizes", action="store_true")
+    arguments = parser.parse_args()
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
         zcyx = synthetic_zcyx(1536, 2048)
@@ -111,6 +163,9 @@ def main() -> None:
                                 ("LIF", ("liffile", "readlif"))):  # fmt: skip
             for library in libraries:
                 print(f"{name:<10} {library:<12} {measure(library, files[name])}")
+        print("\n" + czi_working_planes(folder))
+        if arguments.install_sizes:
+            install_sizes(folder)
 
 
 if __name__ == "__main__":
