@@ -11,6 +11,9 @@ import math
 import torch
 import torch.nn.functional as F
 
+# Rows of vertical differences made at once by ``gradient_energy`` without autograd.
+ENERGY_BAND_ROWS = 64
+
 
 def box_mean(image: torch.Tensor, radius: int) -> torch.Tensor:
     """Mean over a (2r+1)^2 window; the window is clipped at the borders.
@@ -31,6 +34,24 @@ def box_sum(image: torch.Tensor, radius: int) -> torch.Tensor:
     ones = torch.ones(size, device=image.device, dtype=image.dtype)
     rows = F.conv2d(image, ones.view(1, 1, size, 1).expand(channels, 1, size, 1), padding=(radius, 0), groups=channels)
     return F.conv2d(rows, ones.view(1, 1, 1, size).expand(channels, 1, 1, size), padding=(0, radius), groups=channels)
+
+
+def box_sum_(image: torch.Tensor, radius: int, channels_at_once: int = 16) -> torch.Tensor:
+    """``box_sum`` written over ``image`` (inference only), a few channels at a time.
+
+    The window sums of a 64-channel map otherwise take two new tensors its size;
+    a group of channels at a time keeps the temporaries small enough to be reused.
+    """
+    size = 2 * radius + 1
+    ones = torch.ones(size, device=image.device, dtype=image.dtype)
+    for start in range(0, image.shape[1], channels_at_once):
+        part = image[:, start : start + channels_at_once]
+        count = part.shape[1]
+        rows = F.conv2d(part, ones.view(1, 1, size, 1).expand(count, 1, size, 1), padding=(radius, 0), groups=count)
+        part.copy_(
+            F.conv2d(rows, ones.view(1, 1, 1, size).expand(count, 1, 1, size), padding=(0, radius), groups=count)
+        )
+    return image
 
 
 def guided_filter(guide: torch.Tensor, source: torch.Tensor, radius: int, eps: float) -> torch.Tensor:
@@ -110,15 +131,23 @@ def gradient_energy(features: torch.Tensor) -> torch.Tensor:
         vertical = features.clone()
         vertical[..., 1:, :] -= features[..., :-1, :]
         return horizontal.square_().add_(vertical.square_())
-    # Without autograd, the differences are written straight into new tensors: the same
-    # numbers, without first copying the whole input twice (``out=`` has no gradient).
-    horizontal = torch.empty_like(features)
-    horizontal[..., :, :1] = features[..., :, :1]
-    torch.sub(features[..., :, 1:], features[..., :, :-1], out=horizontal[..., :, 1:])
-    vertical = torch.empty_like(features)
-    vertical[..., :1, :] = features[..., :1, :]
-    torch.sub(features[..., 1:, :], features[..., :-1, :], out=vertical[..., 1:, :])
-    return horizontal.square_().add_(vertical.square_())
+    # Without autograd the energy is built in one new tensor: the horizontal differences
+    # written straight into it and squared in place, then the vertical ones added a band of
+    # rows at a time (addcmul). A fresh tensor the size of the features costs its page faults
+    # on every slice, more than the arithmetic on this CPU (bench/profile.py); a band is small
+    # enough for the allocator to reuse.
+    energy = torch.empty_like(features)
+    energy[..., :, :1] = features[..., :, :1]
+    torch.sub(features[..., :, 1:], features[..., :, :-1], out=energy[..., :, 1:])
+    energy.square_()
+    top = features[..., :1, :]
+    energy[..., :1, :].addcmul_(top, top)
+    height = features.shape[-2]
+    for start in range(1, height, ENERGY_BAND_ROWS):
+        stop = min(height, start + ENERGY_BAND_ROWS)
+        vertical = features[..., start:stop, :] - features[..., start - 1 : stop - 1, :]
+        energy[..., start:stop, :].addcmul_(vertical, vertical)
+    return energy
 
 
 SOBEL_X = ((-1.0, 0.0, 1.0), (-2.0, 0.0, 2.0), (-1.0, 0.0, 1.0))

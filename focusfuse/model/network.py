@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from focusfuse.model.filters import box_sum, gaussian_blur, gradient_energy
+from focusfuse.model.filters import box_sum, box_sum_, gaussian_blur, gradient_energy
 from focusfuse.model.refinement import refine_decision_map
 
 FEATURE_WIDTH = 16
@@ -31,6 +32,24 @@ def conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
         nn.ReLU(inplace=True),
         nn.BatchNorm2d(out_channels),
     )
+
+
+def batch_norm_affine(norm: nn.BatchNorm2d, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inference BatchNorm as a scale and a shift per channel: BN(x) = x * scale + shift."""
+    assert norm.running_mean is not None and norm.running_var is not None
+    scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+    return scale.to(dtype), (norm.bias - norm.running_mean * scale).to(dtype)
+
+
+def rectified_conv(block: nn.Module, block_input: torch.Tensor) -> tuple[torch.Tensor, nn.BatchNorm2d]:
+    """A ``conv_block``'s convolution and ReLU (in place); its BatchNorm is left to the caller.
+
+    Without autograd the callers fold the BatchNorm into what follows it (a gate, a
+    spatial SE) and apply both in place: every new tensor the size of a feature map
+    costs its page faults on this CPU, more than the arithmetic on it.
+    """
+    convolution, _, norm = cast(nn.Sequential, block)
+    return convolution(block_input).relu_(), cast(nn.BatchNorm2d, norm)
 
 
 class ChannelSE(nn.Module):
@@ -60,13 +79,30 @@ class SpatialSE(nn.Module):
         self.squeeze = nn.Conv2d(channels, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` times its gate; without autograd ``x`` is multiplied in place."""
         # The C -> 1 conv computed as a depthwise conv plus a channel sum: the same
         # arithmetic, but CPU conv kernels handle a single output channel poorly.
         # bench/speed.py times the whole network.
         weight = self.squeeze.weight
         channels, size = weight.shape[1], weight.shape[-1]
-        per_channel = F.conv2d(x, weight.reshape(channels, 1, size, size), padding=size // 2, groups=channels)
-        return x * torch.sigmoid(per_channel.sum(1, keepdim=True))
+        depthwise = weight.reshape(channels, 1, size, size)
+        if torch.is_grad_enabled():
+            per_channel = F.conv2d(x, depthwise, padding=size // 2, groups=channels)
+            return x * torch.sigmoid(per_channel.sum(1, keepdim=True))
+        return x.mul_(self.gate_in_inference(x, depthwise))
+
+    @staticmethod
+    def gate_in_inference(x: torch.Tensor, depthwise: torch.Tensor, channels_at_once: int = 16) -> torch.Tensor:
+        """The ``(N, 1, H, W)`` gate, a few channels' convolutions at a time (small temporaries)."""
+        size = depthwise.shape[-1]
+        total: torch.Tensor | None = None
+        for start in range(0, x.shape[1], channels_at_once):
+            part = depthwise[start : start + channels_at_once]
+            summed = F.conv2d(x[:, start : start + channels_at_once], part, padding=size // 2, groups=part.shape[0])
+            summed = summed.sum(1, keepdim=True)
+            total = summed if total is None else total.add_(summed)
+        assert total is not None
+        return total.sigmoid_()
 
 
 class FeatureExtractor(nn.Module):
@@ -87,6 +123,8 @@ class FeatureExtractor(nn.Module):
         of the whole image, when the image goes through in tiles); None computes them
         from ``gray`` itself.
         """
+        if not torch.is_grad_enabled():
+            return self.gated_features(gray, gates=gates)[1]
         features: list[torch.Tensor] = []
         for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
             block_input = gray if number == 0 else torch.cat(features, 1)
@@ -104,21 +142,47 @@ class FeatureExtractor(nn.Module):
         return self.gated_features(gray, weight)[0]
 
     def gated_features(
-        self, gray: torch.Tensor, weight: torch.Tensor | None = None
+        self, gray: torch.Tensor, weight: torch.Tensor | None = None, gates: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``channel_gates(gray, weight)`` and ``forward(gray, those gates)``, from one pass: the
-        gated features are what each block's gate multiplies anyway."""
-        gates = []
+        gated features are what each block's gate multiplies anyway. ``gates`` given: those
+        are used (and returned) instead.
+
+        Without autograd each block's BatchNorm and gate are one multiply-add in place on its
+        activations (``rectified_conv``); the gate comes from the BatchNorm's output means,
+        which are the activations' means through the same affine map.
+        """
+        used = []
         features: list[torch.Tensor] = []
         for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
-            activations = block(gray if number == 0 else torch.cat(features, 1))
-            if weight is None:
-                means = activations.mean(dim=(2, 3))
+            block_input = gray if number == 0 else torch.cat(features, 1)
+            if torch.is_grad_enabled():
+                activations = block(block_input)
+                scale = shift = None
             else:
-                means = (activations * weight).sum(dim=(2, 3)) / weight.sum()
-            gates.append(excitation.gate(means))  # type: ignore[operator]
-            features.append(activations * gates[-1][:, :, None, None])
-        return torch.stack(gates, 1), torch.cat(features, 1)
+                activations, norm = rectified_conv(block, block_input)
+                scale, shift = batch_norm_affine(norm, activations.dtype)
+            if gates is not None:
+                gate = gates[:, number]
+            else:
+                if weight is None:
+                    means = activations.mean(dim=(2, 3))
+                else:
+                    means = (activations * weight).sum(dim=(2, 3)) / weight.sum()
+                if scale is not None and shift is not None:
+                    means = means * scale + shift
+                gate = excitation.gate(means)  # type: ignore[operator]
+            used.append(gate)
+            if scale is None or shift is None:
+                features.append(activations * gate[:, :, None, None])
+            else:
+                gate = gate.to(activations.dtype)[:, :, None, None]
+                features.append(
+                    torch.addcmul(
+                        shift[:, None, None] * gate, activations, scale[:, None, None] * gate, out=activations
+                    )
+                )
+        return torch.stack(used, 1), torch.cat(features, 1)
 
 
 class DecisionPath(nn.Module):
@@ -132,11 +196,23 @@ class DecisionPath(nn.Module):
         self.blocks = nn.ModuleList([conv_block(a, b) for a, b in zip(self.WIDTHS[:-1], self.WIDTHS[1:], strict=True)])
         self.excitations = nn.ModuleList([SpatialSE(width) for width in self.WIDTHS[1:]])
 
-    def forward(self, comparison: torch.Tensor) -> torch.Tensor:
-        """``(N, 64, H, W)`` comparison map -> ``(N, 1, H, W)`` pre-sigmoid score z."""
-        x = self.input_excitation(comparison)
+    def forward(self, comparison: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+        """``(N, 64, H, W)`` comparison map -> ``(N, 1, H, W)`` pre-sigmoid score z.
+
+        ``overwrite``: without autograd, ``comparison`` may be overwritten (the caller's
+        last use of it), which saves a copy the size of the map.
+        """
+        if torch.is_grad_enabled():
+            x = self.input_excitation(comparison)
+            for block, excitation in zip(self.blocks, self.excitations, strict=True):
+                x = excitation(block(x))
+            return x
+        x = self.input_excitation(comparison if overwrite else comparison.clone())
         for block, excitation in zip(self.blocks, self.excitations, strict=True):
-            x = excitation(block(x))
+            activations, norm = rectified_conv(block, x)
+            del x
+            scale, shift = batch_norm_affine(norm, activations.dtype)
+            x = excitation(torch.addcmul(shift[:, None, None], activations, scale[:, None, None], out=activations))
         return x
 
 
@@ -150,7 +226,10 @@ def compare_activity(energy_a: torch.Tensor, energy_b: torch.Tensor) -> torch.Te
         energy_a, energy_b: ``(N, 64, H, W)`` gradient energies (``gradient_energy``);
             a batch of 1 broadcasts.
     """
-    return torch.sigmoid(SHARPNESS * box_sum(energy_a - energy_b, SF_RADIUS))
+    if torch.is_grad_enabled():
+        return torch.sigmoid(SHARPNESS * box_sum(energy_a - energy_b, SF_RADIUS))
+    # One new tensor, every step after the difference in place (see ``rectified_conv``).
+    return box_sum_(energy_a - energy_b, SF_RADIUS).mul_(SHARPNESS).sigmoid_()
 
 
 @dataclass
@@ -211,7 +290,7 @@ class GACN(nn.Module):
         ``activity_a`` may have batch 1 and be broadcast against a batch of B's.
         """
         comparison = compare_activity(activity_a, activity_b)
-        score = self.smooth_score(self.decision(comparison))
+        score = self.smooth_score(self.decision(comparison, overwrite=True))
         initial_map = torch.sigmoid(SHARPNESS * score)
         final_map = refine_decision_map(initial_map, gray_a, gray_b)
         return PairDecision(score=score, initial_map=initial_map, final_map=final_map)

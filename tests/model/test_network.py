@@ -100,3 +100,32 @@ def test_gates_and_gated_features_from_one_pass_are_those_of_two():
         assert torch.equal(gates, model.features.channel_gates(gray, weight))
         assert torch.equal(features, model.features(gray, gates))
         assert not torch.equal(gates, model.features.channel_gates(gray))  # the weight matters
+
+
+def test_inference_in_place_paths_give_the_training_paths_numbers():
+    """Without autograd, BatchNorm, gates and spatial SEs are applied in place: the same
+    numbers to rounding as the autograd path, on trained-like weights (random BN statistics)."""
+    torch.manual_seed(3)
+    model = GACN(score_sigma=2.0).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    a, b = torch.rand(2, 1, 150, 70), torch.rand(2, 1, 150, 70)
+    gates = model.features.channel_gates(a).detach()
+    expected_features = model.features(a).detach()
+    expected_gated = model.features(a, gates).detach()
+    expected_activity = model.activity(a).detach()
+    comparison = compare_activity(model.activity(a), model.activity(b)).detach()
+    expected_score = model.decision(comparison).detach()
+    with torch.inference_mode():
+        torch.testing.assert_close(model.features(a), expected_features, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.features(a, gates), expected_gated, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.features.channel_gates(a), gates, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(model.activity(a), expected_activity, rtol=1e-4, atol=1e-6)
+        kept = comparison.clone()
+        torch.testing.assert_close(model.decision(kept), expected_score, rtol=1e-4, atol=1e-5)
+        assert torch.equal(kept, comparison)  # not overwritten unless asked
+        torch.testing.assert_close(model.decision(kept, overwrite=True), expected_score, rtol=1e-4, atol=1e-5)
