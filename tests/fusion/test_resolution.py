@@ -14,8 +14,8 @@ from focusfuse.fusion.resolution import (
     DEFAULT_DECISION_SIDE,
     DEFAULT_MAX_REDUCTION,
     FAST_DECISION_SIDE,
-    FAST_SLICES_PER_DECISION,
     MAX_REDUCTION,
+    REDUCED_SLICES_PER_DECISION,
     decision_size,
     enlarge_index_map,
     reduced_stack,
@@ -74,7 +74,7 @@ def test_fast_keeps_full_size_and_stays_near_the_default_on_a_large_stack(large_
     timing = json.loads((tmp_path / "fast.timing.json").read_text())
     assert timing["speed"] == "fast" and timing["decision_size"] == [384, 512]
     assert timing["options"]["speed"] == "fast"
-    assert timing["slices_per_decision"] == timing["options"]["slices_per_decision"] == FAST_SLICES_PER_DECISION
+    assert timing["slices_per_decision"] == timing["options"]["slices_per_decision"] == REDUCED_SLICES_PER_DECISION
     within_one = (np.abs(fast.index_map.astype(int) - stack.truth_index) <= 1).mean()
     assert within_one >= 0.99, f"fast: {within_one:.3f} of the index map within one slice of the truth"
     assert psnr(fast.fused, stack.sharp) >= DEFAULT_PSNR_ON_LARGE_STACK - 0.5
