@@ -7,6 +7,7 @@ the timing report.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -59,6 +60,7 @@ from focusfuse.fusion.strategies import (
 from focusfuse.fusion.tiling import (
     DEFAULT_MAX_MEMORY,
     MemoryPlan,
+    freed_memory_reused,
     fuse_tiles,
     image_tiles,
     measure_statistics,
@@ -378,7 +380,8 @@ def _fuse_decoded(
             return (*fuse_serial(context), None)
 
         slice_times = [0.0] * n_slices
-        with torch.inference_mode(), full_float32():
+        heap = freed_memory_reused() if strategy == "calibrated" else contextlib.nullcontext()
+        with torch.inference_mode(), full_float32(), heap:
             statistics = None
             if plan.tile_pixels is not None and len(tiles) > 1:
                 started = len(clock.per_slice)

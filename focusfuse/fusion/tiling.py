@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import ctypes
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -248,14 +249,46 @@ def take_slice_times(clock: StageClock, start: int, numbers: list[int], totals: 
     del clock.per_slice[start:]
 
 
-def _glibc_malloc_trim() -> Callable[[int], int] | None:
+def _glibc_function(name: str) -> Callable[..., int] | None:
     try:
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):  # not glibc
         return None
 
 
-_MALLOC_TRIM = _glibc_malloc_trim()
+_MALLOC_TRIM = _glibc_function("malloc_trim")
+_MALLOPT = _glibc_function("mallopt")
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+# While the network runs, blocks up to this size are kept in the heap when freed.
+KEPT_BLOCK_BYTES = 2**30
+# glibc's own mmap threshold grows up to 32 MiB as blocks are freed; after the network the
+# thresholds are set to that ceiling (and twice it for trimming, as glibc pairs them).
+USUAL_MMAP_THRESHOLD = 32 * 2**20
+
+
+@contextmanager
+def freed_memory_reused() -> Iterator[None]:
+    """While the network runs, glibc keeps freed blocks of every size for the next allocation.
+
+    glibc returns a block over its mmap threshold (at most 32 MiB) to the system when it is
+    freed, so every feature-sized tensor (50 to 200 MB per tile) was mapped afresh and each
+    of its pages faulted in on first touch: on this CPU that took as long as the element-wise
+    arithmetic itself. Kept in the heap, the same sizes come back every slice and are reused
+    (the 64-slice 2000x1500 stack: 51 s to 40 s). The heap fragments more, which the tile
+    plan's ``WORK_BYTES_PER_PIXEL`` counts for ``calibrated``, the one strategy that runs so
+    (measured for it alone); the heap is trimmed after every tile and at the end.
+    """
+    if _MALLOPT is None:
+        yield
+        return
+    _MALLOPT(M_MMAP_THRESHOLD, KEPT_BLOCK_BYTES)
+    _MALLOPT(M_TRIM_THRESHOLD, KEPT_BLOCK_BYTES)
+    try:
+        yield
+    finally:
+        _MALLOPT(M_MMAP_THRESHOLD, USUAL_MMAP_THRESHOLD)
+        _MALLOPT(M_TRIM_THRESHOLD, 2 * USUAL_MMAP_THRESHOLD)
+        return_freed_memory()
 
 
 def return_freed_memory() -> None:
@@ -360,7 +393,12 @@ BASE_BYTES = 450 * 2**20
 # of plankton5 (5 x 20 Mpx) at 1.19-1.30 GiB (bench/scale.py, docs/benchmarks.md); at 0.75, 16
 # slices peaked at 1577 MiB.
 PLAN_SHARE = 0.65
-WORK_BYTES_PER_PIXEL = {"calibrated": (1550, 460), "calibrated-paper": (2300, 1000), "serial": (2000, 0)}
+# Bytes per pixel of a tile: (fixed, per slice of a feature batch). ``calibrated`` runs with
+# freed blocks kept in the heap (``freed_memory_reused``), which fragments it: at (1550, 460),
+# its measure before, the 64-slice 2000x1500 stack went in 3 tiles and peaked at 1528 MiB
+# (39.5 s); at (2100, 600) in 4 tiles, 1404 MiB (37.9 s); at (2500, 700) in 6 tiles, 1122 MiB
+# (42.5 s), with pcb10 at 1104 MiB and plankton5 at 1020 MiB (probe, one run each).
+WORK_BYTES_PER_PIXEL = {"calibrated": (2500, 700), "calibrated-paper": (2300, 1000), "serial": (2000, 0)}
 # Image-wide arrays held throughout, per pixel: the index map and the peak sharpness (float32),
 # besides the fused image (its channels x bytes). The flat-region fill's push-pull pyramid
 # comes after the tiles, when their work is freed.

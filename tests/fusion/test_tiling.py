@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import pytest
 import torch
@@ -180,3 +182,45 @@ def test_the_sample_mosaic_is_what_a_tile_holds_but_at_most_a_fifth_of_the_image
     assert tiling.mosaic_side(1536, 2048, 398_667) == math.isqrt(398_667)  # pcb10 at full size: a tile
     assert tiling.mosaic_side(768, 1024, 398_667) == math.isqrt(768 * 1024 // 5)  # decided at 1024: a fifth
     assert tiling.mosaic_side(100, 100, 398_667) >= tiling.SAMPLE_CROP
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+    ] + [("keepcost", ctypes.c_size_t)]
+
+
+def _malloc_statistics() -> _MallInfo2:
+    function = ctypes.CDLL(None).mallinfo2
+    function.restype = _MallInfo2
+    return function()
+
+
+@pytest.mark.skipif(
+    tiling._MALLOPT is None or tiling._glibc_function("mallinfo2") is None,
+    reason="not glibc 2.33 or later: its mallopt sets what is kept, its mallinfo2 shows it",
+)
+def test_freed_memory_reused_keeps_feature_sized_blocks_in_the_heap():
+    """Outside, glibc maps a block larger than its heap can give on its own (and unmaps it
+    when it is freed, so its pages fault in again next time); inside, the heap grows to hold
+    it and keeps it, free, for the next one."""
+
+    def larger_than_any_free_block() -> int:
+        return _malloc_statistics().fordblks + 64 * 2**20
+
+    def mapped_for(size: int) -> int:
+        before = _malloc_statistics().hblkhd
+        block = torch.empty(size // 4)
+        mapped = _malloc_statistics().hblkhd - before
+        del block
+        return mapped
+
+    size = larger_than_any_free_block()
+    assert mapped_for(size) >= size
+    with tiling.freed_memory_reused():
+        size = larger_than_any_free_block()
+        assert mapped_for(size) < size  # the heap grew instead
+        assert _malloc_statistics().fordblks >= size  # and keeps the block, free
+    size = larger_than_any_free_block()
+    assert mapped_for(size) >= size  # the usual thresholds are back
