@@ -116,6 +116,19 @@ class StackContext:
     # slice number. Each slice's gates come from the same pass as its first features.
     gates_measured_over: torch.Tensor | None = None
     measured_gates: dict[int, torch.Tensor] = field(default_factory=dict)
+    # A slice's activities done with (folded into a mosaic), kept to take the next slice's:
+    # writing into memory already in use spares faulting in a new feature-sized tensor.
+    spare_activity: torch.Tensor | None = None
+
+    def recycle(self, activity: torch.Tensor) -> None:
+        """Keep ``activity``, no longer needed by the caller, for the next extraction of its shape."""
+        self.spare_activity = activity
+
+    def _spare_for(self, grays: torch.Tensor) -> torch.Tensor | None:
+        spare, self.spare_activity = self.spare_activity, None
+        if spare is None or spare.shape[0] != grays.shape[0] or spare.shape[2:] != grays.shape[2:]:
+            return None
+        return spare
 
     def number(self, index: int) -> int:
         """Slice ``index`` of ``source``'s number in the whole stack."""
@@ -134,7 +147,7 @@ class StackContext:
         if self.statistics is not None:
             gates = self.statistics.gates[[self.number(j) for j in indices]].to(self.device)
         if self.feature_precision == "float32":
-            return self.model.activity(grays, gates)
+            return self.model.activity(grays, gates, out=self._spare_for(grays))
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             return self.model.activity(grays, gates).float()
 
@@ -147,12 +160,13 @@ class StackContext:
         for position, index in enumerate(indices):
             number, gray = self.number(index), grays[position : position + 1]
             known = self.measured_gates.get(number)
+            spare = self._spare_for(gray) if len(indices) == 1 else None
             if known is not None:
-                activities.append(self.model.activity(gray, known[None]))
+                activities.append(self.model.activity(gray, known[None], out=spare))
                 continue
             gates, features = self.model.features.gated_features(gray, self.gates_measured_over.to(gray.dtype))
             self.measured_gates[number] = gates[0]
-            activities.append(gradient_energy(features))
+            activities.append(gradient_energy(features, out=spare))
         return activities[0] if len(activities) == 1 else torch.cat(activities)
 
     def sharpness_median(self, sharpness: torch.Tensor, last_slice: int) -> torch.Tensor | float:
@@ -321,6 +335,8 @@ def _groups(context: StackContext, batch_size: int, group_size: int) -> Iterator
                     group = _start_group(j, images[offset], gray, activity)
                 else:
                     group.add(j, images[offset], gray, activity)
+                    if len(indices) == 1:  # the batch is this slice alone: its activities are done with
+                        context.recycle(activities)
             if len(group.indices) == group_size or j == last:
                 yield group
                 group = None
@@ -396,6 +412,8 @@ def running_best_choice(
                 chosen = taken & (picked == number)
                 index_map[chosen] = j
                 fused[chosen] = group.images[number][chosen]
+        if group.indices[-1] < last:
+            context.recycle(group.activity)  # the mosaic is done with: the next slice's activities go there
         del group  # its mosaic would otherwise live through the next group's extractions
     return fused, index_map, peak_sharpness
 

@@ -116,7 +116,7 @@ def gaussian_blur(image: torch.Tensor, sigma: float, radius: int) -> torch.Tenso
     return F.conv2d(blurred, vertical, groups=channels)
 
 
-def gradient_energy(features: torch.Tensor) -> torch.Tensor:
+def gradient_energy(features: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Squared difference with the left neighbour plus with the upper neighbour, per channel.
 
     Outside the image counts as zero, as the authors' code shifts with zero padding.
@@ -124,6 +124,8 @@ def gradient_energy(features: torch.Tensor) -> torch.Tensor:
 
     Args:
         features: ``(N, C, H, W)``.
+        out: without autograd, a tensor of the same shape to write the energy into (one
+            whose pages are already in memory saves faulting in a new one's).
     """
     if torch.is_grad_enabled() and features.requires_grad:
         horizontal = features.clone()
@@ -136,7 +138,7 @@ def gradient_energy(features: torch.Tensor) -> torch.Tensor:
     # rows at a time (addcmul). A fresh tensor the size of the features costs its page faults
     # on every slice, more than the arithmetic on this CPU (bench/profile.py); a band is small
     # enough for the allocator to reuse.
-    energy = torch.empty_like(features)
+    energy = torch.empty_like(features) if out is None else out
     energy[..., :, :1] = features[..., :, :1]
     torch.sub(features[..., :, 1:], features[..., :, :-1], out=energy[..., :, 1:])
     energy.square_()

@@ -268,13 +268,15 @@ class GACN(nn.Module):
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def activity(self, gray: torch.Tensor, gates: torch.Tensor | None = None) -> torch.Tensor:
+    def activity(
+        self, gray: torch.Tensor, gates: torch.Tensor | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Gradient energy of the features: all a slice contributes to any comparison.
 
         ``(N, 1, H, W)`` gray -> ``(N, 64, H, W)``; cached for the baseline of a stack.
-        ``gates`` as in ``FeatureExtractor.forward``.
+        ``gates`` as in ``FeatureExtractor.forward``; ``out`` as in ``gradient_energy``.
         """
-        return gradient_energy(self.features(gray, gates))
+        return gradient_energy(self.features(gray, gates), out=out)
 
     def smooth_score(self, score: torch.Tensor) -> torch.Tensor:
         """Gaussian pooling of z (identity when ``score_sigma`` is 0, the paper's network)."""

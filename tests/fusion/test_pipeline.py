@@ -416,3 +416,19 @@ def _plan_on_file(plan_memory):
         return plan
 
     return planned
+
+
+def test_recycled_activities_change_nothing(demo_stack_dir, monkeypatch):
+    """A slice's activities, once folded into a mosaic, take the next slice's: the result is
+    that of fresh tensors every time (a recycled tensor still in use would show here)."""
+    from focusfuse.fusion.strategies import StackContext
+
+    recycled = []
+    real_recycle = StackContext.recycle
+    monkeypatch.setattr(StackContext, "recycle", lambda self, a: (recycled.append(1), real_recycle(self, a)))
+    with_spares = fuse_stack([demo_stack_dir], device="cpu", slices_per_decision=2)
+    monkeypatch.setattr(StackContext, "recycle", lambda self, activity: None)
+    fresh = fuse_stack([demo_stack_dir], device="cpu", slices_per_decision=2)
+    assert recycled  # tensors were recycled in the first run
+    assert np.array_equal(with_spares.index_map, fresh.index_map)
+    assert np.array_equal(with_spares.fused, fresh.fused)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import ctypes
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -184,17 +185,32 @@ def test_the_sample_mosaic_is_what_a_tile_holds_but_at_most_a_fifth_of_the_image
     assert tiling.mosaic_side(100, 100, 398_667) >= tiling.SAMPLE_CROP
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-    ] + [("keepcost", ctypes.c_size_t)]
+HEAP_CHECK = """
+import ctypes, torch
+from focusfuse.fusion import tiling
 
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-def _malloc_statistics() -> _MallInfo2:
-    function = ctypes.CDLL(None).mallinfo2
-    function.restype = _MallInfo2
-    return function()
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+
+def mapped_for(size):
+    before = mallinfo2().hblkhd
+    block = torch.empty(size // 4)
+    mapped = mallinfo2().hblkhd - before
+    del block
+    return mapped
+
+size = mallinfo2().fordblks + 64 * 2**20  # larger than any free block: the heap must grow or map it
+print("outside", mapped_for(size) >= size)
+with tiling.freed_memory_reused():
+    size = mallinfo2().fordblks + 64 * 2**20
+    print("inside", mapped_for(size) < size, mallinfo2().fordblks >= size)
+size = mallinfo2().fordblks + 64 * 2**20
+print("after", mapped_for(size) >= size)
+"""
 
 
 @pytest.mark.skipif(
@@ -204,23 +220,7 @@ def _malloc_statistics() -> _MallInfo2:
 def test_freed_memory_reused_keeps_feature_sized_blocks_in_the_heap():
     """Outside, glibc maps a block larger than its heap can give on its own (and unmaps it
     when it is freed, so its pages fault in again next time); inside, the heap grows to hold
-    it and keeps it, free, for the next one."""
-
-    def larger_than_any_free_block() -> int:
-        return _malloc_statistics().fordblks + 64 * 2**20
-
-    def mapped_for(size: int) -> int:
-        before = _malloc_statistics().hblkhd
-        block = torch.empty(size // 4)
-        mapped = _malloc_statistics().hblkhd - before
-        del block
-        return mapped
-
-    size = larger_than_any_free_block()
-    assert mapped_for(size) >= size
-    with tiling.freed_memory_reused():
-        size = larger_than_any_free_block()
-        assert mapped_for(size) < size  # the heap grew instead
-        assert _malloc_statistics().fordblks >= size  # and keeps the block, free
-    size = larger_than_any_free_block()
-    assert mapped_for(size) >= size  # the usual thresholds are back
+    it and keeps it, free, for the next one. In a fresh process: this one's heap holds
+    whatever earlier tests freed."""
+    result = subprocess.run([sys.executable, "-c", HEAP_CHECK], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["outside", "True", "inside", "True", "True", "after", "True"], result.stdout
