@@ -177,11 +177,11 @@ def test_a_pruned_fusion_agrees_with_the_unpruned_one_and_says_what_ran(tmp_path
     assert pruned.index_map.max() <= 7
 
 
-def test_the_sample_mosaic_is_what_a_tile_holds_but_at_most_a_fifth_of_the_image():
+def test_the_sample_mosaic_is_what_a_tile_holds_but_at_most_a_tenth_of_the_image():
     import math
 
-    assert tiling.mosaic_side(1536, 2048, 398_667) == math.isqrt(398_667)  # pcb10 at full size: a tile
-    assert tiling.mosaic_side(768, 1024, 398_667) == math.isqrt(768 * 1024 // 5)  # decided at 1024: a fifth
+    assert tiling.mosaic_side(1536, 2048, 250_000) == math.isqrt(250_000)  # pcb10 at full size: a tile
+    assert tiling.mosaic_side(768, 1024, 398_667) == math.isqrt(768 * 1024 // 10)  # decided at 1024: a tenth
     assert tiling.mosaic_side(100, 100, 398_667) >= tiling.SAMPLE_CROP
 
 
