@@ -246,7 +246,9 @@ def result_options(
         "crop": crop,
         "prune": prune,
         "pyramid_levels": pyramid_levels,
-        "slices_per_decision": (slices_per_decision if slices_per_decision is not None else slices_per_decision_for()),
+        "slices_per_decision": (
+            slices_per_decision if slices_per_decision is not None else slices_per_decision_for(speed)  # type: ignore[arg-type]
+        ),
         "adjacent_by_sharpness": adjacent_by_sharpness,
         "fill_flat": fill_flat,
     }
@@ -478,7 +480,7 @@ def fuse_stack(
         progress: called with (slices done, slices in all).
         slices_per_decision: ``calibrated`` only: new slices pre-selected by feature
             sharpness before each decision path (1: a decision path per slice); None:
-            4, or 6 where the decisions are made on shrunk slices
+            4, or where the decisions are made on shrunk slices 5 (6 under ``fast``)
             (``resolution.slices_per_decision_for``).
         adjacent_by_sharpness: ``calibrated`` only: let feature sharpness, not the
             decision path, choose between adjacent slices on textured ground.
@@ -641,7 +643,7 @@ def fuse_stack(
         precision = feature_precision(speed, torch_device, shrunk)
         used_per_decision = slices_per_decision
         if used_per_decision is None:
-            used_per_decision = slices_per_decision_for(shrunk)
+            used_per_decision = slices_per_decision_for(speed, shrunk)
         decisions: DecodedStack | ChannelView = decoded if reference is None else ChannelView(decoded, reference)
         decide_read = decisions.read
         fused, index_map, used_composite, slice_tiles_run, peak_sharpness = _fuse_decoded(

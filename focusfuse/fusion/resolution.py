@@ -41,17 +41,21 @@ MAX_REDUCTION = 4
 
 
 # New slices pre-selected by feature sharpness before each decision path where the decisions
-# are made on shrunk slices, by either speed (at full size: SLICES_PER_DECISION, 4). On the
-# selection stacks of DEFAULT_DECISION_SIDE's comment, decided at 512 px, 4 / 6 / 8 gave
-# 26.71 / 26.91 / 27.32 dB (stepped depth), 29.85 / 29.92 / 30.10 (BSDS500 mosaic) and
-# 35.20 throughout (smooth depth), with a fifth to two fifths less time in the decisions;
-# 6, not 8, keeps the decision path in charge of most steps on real stacks, where feature
-# sharpness alone is less sure. Decided at 1024 px (the default), 4 / 6 gave 26.97 / 27.13
-# dB (stepped), 30.19 / 30.22 (BSDS500), 35.20 / 35.20 (smooth) and, on 64 slices of the
-# smooth stack, 35.53 / 35.53 in 55.7 / 42.4 s. On 256 px stacks decided at full size
+# are made on shrunk slices (at full size: SLICES_PER_DECISION, 4, for either speed).
+# ``fast``: on the selection stacks of DEFAULT_DECISION_SIDE's comment, decided at 512 px,
+# 4 / 6 / 8 gave 26.71 / 26.91 / 27.32 dB (stepped depth), 29.85 / 29.92 / 30.10 (BSDS500
+# mosaic) and 35.20 throughout (smooth depth), with a fifth to two fifths less time in the
+# decisions; 6, not 8, keeps the decision path in charge of most steps on real stacks,
+# where feature sharpness alone is less sure.
+FAST_SLICES_PER_DECISION = 6
+# The default, decided at 1024 px: 4 / 5 / 6 gave 26.97 / 27.05 / 27.15 dB (stepped), 30.18
+# / 30.15 / 30.22 (BSDS500) and 35.53 on 64 slices of the smooth stack in 55.7 s with 4 and
+# 37.8 / 37.0 s with 5 / 6 (after the in-place network; probes). 6 moved pcb10's edge_kept
+# (bench/seams.py) 0.115 points below 4's, over the 0.1 the default is allowed to lose; 5
+# moved it 0.086 and spurious edges 0.001 points. On 256 px stacks decided at full size
 # (bench/multislice.py's generator, seeds 11 and 12) 6 lost up to 0.09 dB at N = 20: there
 # a pixel's depth changes over fewer pixels, so full-size decisions keep 4.
-REDUCED_SLICES_PER_DECISION = 6
+DEFAULT_REDUCED_SLICES_PER_DECISION = 5
 
 
 def registration_side(speed: Speed) -> int:
@@ -66,11 +70,14 @@ def warp_interpolation(speed: Speed) -> int:
     return cv2.INTER_CUBIC if speed == "fast" else cv2.INTER_LANCZOS4
 
 
-def slices_per_decision_for(reduced: bool = True) -> int:
-    """The ``calibrated`` strategy's slices per decision path unless one is asked for:
-    ``REDUCED_SLICES_PER_DECISION`` for decisions on shrunk slices, else
-    ``SLICES_PER_DECISION`` (so that ``fast`` on a small image is the default)."""
-    return REDUCED_SLICES_PER_DECISION if reduced else SLICES_PER_DECISION
+def slices_per_decision_for(speed: Speed, reduced: bool = True) -> int:
+    """The ``calibrated`` strategy's slices per decision path unless one is asked for: on
+    shrunk slices ``FAST_SLICES_PER_DECISION`` for ``fast`` and
+    ``DEFAULT_REDUCED_SLICES_PER_DECISION`` for the default, else ``SLICES_PER_DECISION``
+    (so that ``fast`` on a small image is the default)."""
+    if not reduced:
+        return SLICES_PER_DECISION
+    return FAST_SLICES_PER_DECISION if speed == "fast" else DEFAULT_REDUCED_SLICES_PER_DECISION
 
 
 def feature_precision(speed: Speed, device: torch.device, reduced: bool) -> Precision:

@@ -14,8 +14,8 @@ from focusfuse.fusion.resolution import (
     DEFAULT_DECISION_SIDE,
     DEFAULT_MAX_REDUCTION,
     FAST_DECISION_SIDE,
+    FAST_SLICES_PER_DECISION,
     MAX_REDUCTION,
-    REDUCED_SLICES_PER_DECISION,
     decision_size,
     enlarge_index_map,
     reduced_stack,
@@ -74,7 +74,7 @@ def test_fast_keeps_full_size_and_stays_near_the_default_on_a_large_stack(large_
     timing = json.loads((tmp_path / "fast.timing.json").read_text())
     assert timing["speed"] == "fast" and timing["decision_size"] == [384, 512]
     assert timing["options"]["speed"] == "fast"
-    assert timing["slices_per_decision"] == timing["options"]["slices_per_decision"] == REDUCED_SLICES_PER_DECISION
+    assert timing["slices_per_decision"] == timing["options"]["slices_per_decision"] == FAST_SLICES_PER_DECISION
     within_one = (np.abs(fast.index_map.astype(int) - stack.truth_index) <= 1).mean()
     assert within_one >= 0.99, f"fast: {within_one:.3f} of the index map within one slice of the truth"
     assert psnr(fast.fused, stack.sharp) >= DEFAULT_PSNR_ON_LARGE_STACK - 0.5
@@ -164,3 +164,13 @@ def test_the_memory_plan_reports_the_tiles_of_the_image_the_decisions_see():
     assert full.tile_pixels is not None and full.tiles == len(tile_grid(1500, 2000, full.tile_pixels, full.halo))
     assert decided.tiles == len(tile_grid(768, 1024, full.tile_pixels, full.halo)) < full.tiles
     assert decided.tile_pixels == full.tile_pixels and decided.estimated_peak == full.estimated_peak
+
+
+def test_slices_per_decision_on_shrunk_slices_by_speed():
+    from focusfuse.fusion.resolution import DEFAULT_REDUCED_SLICES_PER_DECISION, slices_per_decision_for
+    from focusfuse.fusion.strategies import SLICES_PER_DECISION
+
+    assert slices_per_decision_for("default", reduced=True) == DEFAULT_REDUCED_SLICES_PER_DECISION == 5
+    assert slices_per_decision_for("fast", reduced=True) == FAST_SLICES_PER_DECISION == 6
+    assert slices_per_decision_for("default", reduced=False) == slices_per_decision_for("fast", reduced=False)
+    assert slices_per_decision_for("fast", reduced=False) == SLICES_PER_DECISION == 4
