@@ -42,15 +42,9 @@ def box_sum_(image: torch.Tensor, radius: int, channels_at_once: int = 16) -> to
     The window sums of a 64-channel map otherwise take two new tensors its size;
     a group of channels at a time keeps the temporaries small enough to be reused.
     """
-    size = 2 * radius + 1
-    ones = torch.ones(size, device=image.device, dtype=image.dtype)
     for start in range(0, image.shape[1], channels_at_once):
         part = image[:, start : start + channels_at_once]
-        count = part.shape[1]
-        rows = F.conv2d(part, ones.view(1, 1, size, 1).expand(count, 1, size, 1), padding=(radius, 0), groups=count)
-        part.copy_(
-            F.conv2d(rows, ones.view(1, 1, 1, size).expand(count, 1, 1, size), padding=(0, radius), groups=count)
-        )
+        part.copy_(box_sum(part, radius))
     return image
 
 

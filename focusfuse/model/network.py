@@ -123,13 +123,7 @@ class FeatureExtractor(nn.Module):
         of the whole image, when the image goes through in tiles); None computes them
         from ``gray`` itself.
         """
-        if not torch.is_grad_enabled():
-            return self.gated_features(gray, gates=gates)[1]
-        features: list[torch.Tensor] = []
-        for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
-            block_input = gray if number == 0 else torch.cat(features, 1)
-            features.append(excitation(block(block_input), None if gates is None else gates[:, number]))
-        return torch.cat(features, 1)
+        return self.gated_features(gray, gates=gates)[1]
 
     def channel_gates(self, gray: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """``(N, 1, H, W)`` -> ``(N, 4, 16)``: the channel SE weights ``forward`` computes for ``gray``.
@@ -152,16 +146,16 @@ class FeatureExtractor(nn.Module):
         activations (``rectified_conv``); the gate comes from the BatchNorm's output means,
         which are the activations' means through the same affine map.
         """
+        inference = not torch.is_grad_enabled()
         used = []
         features: list[torch.Tensor] = []
         for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
             block_input = gray if number == 0 else torch.cat(features, 1)
-            if torch.is_grad_enabled():
-                activations = block(block_input)
-                scale = shift = None
-            else:
+            if inference:
                 activations, norm = rectified_conv(block, block_input)
                 scale, shift = batch_norm_affine(norm, activations.dtype)
+            else:
+                activations = block(block_input)
             if gates is not None:
                 gate = gates[:, number]
             else:
@@ -169,19 +163,18 @@ class FeatureExtractor(nn.Module):
                     means = activations.mean(dim=(2, 3))
                 else:
                     means = (activations * weight).sum(dim=(2, 3)) / weight.sum()
-                if scale is not None and shift is not None:
+                if inference:
                     means = means * scale + shift
                 gate = excitation.gate(means)  # type: ignore[operator]
             used.append(gate)
-            if scale is None or shift is None:
-                features.append(activations * gate[:, :, None, None])
-            else:
-                gate = gate.to(activations.dtype)[:, :, None, None]
-                features.append(
-                    torch.addcmul(
-                        shift[:, None, None] * gate, activations, scale[:, None, None] * gate, out=activations
-                    )
+            if inference:
+                factor = gate.to(activations.dtype)[:, :, None, None]
+                gated = torch.addcmul(
+                    shift[:, None, None] * factor, activations, scale[:, None, None] * factor, out=activations
                 )
+                features.append(gated)
+            else:
+                features.append(activations * gate[:, :, None, None])
         return torch.stack(used, 1), torch.cat(features, 1)
 
 
