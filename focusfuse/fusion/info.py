@@ -17,10 +17,9 @@ import numpy as np
 from focusfuse.errors import FocusFuseError
 from focusfuse.fusion.alignment import ALIGN_MODES, estimate_alignment
 from focusfuse.fusion.channels import check_reference_channel, reference_record, slice_texture
-from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, memory_budget, stack_memory_plan
+from focusfuse.fusion.pipeline import DEFAULT_BATCH_SIZE, memory_budget, open_fusion_source, stack_memory_plan
 from focusfuse.fusion.resolution import decision_size
 from focusfuse.io.microscope import SeriesSelection
-from focusfuse.io.reader import open_channel_stack, open_stack
 
 
 def describe_stack(
@@ -39,12 +38,7 @@ def describe_stack(
     """The facts ``focusfuse info`` prints, as a JSON-ready dict."""
     if align not in ALIGN_MODES:
         raise FocusFuseError(f"--align {align}: use one of {', '.join(ALIGN_MODES)}")
-    selection = SeriesSelection(scene, position, time)
-    if channel_folders and selection.named:
-        raise FocusFuseError(f"--channels: {selection.options()} names a stack of a microscope file, not of folders")
-    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs, selection)
-    if len(source) < 2:
-        raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
+    source = open_fusion_source(inputs, SeriesSelection(scene, position, time), channel_folders)
     first = source.read(0)
     channels = 1 if first.ndim == 2 else first.shape[2]
     by_channel = source.channel_axis or reference_channel is not None

@@ -152,6 +152,19 @@ def default_timing_path(output: Path) -> Path:
     return output.with_name(output_stem(output) + ".timing.json")
 
 
+def open_fusion_source(
+    inputs: Sequence[str | os.PathLike], selection: SeriesSelection, channel_folders: bool
+) -> StackSource:
+    """The stack ``fuse_stack`` and ``focusfuse info`` read: folders as channels, or one stack
+    (a microscope file's z-stack picked by ``selection``), of at least two slices."""
+    if channel_folders and selection.named:
+        raise FocusFuseError(f"--channels: {selection.options()} names a stack of a microscope file, not of folders")
+    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs, selection)
+    if len(source) < 2:
+        raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
+    return source
+
+
 def made_from_name(source: StackSource) -> str:
     """The stack as a person names it: the folder, or the file with its scene and time (``a.czi[scene=1]``)."""
     if len(source.paths) > 1:
@@ -548,11 +561,7 @@ def fuse_stack(
     torch_device = resolve_device(device)
     clock = StageClock(torch_device)
     selection = SeriesSelection(scene, position, time)
-    if channel_folders and selection.named:
-        raise FocusFuseError(f"--channels: {selection.options()} names a stack of a microscope file, not of folders")
-    source = open_channel_stack(inputs) if channel_folders else open_stack(inputs, selection)
-    if len(source) < 2:
-        raise FocusFuseError(f"{source.labels[0]}: a stack needs at least 2 slices, got 1")
+    source = open_fusion_source(inputs, selection, channel_folders)
     try:
         made_from = input_files(source.paths)
     except OSError as error:
