@@ -11,6 +11,7 @@ everywhere but under ``--quiet``. Errors are one line on stderr, ``focusfuse: er
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import re
@@ -219,6 +220,11 @@ class FocusFuseGroup(click.Group):
 @click.option("--debug", is_flag=True, help="Show the traceback of an unexpected error.")
 def main(debug: bool) -> None:
     """Focus stacking for microscopy z-stacks (GACN with decision calibration)."""
+    # The imports (torch's above all) leave a few hundred thousand objects that live as long as
+    # the process. Frozen out of the collector's sight, they cost nothing at its collections and
+    # at exit: 0.25-0.35 s of a short command's shutdown on a 2-core CPU (`python -c "import
+    # torch"` against the same with gc.freeze() last: 1.29-1.46 s against 1.10-1.14 s).
+    gc.freeze()
 
 
 def fusion_options(command: Callable) -> Callable:

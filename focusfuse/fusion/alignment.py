@@ -781,7 +781,7 @@ def estimate_alignment(
             than ``AUTO_MIN_SIGNIFICANCE`` standard errors; otherwise it is left as read
             (and a pair of two images always is). It screens on images of at most
             ``AUTO_SCREEN_SIDE`` px first and registers at ``side`` only a stack the
-            screen finds moved.
+            screen finds moved (where ``side`` is larger than the screen's).
         crop: crop every slice to the rectangle they all cover.
         side: the phase refinement's images are at most this many px on the long side
             (``FINE_SIDE``; ``--speed fast``, which decides at 512 px, registers at 512).
@@ -794,7 +794,10 @@ def estimate_alignment(
     if mode == "auto":
         # The screen: small images, a cheap start. A stack it finds moved (on half the evidence
         # that warping needs where it shrank the slices: they carry less) is estimated as
-        # ``similarity`` is, and judged again.
+        # ``similarity`` is, and judged again. Where ``side`` is no larger than the screen's
+        # images, the screen's estimate is kept: the phase refinement converges to the same
+        # transforms from either start (drifting selection stacks, seeds 11-14, registered at
+        # 512 px: largest corner errors within 0.02 px of each other, in 40-60% of the time).
         transforms, pairs, height, width = _chained(
             read,
             n_slices,
@@ -809,7 +812,7 @@ def estimate_alignment(
             verdict = _auto_verdict(transforms, pairs, 0.5, height, width, screened=screened)
         else:
             verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
-        if verdict.startswith("warped"):
+        if verdict.startswith("warped") and screen_factor < _scale_factor(height, width, side):
             transforms, pairs, height, width = _chained(read, n_slices, "similarity", side, judged_only=True)
             verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
         if n_slices == 2:

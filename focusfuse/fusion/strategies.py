@@ -149,7 +149,9 @@ class StackContext:
         if self.feature_precision == "float32":
             return self.model.activity(grays, gates, out=self._spare_for(grays))
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
-            return self.model.activity(grays, gates).float()
+            energy = self.model.activity(grays, gates)
+        spare = self._spare_for(grays)
+        return energy.float() if spare is None else spare.copy_(energy)
 
     def _activity_measuring_gates(self, grays: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """``activity``, each slice seen for the first time also giving its channel gates over

@@ -144,10 +144,24 @@ def test_a_pair_is_taken_as_registered_by_auto_and_the_estimate_is_reported():
 
 
 def test_auto_aligns_a_stack_that_moved_as_similarity_aligns_it(tmp_path):
-    folder = write_slices(tmp_path / "drift", drifting_stack(seed=2)[0])
+    """Frames of at most 512 px are screened at their full size, so auto keeps the screen's
+    estimate: from its cheaper start the phase refinement reaches similarity's transforms."""
+    slices, _, sharp = drifting_stack(seed=2)
+    screened = estimate_alignment(lambda j: slices[j], len(slices), "auto")
+    registered = estimate_alignment(lambda j: slices[j], len(slices), "similarity")
+    assert screened.active
+    for kept, full in zip(screened.transforms, registered.transforms, strict=True):
+        assert kept.corner_error(full.matrix, 256, 256) < 0.05
+    folder = write_slices(tmp_path / "drift", slices)
     auto = fuse_stack(folder, device="cpu", align="auto")
     assert all(s["applied"] for s in auto.timing["alignment"]["slices"] if s["slice"] != 2)
-    assert np.array_equal(auto.fused, fuse_stack(folder, device="cpu", align="similarity").fused)
+    inner = (slice(16, -16), slice(16, -16))
+
+    def squared_error(image):
+        return np.mean((image[inner].astype(float) - sharp[inner].astype(float)) ** 2)
+
+    similarity = fuse_stack(folder, device="cpu", align="similarity")
+    assert squared_error(auto.fused) < 1.03 * squared_error(similarity.fused)  # within 0.13 dB
 
 
 @pytest.mark.parametrize(("shift", "warped"), [(0.3, False), (0.5, False), (0.8, True), (1.5, True)])
