@@ -11,8 +11,17 @@ import math
 import torch
 import torch.nn.functional as F
 
-# Rows of vertical differences made at once by ``gradient_energy`` without autograd.
-ENERGY_BAND_ROWS = 64
+# Without autograd ``gradient_energy`` works a band of rows at a time, each band's features
+# at most this many bytes: every step on a band then finds it in the CPU's cache (a few MiB
+# of L2 and L3 per core), where whole feature maps (50 to 200 MB) went through memory at
+# each step.
+ENERGY_BAND_BYTES = 2 * 2**20
+
+
+def energy_band_rows(features: torch.Tensor) -> int:
+    """Rows of ``features`` ``(N, C, H, W)`` in one band of ``gradient_energy`` without autograd."""
+    row_bytes = features.shape[0] * features.shape[1] * features.shape[3] * features.element_size()
+    return max(2, ENERGY_BAND_BYTES // max(row_bytes, 1))
 
 
 def box_mean(image: torch.Tensor, radius: int) -> torch.Tensor:
@@ -127,22 +136,28 @@ def gradient_energy(features: torch.Tensor, out: torch.Tensor | None = None) -> 
         vertical = features.clone()
         vertical[..., 1:, :] -= features[..., :-1, :]
         return horizontal.square_().add_(vertical.square_())
-    # Without autograd the energy is built in one new tensor: the horizontal differences
-    # written straight into it and squared in place, then the vertical ones added a band of
-    # rows at a time (addcmul). A fresh tensor the size of the features costs its page faults
-    # on every slice, more than the arithmetic on this CPU (bench/profile.py); a band is small
-    # enough for the allocator to reuse.
+    # Without autograd the energy is built in one tensor (``out`` or a new one), a band of rows
+    # at a time (``ENERGY_BAND_BYTES``): the horizontal differences written straight into it and
+    # squared in place, then the vertical ones added (addcmul). A fresh tensor the size of the
+    # features costs its page faults on every slice, more than the arithmetic on this CPU
+    # (bench/profile.py); a band's temporary is small enough for the allocator to reuse.
     energy = torch.empty_like(features) if out is None else out
-    energy[..., :, :1] = features[..., :, :1]
-    torch.sub(features[..., :, 1:], features[..., :, :-1], out=energy[..., :, 1:])
-    energy.square_()
-    top = features[..., :1, :]
-    energy[..., :1, :].addcmul_(top, top)
     height = features.shape[-2]
-    for start in range(1, height, ENERGY_BAND_ROWS):
-        stop = min(height, start + ENERGY_BAND_ROWS)
-        vertical = features[..., start:stop, :] - features[..., start - 1 : stop - 1, :]
-        energy[..., start:stop, :].addcmul_(vertical, vertical)
+    rows = energy_band_rows(features)
+    for start in range(0, height, rows):
+        stop = min(height, start + rows)
+        band, target = features[..., start:stop, :], energy[..., start:stop, :]
+        target[..., :, :1] = band[..., :, :1]
+        torch.sub(band[..., :, 1:], band[..., :, :-1], out=target[..., :, 1:])
+        target.square_()
+        if start == 0:  # the first row's upper neighbour is outside: zero
+            top = band[..., :1, :]
+            target[..., :1, :].addcmul_(top, top)
+            band, target, above = band[..., 1:, :], target[..., 1:, :], band[..., :-1, :]
+        else:
+            above = features[..., start - 1 : stop - 1, :]
+        vertical = band - above
+        target.addcmul_(vertical, vertical)
     return energy
 
 

@@ -149,11 +149,25 @@ class FeatureExtractor(nn.Module):
         inference = not torch.is_grad_enabled()
         used = []
         features: list[torch.Tensor] = []
+        # Without autograd every block writes its gated features into its channels of one
+        # tensor, and the next block reads the channels before it from there: the features
+        # are never concatenated (a copy of each block's input and of the whole output).
+        written: torch.Tensor | None = None
         for number, (block, excitation) in enumerate(zip(self.blocks, self.excitations, strict=True)):
-            block_input = gray if number == 0 else torch.cat(features, 1)
+            if number == 0:
+                block_input = gray
+            elif written is not None:
+                block_input = written[:, : number * FEATURE_WIDTH]
+            else:
+                block_input = torch.cat(features, 1)
             if inference:
                 activations, norm = rectified_conv(block, block_input)
                 scale, shift = batch_norm_affine(norm, activations.dtype)
+                if written is None:  # in the convolutions' dtype (bfloat16 under autocast)
+                    size = (activations.shape[0], FEATURE_CHANNELS, *activations.shape[2:])
+                    written = torch.empty(
+                        size, dtype=activations.dtype, device=activations.device, memory_format=torch.channels_last
+                    )
             else:
                 activations = block(block_input)
             if gates is not None:
@@ -167,15 +181,14 @@ class FeatureExtractor(nn.Module):
                     means = means * scale + shift
                 gate = excitation.gate(means)  # type: ignore[operator]
             used.append(gate)
-            if inference:
+            if written is not None:
                 factor = gate.to(activations.dtype)[:, :, None, None]
-                gated = torch.addcmul(
-                    shift[:, None, None] * factor, activations, scale[:, None, None] * factor, out=activations
-                )
-                features.append(gated)
+                channels = written[:, number * FEATURE_WIDTH : (number + 1) * FEATURE_WIDTH]
+                torch.addcmul(shift[:, None, None] * factor, activations, scale[:, None, None] * factor, out=channels)
+                del activations
             else:
                 features.append(activations * gate[:, :, None, None])
-        return torch.stack(used, 1), torch.cat(features, 1)
+        return torch.stack(used, 1), written if written is not None else torch.cat(features, 1)
 
 
 class DecisionPath(nn.Module):

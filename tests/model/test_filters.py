@@ -56,11 +56,14 @@ def test_fill_from_known_with_nothing_or_everything_known():
     assert torch.equal(fill_from_known(values, torch.zeros_like(values, dtype=torch.bool)), torch.zeros_like(values))
 
 
-def test_gradient_energy_without_autograd_is_the_same_numbers_as_with_it():
-    from focusfuse.model.filters import ENERGY_BAND_ROWS, gradient_energy
+def test_gradient_energy_without_autograd_is_the_same_numbers_as_with_it(monkeypatch):
+    import focusfuse.model.filters as filters
+    from focusfuse.model.filters import energy_band_rows, gradient_energy
 
-    # Taller than two bands of rows, so the bands' seams are inside the image.
-    features = torch.rand(2, 5, 2 * ENERGY_BAND_ROWS + 23, 47, requires_grad=True)
+    features = torch.rand(2, 5, 87, 47, requires_grad=True)
+    # Bands of 8 rows, so that their seams (and a short last band) are inside the image.
+    monkeypatch.setattr(filters, "ENERGY_BAND_BYTES", 8 * 2 * 5 * 47 * 4)
+    assert energy_band_rows(features) == 8
     with_autograd = gradient_energy(features)
     with_autograd.sum().backward()  # the training path still has a gradient
     assert features.grad is not None and features.grad.abs().sum() > 0
