@@ -652,7 +652,7 @@ def fuse_stack(
         precision = feature_precision(speed, torch_device, shrunk)
         used_per_decision = slices_per_decision
         if used_per_decision is None:
-            used_per_decision = slices_per_decision_for(speed, shrunk)
+            used_per_decision = slices_per_decision_for(speed, shrunk, len(source))
         decisions: DecodedStack | ChannelView = decoded if reference is None else ChannelView(decoded, reference)
         decide_read = decisions.read
         fused, index_map, used_composite, slice_tiles_run, peak_sharpness = _fuse_decoded(

@@ -174,3 +174,28 @@ def test_slices_per_decision_on_shrunk_slices_by_speed():
     assert slices_per_decision_for("fast", reduced=True) == FAST_SLICES_PER_DECISION == 6
     assert slices_per_decision_for("default", reduced=False) == slices_per_decision_for("fast", reduced=False)
     assert slices_per_decision_for("fast", reduced=False) == SLICES_PER_DECISION == 4
+
+
+def test_deep_stacks_on_shrunk_slices_take_more_slices_per_decision_under_the_default():
+    from focusfuse.fusion.resolution import slices_per_decision_for
+
+    by_depth = {n: slices_per_decision_for("default", True, n) for n in (2, 10, 46, 47, 55, 56, 64, 200)}
+    assert by_depth == {2: 5, 10: 5, 46: 5, 47: 6, 55: 6, 56: 7, 64: 7, 200: 7}
+    assert slices_per_decision_for("fast", True, 64) == 6
+    assert slices_per_decision_for("default", False, 64) == 4
+
+
+def test_a_deep_stack_runs_the_deep_stack_slices_per_decision(tmp_path):
+    """The rule reaches the fusion: a 48-slice stack decided on shrunk slices runs 6 per path."""
+    from focusfuse.fusion import resolution
+
+    folder = tmp_path / "deep"
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    base = cv2.resize(rng.random((40, 40), np.float32), (1100, 64), interpolation=cv2.INTER_CUBIC)
+    for j in range(48):
+        blurred = cv2.GaussianBlur(base, (0, 0), 0.5 + abs(j - 20) * 0.2)
+        cv2.imwrite(str(folder / f"z{j:02d}.png"), np.clip(blurred * 255, 0, 255).astype(np.uint8))
+    assert resolution.decision_size(64, 1100, "default") != (64, 1100)
+    result = fuse_stack([folder], device="cpu", align="none")
+    assert result.timing["slices_per_decision"] == 6
