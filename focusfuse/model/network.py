@@ -213,7 +213,17 @@ class DecisionPath(nn.Module):
             for block, excitation in zip(self.blocks, self.excitations, strict=True):
                 x = excitation(block(x))
             return x
-        x = self.input_excitation(comparison if overwrite else comparison.clone())
+        return self.score_in_place(comparison if overwrite else comparison.clone())
+
+    def score_in_place(self, comparison: torch.Tensor) -> torch.Tensor:
+        """``forward`` without autograd, overwriting ``comparison``.
+
+        Called directly (not through ``__call__``, whose argument tuple holds the map to the
+        end) on a map no one else holds, it frees the map once the first block has read it:
+        the next blocks then run beside the first block's output alone.
+        """
+        x = self.input_excitation(comparison)
+        del comparison
         for block, excitation in zip(self.blocks, self.excitations, strict=True):
             activations, norm = rectified_conv(block, x)
             del x
@@ -297,8 +307,11 @@ class GACN(nn.Module):
 
         ``activity_a`` may have batch 1 and be broadcast against a batch of B's.
         """
-        comparison = compare_activity(activity_a, activity_b)
-        score = self.smooth_score(self.decision(comparison, overwrite=True))
+        if torch.is_grad_enabled():
+            score = self.decision(compare_activity(activity_a, activity_b))
+        else:  # nothing here holds the comparison map: the decision path frees it early
+            score = self.decision.score_in_place(compare_activity(activity_a, activity_b))
+        score = self.smooth_score(score)
         initial_map = torch.sigmoid(SHARPNESS * score)
         final_map = refine_decision_map(initial_map, gray_a, gray_b)
         return PairDecision(score=score, initial_map=initial_map, final_map=final_map)
