@@ -38,7 +38,7 @@ from focusfuse.fusion.resolution import (
     decision_size,
     enlarge_index_map,
     enlarge_mask,
-    feature_precision,
+    network_precision,
     reduced_stack,
     refine_boundaries,
     registration_side,
@@ -344,7 +344,8 @@ def _fuse_decoded(
     composited from them under the index map, by the pyramid or by copying.
     ``decided_at`` (``resolution.decision_size``): when smaller than the slices, the strategy
     decides on the slices shrunk to it, and the fused image is made from the full-size
-    slices under the enlarged index map. ``precision``: the feature path's.
+    slices under the enlarged index map. ``precision``: the feature path's and, under
+    ``calibrated``, the decision path's.
     Returns the fused image, the index map, the composite used, the slice-tiles run,
     and (``calibrated``) the sharpest any slice is at each pixel (on the decision image).
     """
@@ -385,6 +386,7 @@ def _fuse_decoded(
                 intensity_scale=scale,
                 progress=lambda done, total: None,
                 feature_precision=precision,
+                decision_precision=precision,
             )
 
         def run(context: StackContext) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:
@@ -649,7 +651,7 @@ def fuse_stack(
             slice_shape = decoded.shape
         decided_at = decision_size(slice_shape[0], slice_shape[1], speed, used_strategy)  # after any crop
         shrunk = decided_at != tuple(slice_shape[:2])
-        precision = feature_precision(speed, torch_device, shrunk)
+        precision = network_precision(speed, torch_device, shrunk)
         used_per_decision = slices_per_decision
         if used_per_decision is None:
             used_per_decision = slices_per_decision_for(speed, shrunk, len(source))
@@ -734,6 +736,7 @@ def fuse_stack(
         ),
         "speed": speed,
         "feature_precision": precision,
+        "decision_precision": precision if used_strategy == "calibrated" else "float32",
         "decision_size": list(decided_at),
         "focusfuse_version": __version__,
         "torch_version": torch.__version__,

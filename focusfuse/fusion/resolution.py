@@ -93,18 +93,24 @@ def slices_per_decision_for(speed: Speed, reduced: bool = True, n_slices: int = 
     return max(DEFAULT_REDUCED_SLICES_PER_DECISION, deep)
 
 
-def feature_precision(speed: Speed, device: torch.device, reduced: bool) -> Precision:
-    """The feature path's precision: bfloat16 for ``fast`` decisions on shrunk slices
-    (``reduced``), on a
-    CPU with native bfloat16 convolutions (AVX512-BF16, AMX), where it takes the feature
-    path in about 60% of the time; float32 everywhere else (the default always, and
-    ``fast`` on an image small enough to be decided at full size).
+def network_precision(speed: Speed, device: torch.device, reduced: bool) -> Precision:
+    """The precision of the network's convolutions, the feature path's and (``calibrated``)
+    the decision path's: bfloat16 for decisions on shrunk slices (``reduced``, either speed)
+    on a CPU with native bfloat16 convolutions (AVX512-BF16, AMX), where a convolution takes
+    half of float32's time (the feature path about 70%, the decision path about 65%, on
+    470x470 tiles; probes); float32 everywhere else (images decided at full size, CUDA,
+    other CPUs). ``speed`` is kept for the callers: both speeds choose alike.
 
-    The decision path, the comparisons and the choice stay in float32. On a selection
-    stack (synthetic, 16 slices of 2000x1500, seed 11) ``fast`` fused to the same PSNR
-    (35.20 dB) either way; on pcb10 the index maps agreed on 99.4% of pixels.
+    The comparisons between slices, the refinement and the choice stay in float32. On the
+    selection stacks of ``DEFAULT_DECISION_SIDE``'s comment decided at 1024 px (seed 11;
+    probe), float32 / bfloat16 features / both paths in bfloat16 gave 27.051 / 27.040 /
+    27.039 dB (stepped), 30.152 / 30.148 / 30.169 (BSDS500) and 35.202 throughout (smooth),
+    and 35.534 on 64 slices throughout; pcb10's seam measures (bench/seams.py) were spurious
+    0.5337% / 0.5337% / 0.5337% and edge_kept 66.933% / 66.946% / 66.946%. Under ``fast``
+    (decided at 512 px) bfloat16 features fused a 16-slice selection stack to 35.20 dB as
+    float32 did, and pcb10's index maps agreed on 99.4% of pixels.
     """
-    if reduced and speed == "fast" and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if reduced and device.type == "cpu" and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bfloat16"
     return "float32"
 

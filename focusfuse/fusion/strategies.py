@@ -111,6 +111,7 @@ class StackContext:
     measured_medians: dict[int, float] = field(default_factory=dict)
     slice_numbers: list[int] | None = None
     feature_precision: Precision = "float32"
+    decision_precision: Precision = "float32"  # the decision path's (``GACN.decide``)
     # While the sample mosaic of a tiled fusion is fused (``tiling.measure_statistics``):
     # the pixels the channel gates are measured over, and the gates measured so far, by
     # slice number. Each slice's gates come from the same pass as its first features.
@@ -393,7 +394,8 @@ def running_best_choice(
         peak_sharpness = best_sharpness  # the sharpest any slice is, per pixel
     for group in _groups(context, batch_size, group_size):
         with clock.stage("decisions"):
-            final_map = model.decide(best_activity, group.activity, best_gray, group.gray).final_map
+            dtype = getattr(torch, context.decision_precision)
+            final_map = model.decide(best_activity, group.activity, best_gray, group.gray, dtype).final_map
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
             group_sharpness, group_number = group.sharpness(), numbers[group.slice_index()]
             peak_sharpness = torch.maximum(peak_sharpness, group_sharpness)

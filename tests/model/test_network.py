@@ -129,3 +129,49 @@ def test_inference_in_place_paths_give_the_training_paths_numbers():
         torch.testing.assert_close(model.decision(kept), expected_score, rtol=1e-4, atol=1e-5)
         assert torch.equal(kept, comparison)  # not overwritten unless asked
         torch.testing.assert_close(model.decision(kept, overwrite=True), expected_score, rtol=1e-4, atol=1e-5)
+
+
+def test_gated_affine_in_bfloat16_is_the_float32_result_rounded_once():
+    """bfloat16 takes a 1x1 depthwise convolution instead of addcmul (which has no fast CPU
+    kernel there): each pixel's product and sum rounded once, per image of a batch."""
+    from focusfuse.model.network import gated_affine
+
+    torch.manual_seed(3)
+    x = torch.rand(2, 16, 23, 31).contiguous(memory_format=torch.channels_last).bfloat16()
+    scale, shift = torch.rand(2, 16, 1, 1) * 3, torch.rand(2, 16, 1, 1) - 0.5  # a gate per image
+    out = torch.empty(2, 32, 23, 31, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        gated_affine(x, scale.bfloat16(), shift.bfloat16(), out=out[:, 16:])
+    expected = x.float() * scale.bfloat16().float() + shift.bfloat16().float()
+    error = (out[:, 16:].float() - expected).abs()
+    assert float((error / expected.abs().clamp_min(1e-3)).max()) <= 2**-8  # half a bfloat16 step
+    float32 = torch.empty(2, 16, 23, 31)
+    with torch.inference_mode():
+        gated_affine(x.float(), scale, shift, out=float32)
+    torch.testing.assert_close(float32, x.float() * scale + shift)
+
+
+def test_the_decision_path_in_bfloat16_decides_as_in_float32():
+    """The shipped weights on a real pair (stack8's first and last slices): bfloat16 moves
+    the decision only where the two are close to a tie."""
+    import numpy as np
+
+    from focusfuse.io.reader import read_image
+    from focusfuse.model.weights import find_weights, load_model
+
+    from conftest import EXAMPLES
+
+    model = load_model(find_weights())
+    files = sorted((EXAMPLES / "stack8").iterdir())
+    grays = [
+        torch.from_numpy(read_image(f).astype(np.float32).mean(axis=2) / 255)[None, None].contiguous(
+            memory_format=torch.channels_last
+        )
+        for f in (files[0], files[-1])
+    ]
+    with torch.inference_mode():
+        a, b = (model.activity(g) for g in grays)
+        single = model.decide(a, b, *grays).final_map
+        half = model.decide(a, b, *grays, dtype=torch.bfloat16).final_map
+    assert half.dtype == torch.float32 and not torch.equal(single, half)  # it did run in bfloat16
+    assert float(((single < 0.5) == (half < 0.5)).float().mean()) > 0.99
