@@ -182,10 +182,15 @@ def test_feature_extractions_and_decision_paths_per_strategy(
     """
     stack = step_depth_stack(n_slices=9, size=48)
     extracted, decided = [], []
-    hooks = [
-        model.features.register_forward_hook(lambda module, inputs, output: extracted.append(inputs[0].shape[0])),
-        model.decision.register_forward_hook(lambda module, inputs, output: decided.append(inputs[0].shape[0])),
-    ]
+    hooks = [model.features.register_forward_hook(lambda module, inputs, output: extracted.append(inputs[0].shape[0]))]
+    # Without autograd a decision path runs as ``score_in_place``, called directly (no hooks).
+    scored = model.decision.score_in_place
+
+    def counted(comparison, *args, **kwargs):
+        decided.append(comparison.shape[0])
+        return scored(comparison, *args, **kwargs)
+
+    monkeypatch.setattr(model.decision, "score_in_place", counted)
     monkeypatch.setattr(pipeline, "shared_model", lambda path, device: (model, "sha256"))
     try:
         fuse_stack(write_stack(tmp_path / "s", stack.slices), strategy=strategy, device="cpu", batch_size=2)
