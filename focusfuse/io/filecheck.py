@@ -184,8 +184,10 @@ def png_header(path: Path) -> Header | None:
 
 
 # In a JPEG's entropy-coded data 0xFF is followed by 0x00 (a stuffed byte) or a restart
-# marker; any other byte after one or more 0xFF is the next real marker.
-JPEG_MARKER_IN_SCAN = re.compile(rb"\xff+[^\x00\xd0-\xd7\xff]")
+# marker; any other byte after one or more 0xFF is the next real marker. Written with a
+# literal first byte, which Python's regex engine finds by a fast scan: \xff+ first walked
+# the scan byte by byte (7.3 against 0.6 ms for a 0.9 MB pcb10 JPEG).
+JPEG_MARKER_IN_SCAN = re.compile(rb"\xff\xff*[^\x00\xd0-\xd7\xff]")
 EXIF_ROTATED = (5, 6, 7, 8)  # orientations that turn the image by 90 degrees: width and height swap
 
 
