@@ -651,7 +651,7 @@ def fuse_stack(
             slice_shape = decoded.shape
         decided_at = decision_size(slice_shape[0], slice_shape[1], speed, used_strategy)  # after any crop
         shrunk = decided_at != tuple(slice_shape[:2])
-        precision = network_precision(speed, torch_device, shrunk)
+        precision = network_precision(torch_device, shrunk)
         used_per_decision = slices_per_decision
         if used_per_decision is None:
             used_per_decision = slices_per_decision_for(speed, shrunk, len(source))

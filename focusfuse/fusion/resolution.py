@@ -93,13 +93,13 @@ def slices_per_decision_for(speed: Speed, reduced: bool = True, n_slices: int = 
     return max(DEFAULT_REDUCED_SLICES_PER_DECISION, deep)
 
 
-def network_precision(speed: Speed, device: torch.device, reduced: bool) -> Precision:
+def network_precision(device: torch.device, reduced: bool) -> Precision:
     """The precision of the network's convolutions, the feature path's and (``calibrated``)
     the decision path's: bfloat16 for decisions on shrunk slices (``reduced``, either speed)
     on a CPU with native bfloat16 convolutions (AVX512-BF16, AMX), where a convolution takes
     half of float32's time (the feature path about 70%, the decision path about 65%, on
     470x470 tiles; probes); float32 everywhere else (images decided at full size, CUDA,
-    other CPUs). ``speed`` is kept for the callers: both speeds choose alike.
+    other CPUs). Both speeds choose alike.
 
     The comparisons between slices, the refinement and the choice stay in float32. On the
     selection stacks of ``DEFAULT_DECISION_SIDE``'s comment decided at 1024 px (seed 11;
