@@ -19,7 +19,10 @@ ENERGY_BAND_BYTES = 2 * 2**20
 
 
 def energy_band_rows(features: torch.Tensor) -> int:
-    """Rows of ``features`` ``(N, C, H, W)`` in one band of ``gradient_energy`` without autograd."""
+    """Rows of ``features`` ``(N, C, H, W)`` in one band of ``gradient_energy`` without autograd:
+    on a GPU the whole map (a band per launch of its kernels would only add launches)."""
+    if features.device.type != "cpu":
+        return max(2, features.shape[2])
     row_bytes = features.shape[0] * features.shape[1] * features.shape[3] * features.element_size()
     return max(2, ENERGY_BAND_BYTES // max(row_bytes, 1))
 
