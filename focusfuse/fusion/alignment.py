@@ -266,6 +266,7 @@ class _PhaseTiles:
         self.height, self.width = height, width
         rows = np.arange(0, height - size + 1, PHASE_STEP)  # tile origins on the template
         cols = np.arange(0, width - size + 1, PHASE_STEP)
+        self.rows, self.cols = rows, cols
         origin_y, origin_x = np.meshgrid(rows, cols, indexing="ij")
         self.origins = np.stack([origin_x.ravel(), origin_y.ravel()], axis=1)
         self.centres = self.origins + (size - 1) / 2
@@ -295,21 +296,43 @@ class _PhaseTiles:
         """``(tiles, frequencies)``: the windowed tiles' Fourier transforms in the band, the tiles
         cut at ``origins`` (integer x, y per tile; the template's grid when not given)."""
         size = PHASE_TILE
+        on_grid = origins is None or np.array_equal(origins, self.origins)
         origins = self.origins if origins is None else origins
-        windows = np.lib.stride_tricks.sliding_window_view(image, (size, size))
-        tiles = windows[origins[:, 1], origins[:, 0]]
-        count = len(tiles)
         if sums is None:  # each tile's mean from four corners of the image's integral
             sums = cv2.integral(image, sdepth=cv2.CV_64F)
         x, y = origins[:, 0], origins[:, 1]
         means = (sums[y + size, x + size] - sums[y, x + size] - sums[y + size, x] + sums[y, x]) / size**2
-        rows = tiles.reshape(count * size, size)  # one matrix product for all tiles, not one per tile
-        along_x = rows @ self.basis_x  # (tiles * y, 2 fx): real parts, then imaginary parts
-        half = along_x.shape[1] // 2
-        along_x = (along_x[:, :half] + 1j * along_x[:, half:]).astype(np.complex64)
-        along_x = along_x.reshape(count, size, -1).transpose(1, 0, 2).reshape(size, -1)  # (y, tiles * fx)
-        spectra = (self.basis_y @ along_x).reshape(len(self.basis_y), count, -1).transpose(1, 0, 2)
+        spectra = self._grid_spectra(image) if on_grid else self._tile_spectra(image, origins)
         return spectra[:, self.band] - means[:, None].astype(np.float32) * self.window_spectrum
+
+    def _complex(self, along_x: np.ndarray) -> np.ndarray:
+        """The x transform's real parts, then imaginary parts (last axis), as complex64."""
+        half = along_x.shape[-1] // 2
+        return (along_x[..., :half] + 1j * along_x[..., half:]).astype(np.complex64)
+
+    def _tile_spectra(self, image: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """``(tiles, fy, fx)`` of tiles cut anywhere: each tile's rows through the x basis."""
+        size = PHASE_TILE
+        tiles = np.lib.stride_tricks.sliding_window_view(image, (size, size))[origins[:, 1], origins[:, 0]]
+        count = len(tiles)
+        along_x = self._complex(tiles.reshape(count * size, size) @ self.basis_x)  # one product for all tiles
+        along_x = along_x.reshape(count, size, -1).transpose(1, 0, 2).reshape(size, -1)  # (y, tiles * fx)
+        return (self.basis_y @ along_x).reshape(len(self.basis_y), count, -1).transpose(1, 0, 2)
+
+    def _grid_spectra(self, image: np.ndarray) -> np.ndarray:
+        """``_tile_spectra`` of the template's grid, the x transform shared by the tiles of a column.
+
+        Tiles overlap (``PHASE_STEP`` < ``PHASE_TILE``), so every column of tiles is one strip
+        of the image through the x basis, then each tile's rows of it through the y basis: the
+        same sums in another order (within 4e-6), 1.9 -> 1.1 ms at 512 px, 10.0 -> 6.7 ms at
+        1024 px (probe).
+        """
+        size = PHASE_TILE
+        strips = np.lib.stride_tricks.sliding_window_view(image, size, axis=1)[:, self.cols]  # (H, columns, x)
+        along_x = self._complex(strips @ self.basis_x)  # (H, columns, fx)
+        windows = np.lib.stride_tricks.sliding_window_view(along_x, size, axis=0)[self.rows]  # (rows, cols, fx, y)
+        spectra = self.basis_y @ windows.transpose(0, 1, 3, 2)  # (rows, columns, fy, fx)
+        return spectra.reshape(len(self.rows) * len(self.cols), *spectra.shape[2:])
 
     def shifts(self, template_spectra: np.ndarray, moving_spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per tile: the shift (x, y) that takes the template tile onto the moving one, and its weight.

@@ -234,13 +234,17 @@ def test_tile_spectra_are_the_windowed_tiles_fourier_transforms_less_their_mean(
 
     image = np.random.default_rng(0).random((150, 170), dtype=np.float32)
     tiles = _PhaseTiles(*image.shape)
-    origins = tiles.origins + np.array([3, 1])  # cut off the grid, as the moving image's tiles are
     window = np.outer(np.hanning(PHASE_TILE), np.hanning(PHASE_TILE))
     rows = np.arange(-PHASE_CUTOFF, PHASE_CUTOFF + 1) % PHASE_TILE
-    for spectrum, (x, y) in zip(tiles.spectra(image, origins), origins, strict=True):
-        tile = image[y : y + PHASE_TILE, x : x + PHASE_TILE].astype(np.float64)
-        plain = np.fft.fft2((tile - tile.mean()) * window)[rows][:, : PHASE_CUTOFF + 1][tiles.band]
-        np.testing.assert_allclose(spectrum, plain, rtol=0, atol=1e-3 * np.abs(plain).max())
+    # Cut off the grid, as a moving image's tiles are, and on it (the template's: the x transform
+    # shared by each column of tiles).
+    for origins in (tiles.origins + np.array([3, 1]), tiles.origins):
+        for spectrum, (x, y) in zip(tiles.spectra(image, origins), origins, strict=True):
+            tile = image[y : y + PHASE_TILE, x : x + PHASE_TILE].astype(np.float64)
+            plain = np.fft.fft2((tile - tile.mean()) * window)[rows][:, : PHASE_CUTOFF + 1][tiles.band]
+            np.testing.assert_allclose(spectrum, plain, rtol=0, atol=1e-3 * np.abs(plain).max())
+    shared, each = tiles._grid_spectra(image), tiles._tile_spectra(image, tiles.origins)
+    np.testing.assert_allclose(shared, each, rtol=0, atol=1e-5 * np.abs(each).max())  # the same sums reordered
 
 
 def test_a_pairs_uncertainty_is_small_where_the_frame_agrees_and_large_where_it_does_not():
