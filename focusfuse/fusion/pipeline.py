@@ -385,8 +385,7 @@ def _fuse_decoded(
                 intensity_offset=offset,
                 intensity_scale=scale,
                 progress=lambda done, total: None,
-                feature_precision=precision,
-                decision_precision=precision,
+                precision=precision,
             )
 
         def run(context: StackContext) -> tuple[np.ndarray, np.ndarray, torch.Tensor | None]:

@@ -110,8 +110,9 @@ class StackContext:
     statistics_mask: torch.Tensor | None = None
     measured_medians: dict[int, float] = field(default_factory=dict)
     slice_numbers: list[int] | None = None
-    feature_precision: Precision = "float32"
-    decision_precision: Precision = "float32"  # the decision path's (``GACN.decide``)
+    # The network's convolutions, of the feature path and of the decision path
+    # (``resolution.network_precision`` says where bfloat16 is used and why).
+    precision: Precision = "float32"
     # While the sample mosaic of a tiled fusion is fused (``tiling.measure_statistics``):
     # the pixels the channel gates are measured over, and the gates measured so far, by
     # slice number. Each slice's gates come from the same pass as its first features.
@@ -138,16 +139,15 @@ class StackContext:
     def activity(self, grays: torch.Tensor, indices: list[int]) -> torch.Tensor:
         """``(K, 64, H, W)`` float32 activities of slices ``indices``, gray ``(K, 1, H, W)``.
 
-        Under ``feature_precision`` bfloat16 the feature path's convolutions run in
-        bfloat16 (``feature_precision`` says where that is used and why); the
+        Under ``precision`` bfloat16 the feature path's convolutions run in bfloat16; the
         activities come back as float32, so every comparison stays in float32.
         """
-        if self.gates_measured_over is not None and self.feature_precision == "float32":
+        if self.gates_measured_over is not None and self.precision == "float32":
             return self._activity_measuring_gates(grays, indices)
         gates = None
         if self.statistics is not None:
             gates = self.statistics.gates[[self.number(j) for j in indices]].to(self.device)
-        if self.feature_precision == "float32":
+        if self.precision == "float32":
             return self.model.activity(grays, gates, out=self._spare_for(grays))
         with torch.autocast(self.device.type, dtype=torch.bfloat16):
             energy = self.model.activity(grays, gates)
@@ -392,9 +392,9 @@ def running_best_choice(
         best_sharpness = feature_sharpness(best_activity)
         best_number = torch.full_like(best_sharpness, context.number(0), dtype=torch.long)  # in the whole stack
         peak_sharpness = best_sharpness  # the sharpest any slice is, per pixel
+    dtype = getattr(torch, context.precision)  # the decision path's
     for group in _groups(context, batch_size, group_size):
         with clock.stage("decisions"):
-            dtype = getattr(torch, context.decision_precision)
             final_map = model.decide(best_activity, group.activity, best_gray, group.gray, dtype).final_map
             sharper = final_map < 0.5  # (1, 1, H, W): the group's pick beats the current choice
             group_sharpness, group_number = group.sharpness(), numbers[group.slice_index()]

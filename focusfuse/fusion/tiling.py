@@ -218,7 +218,7 @@ def measure_statistics(
         with context.clock.stage("features"):
             return context.model.features.channel_gates(gray, inside.to(gray.dtype))[0]
 
-    if context.feature_precision == "float32":
+    if context.precision == "float32":
         # Each slice's gates in the same pass as its features (``StackContext.activity``).
         context.gates_measured_over = inside
         run(context)

@@ -219,18 +219,18 @@ class DecisionPath(nn.Module):
         self.blocks = nn.ModuleList([conv_block(a, b) for a, b in zip(self.WIDTHS[:-1], self.WIDTHS[1:], strict=True)])
         self.excitations = nn.ModuleList([SpatialSE(width) for width in self.WIDTHS[1:]])
 
-    def forward(self, comparison: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+    def forward(self, comparison: torch.Tensor) -> torch.Tensor:
         """``(N, 64, H, W)`` comparison map -> ``(N, 1, H, W)`` pre-sigmoid score z.
 
-        ``overwrite``: without autograd, ``comparison`` may be overwritten (the caller's
-        last use of it), which saves a copy the size of the map.
+        ``comparison`` is left as it is (``score_in_place`` overwrites it, which saves a copy
+        the size of the map).
         """
         if torch.is_grad_enabled():
             x = self.input_excitation(comparison)
             for block, excitation in zip(self.blocks, self.excitations, strict=True):
                 x = excitation(block(x))
             return x
-        return self.score_in_place(comparison if overwrite else comparison.clone())
+        return self.score_in_place(comparison.clone())
 
     def score_in_place(self, comparison: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """``forward`` without autograd, overwriting ``comparison``.

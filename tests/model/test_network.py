@@ -128,7 +128,7 @@ def test_inference_in_place_paths_give_the_training_paths_numbers():
         kept = comparison.clone()
         torch.testing.assert_close(model.decision(kept), expected_score, rtol=1e-4, atol=1e-5)
         assert torch.equal(kept, comparison)  # not overwritten unless asked
-        torch.testing.assert_close(model.decision(kept, overwrite=True), expected_score, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.decision.score_in_place(kept), expected_score, rtol=1e-4, atol=1e-5)
 
 
 def test_gated_affine_in_bfloat16_is_the_float32_result_rounded_once():
