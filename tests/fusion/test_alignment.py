@@ -247,6 +247,50 @@ def test_tile_spectra_are_the_windowed_tiles_fourier_transforms_less_their_mean(
     np.testing.assert_allclose(shared, each, rtol=0, atol=1e-5 * np.abs(each).max())  # the same sums reordered
 
 
+def test_the_high_pass_takes_out_a_gaussian_of_its_sigma_computed_on_a_smaller_image():
+    """The low-pass is blurred on a 4x smaller image: on content that grid carries it is the
+    Gaussian of ``HIGH_PASS_SIGMA``, and a point spreads as wide, its light kept and, over the
+    four places it can fall on the small grid, not moved."""
+    from focusfuse.fusion.alignment import HIGH_PASS_SIGMA, _low_pass
+
+    y, x = np.mgrid[0:240, 0:320].astype(np.float32)
+    smooth = np.sin(x / 23.0) * np.cos(y / 31.0) + 0.002 * x
+    exact = cv2.GaussianBlur(smooth, (0, 0), HIGH_PASS_SIGMA)
+    inner = (slice(40, -40), slice(40, -40))
+    assert np.abs(_low_pass(smooth) - exact)[inner].max() < 0.01
+    widths, centres = [], []
+    for phase in range(4):
+        point = np.zeros((256, 256), np.float32)
+        point[128 + phase, 128 + phase] = 1.0
+        spread = _low_pass(point).sum(axis=0)
+        offset = np.arange(256) - 128 - phase
+        assert spread.sum() == pytest.approx(1.0, abs=1e-4)
+        centres.append(float((spread * offset).sum()))
+        widths.append(float((spread * (offset - centres[-1]) ** 2).sum()))
+    assert abs(np.mean(centres)) < 0.01
+    np.testing.assert_allclose(widths, HIGH_PASS_SIGMA**2, rtol=0.03)
+
+
+def test_a_round_that_cuts_the_tiles_where_the_last_did_would_move_nothing():
+    """The phase rounds stop once the tiles are cut where they were: the fit is linear in its
+    target, so the same shifts less the motion just fitted fit no further motion, with the same
+    outliers down-weighted and the blur field's columns alongside."""
+    from focusfuse.fusion.alignment import _fit_displacement, _phase_tiles
+
+    tiles = _phase_tiles(300, 400)
+    rng = np.random.default_rng(5)
+    shifts = rng.normal(0.0, 0.3, (len(tiles), 2)) + [1.2, -0.7]
+    shifts[:6] += 4.0  # outliers
+    weights = rng.uniform(0.1, 1.0, len(tiles))
+    nuisance = rng.normal(0.0, 1.0, (2 * len(tiles), 10))
+    first = _fit_displacement(tiles.centres, shifts, weights, "similarity", nuisance)
+    fitted = tiles.centres @ first.displacement[:, :2].T + first.displacement[:, 2]
+    second = _fit_displacement(tiles.centres, shifts - fitted, weights, "similarity", nuisance)
+    assert np.abs(first.displacement).max() > 0.5
+    assert np.abs(second.displacement).max() < 1e-9
+    np.testing.assert_allclose(second.robust, first.robust, rtol=1e-9)
+
+
 def test_a_pairs_uncertainty_is_small_where_the_frame_agrees_and_large_where_it_does_not():
     """The jackknife over blocks of tiles: a pair shifted whole reads a tight estimate; a pair whose
     halves moved apart (no one motion fits) reads a loose one."""
