@@ -350,16 +350,20 @@ class _PhaseTiles:
         """``_tile_spectra`` of the template's grid, the x transform shared by the tiles of a column.
 
         Tiles overlap (``PHASE_STEP`` < ``PHASE_TILE``), so every column of tiles is one strip
-        of the image through the x basis, then each tile's rows of it through the y basis: the
-        same sums in another order (within 4e-6), 1.9 -> 1.1 ms at 512 px, 10.0 -> 6.7 ms at
-        1024 px (probe).
+        of the image through the x basis, and each row of tiles is one product of the y basis
+        with the strips' rows it covers: the same sums in another order (within 4e-6), in
+        55-65% of the time tile by tile takes at 256-512 px (probe).
         """
         size = PHASE_TILE
+        size = PHASE_TILE
         strips = np.lib.stride_tricks.sliding_window_view(image, size, axis=1)[:, self.cols]  # (H, columns, x)
-        along_x = self._complex(strips @ self.basis_x)  # (H, columns, fx)
-        windows = np.lib.stride_tricks.sliding_window_view(along_x, size, axis=0)[self.rows]  # (rows, cols, fx, y)
-        spectra = self.basis_y @ windows.transpose(0, 1, 3, 2)  # (rows, columns, fy, fx)
-        return spectra.reshape(len(self.rows) * len(self.cols), *spectra.shape[2:])
+        along_x = self._complex(strips @ self.basis_x).reshape(len(image), -1)  # (H, columns * fx)
+        rows, fy = len(self.rows), len(self.basis_y)
+        spectra = np.empty((rows, fy, along_x.shape[1]), np.complex64)
+        for row, origin in enumerate(self.rows):
+            np.matmul(self.basis_y, along_x[origin : origin + size], out=spectra[row])  # (fy, columns * fx)
+        by_tile = spectra.reshape(rows, fy, len(self.cols), -1).transpose(0, 2, 1, 3)  # (rows, columns, fy, fx)
+        return by_tile.reshape(rows * len(self.cols), fy, -1)
 
     def shifts(self, template_spectra: np.ndarray, moving_spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per tile: the shift (x, y) that takes the template tile onto the moving one, and its weight
@@ -535,7 +539,7 @@ class _MotionFit:
         Neighbouring tiles overlap and share their errors; whole blocks left out measure the
         scatter that a fit to other parts of the frame would give."""
         blocks = _tile_blocks(self.centres, height, width)
-        carrying = [b for b in np.unique(blocks) if self.robust[blocks == b].sum() > 0]
+        carrying = np.flatnonzero(np.bincount(blocks, weights=self.robust, minlength=EVIDENCE_BLOCKS**2) > 0)
         if len(carrying) < EVIDENCE_MIN_BLOCKS:
             return None
         corners = _image_corners(height, width)
@@ -572,19 +576,46 @@ def _fit_displacement(
         design = np.concatenate([design, nuisance], 1)
     target = np.concatenate([shifts[:, 0], shifts[:, 1]])
     robust = weights.copy()
-    confident = weights >= np.median(weights)
+    confident = weights >= _median(weights)
     for _ in range(5):
-        root = np.sqrt(np.concatenate([robust, robust]))
-        params = np.linalg.lstsq(design * root[:, None], target * root, rcond=None)[0]
+        params = _weighted_least_squares(design, target, np.concatenate([robust, robust]))
         residual = np.hypot(*(target - design @ params).reshape(2, -1))
-        scale = PHASE_OUTLIER * (float(np.median(residual[confident])) + 1e-3)
+        scale = PHASE_OUTLIER * (_median(residual[confident]) + 1e-3)
         robust = weights / (1.0 + (residual / scale) ** 2)
     return _MotionFit(_displacement(params[:motion], mode), design, target, robust, centres, mode, motion)
 
 
+def _median(values: np.ndarray) -> float:
+    """``np.median`` of a 1-d array, by partition alone (a fifth of its overhead on a few hundred values)."""
+    middle = ((len(values) - 1) // 2, len(values) // 2)
+    parted = np.partition(values, middle)
+    return float(parted[middle[0]] + parted[middle[1]]) / 2
+
+
+def _weighted_least_squares(design: np.ndarray, target: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The parameters minimising ``sum(weights * (target - design @ params) ** 2)``.
+
+    By the normal equations, their columns scaled to one on the diagonal (a 14 x 14 system for
+    a similarity and the blur field, a quarter of the time of a factorisation of the whole
+    design); by least squares where they are singular (a column all zero, or made of tiles
+    without weight).
+    """
+    weighted = design * weights[:, None]
+    normal, moment = weighted.T @ design, weighted.T @ target
+    diagonal = np.diag(normal)
+    if np.all(diagonal > 0):
+        scale = 1.0 / np.sqrt(diagonal)
+        try:
+            return np.linalg.solve(normal * np.outer(scale, scale), moment * scale) * scale
+        except np.linalg.LinAlgError:
+            pass
+    root = np.sqrt(weights)
+    return np.linalg.lstsq(design * root[:, None], target * root, rcond=None)[0]
+
+
 def _judgeable(height: int, width: int) -> bool:
     """Whether a pair of images this size has tiles in enough blocks to judge its uncertainty."""
-    return len(np.unique(_phase_tiles(height, width).blocks)) >= EVIDENCE_MIN_BLOCKS
+    return int(np.count_nonzero(np.bincount(_phase_tiles(height, width).blocks))) >= EVIDENCE_MIN_BLOCKS
 
 
 def _blur_columns(

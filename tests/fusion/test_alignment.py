@@ -291,6 +291,25 @@ def test_a_round_that_cuts_the_tiles_where_the_last_did_would_move_nothing():
     np.testing.assert_allclose(second.robust, first.robust, rtol=1e-9)
 
 
+def test_the_fit_solves_as_least_squares_does_and_falls_back_to_it_where_a_column_is_empty():
+    """The normal equations, scaled, give least squares' parameters; where they are singular
+    (a blur-field column with no weight under it) least squares itself answers (its minimum norm)."""
+    from focusfuse.fusion.alignment import _median, _weighted_least_squares
+
+    rng = np.random.default_rng(2)
+    design = np.column_stack([rng.uniform(0, 500, 200), rng.uniform(0, 500, 200), np.ones(200), rng.normal(size=200)])
+    target = design @ [0.01, -0.02, 1.5, 0.3] + rng.normal(0.0, 0.1, 200)
+    weights = rng.uniform(0.0, 1.0, 200)
+    root = np.sqrt(weights)
+    plain = np.linalg.lstsq(design * root[:, None], target * root, rcond=None)[0]
+    np.testing.assert_allclose(_weighted_least_squares(design, target, weights), plain, rtol=1e-9, atol=1e-12)
+    design[:, 3] = 0.0  # nothing under the last column: singular
+    fallback = _weighted_least_squares(design, target, weights)
+    assert np.all(np.isfinite(fallback)) and fallback[3] == pytest.approx(0.0, abs=1e-12)
+    for values in (rng.random(361), rng.random(100), np.array([3.0])):
+        assert _median(values) == np.median(values)
+
+
 def test_a_pairs_uncertainty_is_small_where_the_frame_agrees_and_large_where_it_does_not():
     """The jackknife over blocks of tiles: a pair shifted whole reads a tight estimate; a pair whose
     halves moved apart (no one motion fits) reads a loose one."""
