@@ -687,6 +687,7 @@ def register_pair(
     mode: str,
     *,
     screen: bool = False,
+    start: np.ndarray | None = None,
 ) -> PairRegistration | None:
     """The transform mapping ``template`` coordinates to ``moving`` coordinates, or None if it fails.
 
@@ -695,16 +696,22 @@ def register_pair(
         mode: ``translation``, ``similarity`` or ``affine``.
         screen: a cheaper start, for ``auto``'s screen: ECC on images of at most
             ``AUTO_SCREEN_START_SIDE`` px, stopped sooner; the phase refinement takes it from there.
+        start: the pair already registered (2x3, in these images' pixels; ``similarity`` or
+            ``affine``), by ``auto``'s screen on smaller images: the phase refinement starts
+            there, and ECC, which the screen's registration passed, is not run again.
     """
     template_phase = template if isinstance(template, _PhaseImage) else _PhaseImage(template)
     moving_phase = moving if isinstance(moving, _PhaseImage) else _PhaseImage(moving)
     template, moving = template_phase.image, moving_phase.image
     motion = cv2.MOTION_TRANSLATION if mode == "translation" else cv2.MOTION_AFFINE
     coarse_side, criteria = (AUTO_SCREEN_START_SIDE, ECC_SCREEN_CRITERIA) if screen else (COARSE_SIDE, ECC_CRITERIA)
-    coarse_template, factor = _downscaled(template, coarse_side)
-    coarse_moving, _ = _downscaled(moving, coarse_side)
     try:
-        warp, correlation = _ecc(coarse_template, coarse_moving, motion, np.eye(2, 3), criteria)
+        if start is not None:
+            warp, correlation, factor = start, 1.0, 1.0
+        else:
+            coarse_template, factor = _downscaled(template, coarse_side)
+            coarse_moving, _ = _downscaled(moving, coarse_side)
+            warp, correlation = _ecc(coarse_template, coarse_moving, motion, np.eye(2, 3), criteria)
         if mode == "translation" and factor < 1.0:
             # A shift alone is measured by ECC as well as by phase, better: 0.05 against 0.16 px
             # at the corners on drifting stacks (probe, seeds 3-10); only the scale and shape that
@@ -784,10 +791,12 @@ def _chained(
     *,
     judged_only: bool,
     screen: bool = False,
+    starts: list[np.ndarray | None] | None = None,
 ) -> tuple[list[SliceTransform], list[PairRegistration | None], int, int]:
     """Each slice registered to its neighbour on images of at most ``side`` px (with the
-    screen's cheaper start: ``register_pair``), the transforms chained to the middle slice,
-    with each slice's motion weighed against its uncertainty.
+    screen's cheaper start, or from ``starts[k]``, pair k already registered in full-resolution
+    pixels: ``register_pair``), the transforms chained to the middle slice, with each slice's
+    motion weighed against its uncertainty.
 
     Returns the transforms (full resolution), the pairs (``pairs[k]``: slice k coordinates ->
     slice k + 1 coordinates, None where registration failed or, with ``judged_only``, where the
@@ -799,15 +808,17 @@ def _chained(
     template = _PhaseImage(_registration_image(first, side))
     del first
     pairs: list[PairRegistration | None] = []
+    factor = _scale_factor(height, width, side)
     if judged_only and not _judgeable(*template.image.shape):
         pairs = [None] * (n_slices - 1)  # no pair of this size could be judged: none is registered
     else:
         for j in range(1, n_slices):
             moving = _PhaseImage(_registration_image(read(j), side))
-            pair = register_pair(template, moving, mode, screen=screen)
+            known = None if starts is None else starts[j - 1]
+            start = None if known is None else _rescaled(known, 1 / factor)
+            pair = register_pair(template, moving, mode, screen=screen, start=start)
             pairs.append(None if judged_only and (pair is None or pair.corner_covariance is None) else pair)
             template = moving  # only the neighbour is needed
-    factor = _scale_factor(height, width, side)
     full = [None if p is None else np.vstack((_rescaled(p.matrix, factor), [0, 0, 1])) for p in pairs]
     floor = np.eye(2) * EVIDENCE_FLOOR**2
     variance = [
@@ -900,11 +911,13 @@ def estimate_alignment(
         return StackAlignment(mode, reference, transforms, 0, 0)
     if mode == "auto":
         # The screen: small images, a cheap start. A stack it finds moved (on half the evidence
-        # that warping needs where it shrank the slices: they carry less) is estimated as
-        # ``similarity`` is, and judged again. Where ``side`` is no larger than the screen's
-        # images, the screen's estimate is kept: the phase refinement converges to the same
-        # transforms from either start (drifting selection stacks, seeds 11-14, registered at
-        # 512 px: largest corner errors within 0.02 px of each other, in 40-60% of the time).
+        # that warping needs where it shrank the slices: they carry less) is registered again at
+        # ``side`` from the screen's pairs (ECC is not run again), and judged again. Where ``side``
+        # is no larger than the screen's images, the screen's estimate is kept. The phase
+        # refinement converges to the same transforms from either start: drifting selection
+        # stacks, seeds 11-14, registered at 512 px: largest corner errors within 0.02 px of each
+        # other, in 40-60% of the time; seeds 35 and 38 at 1024-1536 px, from the screen's pairs
+        # or from ECC at 512 px: within 0.008 px and the same verdicts, in 50-70% of the time.
         transforms, pairs, height, width = _chained(
             read,
             n_slices,
@@ -920,7 +933,10 @@ def estimate_alignment(
         else:
             verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
         if verdict.startswith("warped") and screen_factor < _scale_factor(height, width, side):
-            transforms, pairs, height, width = _chained(read, n_slices, "similarity", side, judged_only=True)
+            starts = [None if p is None else _rescaled(p.matrix, screen_factor) for p in pairs]
+            transforms, pairs, height, width = _chained(
+                read, n_slices, "similarity", side, judged_only=True, starts=starts
+            )
             verdict = _auto_verdict(transforms, pairs, 1.0, height, width)
         if n_slices == 2:
             # Pair fusion takes its two images as registered, as the multi-focus pairs it is judged

@@ -310,6 +310,30 @@ def test_the_fit_solves_as_least_squares_does_and_falls_back_to_it_where_a_colum
         assert _median(values) == np.median(values)
 
 
+def test_a_pair_registered_from_the_screens_start_needs_no_ecc_and_reads_the_same_transform(monkeypatch):
+    """A stack the screen found moved is registered again at full size from the screen's pairs:
+    the phase refinement takes a start half a pixel off to the transform ECC's start leads to."""
+    import focusfuse.fusion.alignment as alignment
+
+    sharp = read_image(EXAMPLES / "stack8_truth" / "sharp.png").astype(np.float32)[:, :, 1]
+    height, width = sharp.shape
+    truth = np.array([[1.01, 0.0, 2.5], [0.0, 1.01, -1.5]])
+    moved = cv2.warpAffine(sharp, truth, (width, height), flags=cv2.INTER_LANCZOS4)  # template x lies at truth x
+    template, moving = alignment._registration_image(sharp), alignment._registration_image(moved)
+    from_ecc = alignment.register_pair(template, moving, "similarity")
+
+    def no_ecc(*args, **kwargs):
+        raise AssertionError("ECC ran although the pair had a start")
+
+    monkeypatch.setattr(alignment, "_ecc", no_ecc)
+    start = truth + [[0.0, 0.0, 0.5], [0.0, 0.0, -0.4]]
+    from_start = alignment.register_pair(template, moving, "similarity", start=start)
+    assert from_ecc is not None and from_start is not None and from_start.corner_covariance is not None
+    corners = alignment._image_corners(height, width)
+    assert np.abs(corners @ (from_start.matrix - truth).T).max() < 0.1
+    assert np.abs(corners @ (from_start.matrix - from_ecc.matrix).T).max() < 0.02
+
+
 def test_a_pairs_uncertainty_is_small_where_the_frame_agrees_and_large_where_it_does_not():
     """The jackknife over blocks of tiles: a pair shifted whole reads a tight estimate; a pair whose
     halves moved apart (no one motion fits) reads a loose one."""
