@@ -355,7 +355,6 @@ class _PhaseTiles:
         55-65% of the time tile by tile takes at 256-512 px (probe).
         """
         size = PHASE_TILE
-        size = PHASE_TILE
         strips = np.lib.stride_tricks.sliding_window_view(image, size, axis=1)[:, self.cols]  # (H, columns, x)
         along_x = self._complex(strips @ self.basis_x).reshape(len(image), -1)  # (H, columns * fx)
         rows, fy = len(self.rows), len(self.basis_y)
@@ -669,7 +668,7 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
         cut = origins, measured
         shifts, weights = tiles.shifts(template_spectra, moving.spectra(tiles, 0, origins))
         weights = weights * measured
-        if nuisance is None:  # once, at the template's grid on both images (below)
+        if nuisance is None:  # once, on the grid of both images (as the docstring says why)
             moving_responses = _blur_responses(tiles, moving, mapped)
             responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
             nuisance = _blur_columns(responses, basis)
