@@ -423,6 +423,7 @@ class _PhaseImage:
         self._sums: dict[int, np.ndarray] = {}
         self._spectra: dict[tuple[int, bytes], np.ndarray] = {}
         self._probe_shifts: np.ndarray | None = None
+        self._last_cut: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def layer(self, which: int) -> np.ndarray:
         """0: the image; 1-3: its blur probes (``_blur_probes``)."""
@@ -433,13 +434,29 @@ class _PhaseImage:
         return self._probes[which - 1]
 
     def spectra(self, tiles: _PhaseTiles, which: int, origins: np.ndarray | None = None) -> np.ndarray:
+        """Layer ``which``'s tiles cut at ``origins`` (the grid when not given), through the band.
+
+        A cut off the grid transforms only the tiles cut elsewhere than in the layer's last cut
+        (the grid's, at first): a round moves a few tiles by a pixel, the rest stay put. The
+        same numbers within 2e-8 px; deep still selection stacks (32 x 512, 65 x 256) estimated
+        in 80% of the time, moved 512 px ones in 65-70% (probe, alternating runs).
+        """
         origins = tiles.origins if origins is None else origins
         key = (which, origins.tobytes())
         if key not in self._spectra:
             layer = self.layer(which)
             if which not in self._sums:
                 self._sums[which] = cv2.integral(layer, sdepth=cv2.CV_64F)
-            self._spectra[key] = tiles.spectra(layer, origins, self._sums[which])
+            last = self._last_cut.get(which)
+            if last is None or origins is tiles.origins:
+                spectra = tiles.spectra(layer, origins, self._sums[which])
+            else:
+                moved = np.any(origins != last[0], axis=1)
+                spectra = last[1].copy()
+                if moved.any():
+                    spectra[moved] = tiles.spectra(layer, origins[moved], self._sums[which])
+            self._spectra[key] = spectra
+            self._last_cut[which] = (origins, spectra)
         return self._spectra[key]
 
     def probe_shifts(self, tiles: _PhaseTiles) -> np.ndarray:
@@ -654,7 +671,10 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
     basis = tiles.field_basis
     half = (PHASE_TILE - 1) / 2
     limit = np.array([width - PHASE_TILE, height - PHASE_TILE])
-    nuisance = None
+    # The moving image's responses first: its grid's spectra are then there to cut from.
+    moving_responses = _blur_responses(tiles, moving, centres @ warp[:, :2].T + warp[:, 2])
+    responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
+    nuisance = _blur_columns(responses, basis)
     cut = None
     for _ in range(PHASE_ROUNDS):
         mapped = centres @ warp[:, :2].T + warp[:, 2]
@@ -668,10 +688,6 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
         cut = origins, measured
         shifts, weights = tiles.shifts(template_spectra, moving.spectra(tiles, 0, origins))
         weights = weights * measured
-        if nuisance is None:  # once, on the grid of both images (as the docstring says why)
-            moving_responses = _blur_responses(tiles, moving, mapped)
-            responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
-            nuisance = _blur_columns(responses, basis)
         fit = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)
         warp = warp + fit.displacement
         if np.abs(_image_corners(height, width) @ fit.displacement.T).max() < PHASE_CONVERGED:

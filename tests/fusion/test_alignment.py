@@ -334,6 +334,33 @@ def test_a_pair_registered_from_the_screens_start_needs_no_ecc_and_reads_the_sam
     assert np.abs(corners @ (from_start.matrix - from_ecc.matrix).T).max() < 0.02
 
 
+def test_a_moving_image_transforms_only_the_tiles_a_round_cut_elsewhere(monkeypatch):
+    """A round that moves a few tiles by a pixel transforms those alone and keeps the rest from
+    the last cut (the grid's at first): the spectra are the ones a fresh cut gives."""
+    from focusfuse.fusion.alignment import _phase_tiles, _PhaseImage, _PhaseTiles
+
+    image = np.random.default_rng(3).random((200, 260), dtype=np.float32)
+    tiles = _phase_tiles(*image.shape)
+    moving = _PhaseImage(image)
+    moving.spectra(tiles, 0)  # the grid
+    plain, transformed = _PhaseTiles.spectra, []
+
+    def counting(self, layer, origins=None, sums=None):
+        transformed.append(len(self.origins if origins is None else origins))
+        return plain(self, layer, origins, sums)
+
+    monkeypatch.setattr(_PhaseTiles, "spectra", counting)
+    first = tiles.origins.copy()
+    first[[0, 5]] += [1, 0]
+    second = first.copy()
+    second[7] += [0, 1]
+    for cut, expected in ((first, 2), (second, 1)):
+        spectra = moving.spectra(tiles, 0, cut)
+        assert transformed[-1] == expected
+        fresh = plain(tiles, image, cut)
+        np.testing.assert_allclose(spectra, fresh, rtol=0, atol=1e-5 * np.abs(fresh).max())
+
+
 def test_a_pairs_uncertainty_is_small_where_the_frame_agrees_and_large_where_it_does_not():
     """The jackknife over blocks of tiles: a pair shifted whole reads a tight estimate; a pair whose
     halves moved apart (no one motion fits) reads a loose one."""
