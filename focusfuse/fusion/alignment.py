@@ -303,7 +303,9 @@ class _PhaseTiles:
         # The window is folded into the Fourier bases (it is separable), so no tile is multiplied by it.
         angle_x = -2 * np.pi * np.outer(np.arange(size), fx[0])  # (size, fx)
         fourier_y = np.exp(-2j * np.pi * np.outer(fy[:, 0], np.arange(size)))  # (fy, size)
-        self.basis_x = (np.concatenate([np.cos(angle_x), np.sin(angle_x)], 1) * window[:, None]).astype(np.float32)
+        # The x basis ends with a column of ones: each tile row's plain sum, from which its mean comes.
+        windowed = np.concatenate([np.cos(angle_x), np.sin(angle_x)], 1) * window[:, None]
+        self.basis_x = np.concatenate([windowed, np.ones((size, 1))], 1).astype(np.float32)
         self.basis_y = (fourier_y * window[None, :]).astype(np.complex64)  # (fy, size)
         # A tile's mean is taken out afterwards: its mean times the window's own spectrum.
         window_x = window @ np.exp(1j * angle_x)  # (fx,)
@@ -317,52 +319,61 @@ class _PhaseTiles:
     def __len__(self) -> int:
         return len(self.centres)
 
-    def spectra(
-        self, image: np.ndarray, origins: np.ndarray | None = None, sums: np.ndarray | None = None
-    ) -> np.ndarray:
-        """``(tiles, frequencies)``: the windowed tiles' Fourier transforms in the band, the tiles
-        cut at ``origins`` (integer x, y per tile; the template's grid when not given)."""
+    def spectra(self, image: np.ndarray, origins: np.ndarray | None = None) -> np.ndarray:
+        """``(..., tiles, frequencies)``: the windowed tiles' Fourier transforms in the band, less
+        their means, the tiles cut at ``origins`` (integer x, y per tile; the template's grid when
+        not given). ``image`` is ``(H, W)``, or ``(layers, H, W)`` transformed together."""
+        if origins is None or np.array_equal(origins, self.origins):
+            spectra, sums = self._grid_spectra(image)
+        else:
+            spectra, sums = self._tile_spectra(image, origins)
+        means = (sums / PHASE_TILE**2).astype(np.float32)
+        return spectra[..., self.band] - means[..., None] * self.window_spectrum
+
+    def _split(self, along_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The x transform as complex64 (its real parts, then imaginary parts, on the last axis), and the rows' sums."""
+        half = (along_x.shape[-1] - 1) // 2
+        return (along_x[..., :half] + 1j * along_x[..., half:-1]).astype(np.complex64), along_x[..., -1]
+
+    def _tile_spectra(self, image: np.ndarray, origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(..., tiles, fy, fx)`` of tiles cut anywhere, and their sums: each tile's rows through the x basis."""
         size = PHASE_TILE
-        on_grid = origins is None or np.array_equal(origins, self.origins)
-        origins = self.origins if origins is None else origins
-        if sums is None:  # each tile's mean from four corners of the image's integral
-            sums = cv2.integral(image, sdepth=cv2.CV_64F)
-        x, y = origins[:, 0], origins[:, 1]
-        means = (sums[y + size, x + size] - sums[y, x + size] - sums[y + size, x] + sums[y, x]) / size**2
-        spectra = self._grid_spectra(image) if on_grid else self._tile_spectra(image, origins)
-        return spectra[:, self.band] - means[:, None].astype(np.float32) * self.window_spectrum
+        tiles = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(-2, -1))
+        tiles = tiles[..., origins[:, 1], origins[:, 0], :, :]  # (..., tiles, y, x)
+        lead, count = tiles.shape[:-3], len(origins)
+        along_x, row_sums = self._split(tiles.reshape(-1, size) @ self.basis_x)  # one product for all tiles
+        along_x = along_x.reshape(-1, count, size, along_x.shape[-1]).transpose(0, 2, 1, 3)  # (layers, y, tiles, fx)
+        spectra = self.basis_y @ along_x.reshape(len(along_x), size, -1)  # (layers, fy, tiles * fx)
+        spectra = spectra.reshape(len(along_x), len(self.basis_y), count, -1).transpose(0, 2, 1, 3)
+        sums = row_sums.reshape(-1, count, size).sum(-1, dtype=np.float64)
+        return spectra.reshape(*lead, count, *spectra.shape[2:]), sums.reshape(*lead, count)
 
-    def _complex(self, along_x: np.ndarray) -> np.ndarray:
-        """The x transform's real parts, then imaginary parts (last axis), as complex64."""
-        half = along_x.shape[-1] // 2
-        return (along_x[..., :half] + 1j * along_x[..., half:]).astype(np.complex64)
-
-    def _tile_spectra(self, image: np.ndarray, origins: np.ndarray) -> np.ndarray:
-        """``(tiles, fy, fx)`` of tiles cut anywhere: each tile's rows through the x basis."""
-        size = PHASE_TILE
-        tiles = np.lib.stride_tricks.sliding_window_view(image, (size, size))[origins[:, 1], origins[:, 0]]
-        count = len(tiles)
-        along_x = self._complex(tiles.reshape(count * size, size) @ self.basis_x)  # one product for all tiles
-        along_x = along_x.reshape(count, size, -1).transpose(1, 0, 2).reshape(size, -1)  # (y, tiles * fx)
-        return (self.basis_y @ along_x).reshape(len(self.basis_y), count, -1).transpose(1, 0, 2)
-
-    def _grid_spectra(self, image: np.ndarray) -> np.ndarray:
+    def _grid_spectra(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``_tile_spectra`` of the template's grid, the x transform shared by the tiles of a column.
 
         Tiles overlap (``PHASE_STEP`` < ``PHASE_TILE``), so every column of tiles is one strip
         of the image through the x basis, and each row of tiles is one product of the y basis
         with the strips' rows it covers: the same sums in another order (within 4e-6), in
-        55-65% of the time tile by tile takes at 256-512 px (probe).
+        55-65% of the time tile by tile takes at 256-512 px (probe). Layers (a leading axis)
+        share each call.
         """
         size = PHASE_TILE
-        strips = np.lib.stride_tricks.sliding_window_view(image, size, axis=1)[:, self.cols]  # (H, columns, x)
-        along_x = self._complex(strips @ self.basis_x).reshape(len(image), -1)  # (H, columns * fx)
+        lead, height = image.shape[:-2], image.shape[-2]
+        layers = image.reshape(-1, height, image.shape[-1])
+        strips = np.lib.stride_tricks.sliding_window_view(layers, size, axis=2)[:, :, self.cols]  # (L, H, columns, x)
+        along_x, row_sums = self._split(strips @ self.basis_x)
+        along_x = along_x.reshape(len(layers), height, -1)  # (L, H, columns * fx)
         rows, fy = len(self.rows), len(self.basis_y)
-        spectra = np.empty((rows, fy, along_x.shape[1]), np.complex64)
+        spectra = np.empty((len(layers), rows, fy, along_x.shape[2]), np.complex64)
         for row, origin in enumerate(self.rows):
-            np.matmul(self.basis_y, along_x[origin : origin + size], out=spectra[row])  # (fy, columns * fx)
-        by_tile = spectra.reshape(rows, fy, len(self.cols), -1).transpose(0, 2, 1, 3)  # (rows, columns, fy, fx)
-        return by_tile.reshape(rows * len(self.cols), fy, -1)
+            np.matmul(self.basis_y, along_x[:, origin : origin + size], out=spectra[:, row])  # (L, fy, columns * fx)
+        by_tile = spectra.reshape(len(layers), rows, fy, len(self.cols), -1).transpose(0, 1, 3, 2, 4)
+        # Each tile's sum: its strip's row sums over its rows, from their running total.
+        running = np.zeros((len(layers), height + 1, len(self.cols)))
+        np.cumsum(row_sums, axis=1, out=running[:, 1:])
+        sums = running[:, self.rows + size] - running[:, self.rows]  # (L, rows, columns)
+        count = rows * len(self.cols)
+        return by_tile.reshape(*lead, count, fy, -1), sums.reshape(*lead, count)
 
     def shifts(self, template_spectra: np.ndarray, moving_spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per tile: the shift (x, y) that takes the template tile onto the moving one, and its weight
@@ -413,58 +424,53 @@ def _blur_probes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 class _PhaseImage:
-    """A registration image with its tiles' spectra (and its blur probes'), kept from the pair
-    it is the moving image of to the next, where it is the template: a stack that hardly
+    """A registration image with its tiles' spectra (and its blur probes' shifts), kept from the
+    pair it is the moving image of to the next, where it is the template: a stack that hardly
     moved cuts its tiles at the same pixels in both, and in every round."""
 
     def __init__(self, image: np.ndarray) -> None:
         self.image = image
-        self._probes: tuple[np.ndarray, ...] | None = None
-        self._sums: dict[int, np.ndarray] = {}
-        self._spectra: dict[tuple[int, bytes], np.ndarray] = {}
+        self._spectra: dict[bytes, np.ndarray] = {}
         self._probe_shifts: np.ndarray | None = None
-        self._last_cut: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._last_cut: tuple[np.ndarray, np.ndarray] | None = None
 
-    def layer(self, which: int) -> np.ndarray:
-        """0: the image; 1-3: its blur probes (``_blur_probes``)."""
-        if which == 0:
-            return self.image
-        if self._probes is None:
-            self._probes = _blur_probes(self.image)
-        return self._probes[which - 1]
+    def spectra(self, tiles: _PhaseTiles, origins: np.ndarray | None = None) -> np.ndarray:
+        """The image's tiles cut at ``origins`` (the grid when not given), through the band.
 
-    def spectra(self, tiles: _PhaseTiles, which: int, origins: np.ndarray | None = None) -> np.ndarray:
-        """Layer ``which``'s tiles cut at ``origins`` (the grid when not given), through the band.
-
-        A cut off the grid transforms only the tiles cut elsewhere than in the layer's last cut
-        (the grid's, at first): a round moves a few tiles by a pixel, the rest stay put. The
-        same numbers within 2e-8 px; deep still selection stacks (32 x 512, 65 x 256) estimated
-        in 80% of the time, moved 512 px ones in 65-70% (probe, alternating runs).
+        A cut off the grid transforms only the tiles cut elsewhere than in the last cut (the
+        grid's, at first): a round moves a few tiles by a pixel, the rest stay put. The same
+        numbers within 2e-8 px; deep still selection stacks (32 x 512, 65 x 256) estimated in
+        80% of the time, moved 512 px ones in 65-70% (probe, alternating runs).
         """
         origins = tiles.origins if origins is None else origins
-        key = (which, origins.tobytes())
+        key = origins.tobytes()
         if key not in self._spectra:
-            layer = self.layer(which)
-            if which not in self._sums:
-                self._sums[which] = cv2.integral(layer, sdepth=cv2.CV_64F)
-            last = self._last_cut.get(which)
+            last = self._last_cut
             if last is None or origins is tiles.origins:
-                spectra = tiles.spectra(layer, origins, self._sums[which])
+                spectra = tiles.spectra(self.image, origins)
             else:
                 moved = np.any(origins != last[0], axis=1)
                 spectra = last[1].copy()
                 if moved.any():
-                    spectra[moved] = tiles.spectra(layer, origins[moved], self._sums[which])
-            self._spectra[key] = spectra
-            self._last_cut[which] = (origins, spectra)
+                    spectra[moved] = tiles.spectra(self.image, origins[moved])
+            self._keep(origins, spectra)
         return self._spectra[key]
 
+    def _keep(self, origins: np.ndarray, spectra: np.ndarray) -> None:
+        self._spectra[origins.tobytes()] = spectra
+        self._last_cut = (origins, spectra)
+
     def probe_shifts(self, tiles: _PhaseTiles) -> np.ndarray:
-        """``(3, tiles, 2)``: how far each blur probe moves the phase-read shift of each tile of
-        the grid; kept for the next pair, where this image is the template."""
+        """``(3, tiles, 2)``: how far each blur probe (``_blur_probes``) moves the phase-read shift
+        of each tile of the grid; kept for the next pair, where this image is the template. The
+        image and its three probes are transformed in one call (the grid's spectra of the image
+        are kept for the rounds)."""
         if self._probe_shifts is None:
-            probes = np.stack([self.spectra(tiles, which) for which in (1, 2, 3)])
-            self._probe_shifts = tiles.shifts(self.spectra(tiles, 0), probes)[0]
+            layers = np.stack([self.image, *_blur_probes(self.image)])
+            spectra = tiles.spectra(layers)
+            if tiles.origins.tobytes() not in self._spectra:
+                self._keep(tiles.origins, spectra[0])
+            self._probe_shifts = tiles.shifts(spectra[0], spectra[1:])[0]
         return self._probe_shifts
 
 
@@ -560,13 +566,16 @@ class _MotionFit:
             return None
         corners = _image_corners(height, width)
         # The normal equations of the whole fit, less each block's share: one small system per
-        # block, solved together.
+        # block, solved together. Each block's share is its rows' outer products summed, one
+        # product with the rows' block membership for all blocks.
         rows = np.concatenate([blocks, blocks])
         weighted = self.design * np.concatenate([self.robust, self.robust])[:, None]
         normal, moment = weighted.T @ self.design, weighted.T @ self.target
-        inside = [rows == block for block in carrying]
-        kept_normal = np.stack([normal - weighted[i].T @ self.design[i] for i in inside])
-        kept_moment = np.stack([moment - weighted[i].T @ self.target[i] for i in inside])
+        member = (rows[None, :] == carrying[:, None]).astype(float)  # (blocks, rows)
+        columns = self.design.shape[1]
+        outer = (weighted[:, :, None] * self.design[:, None, :]).reshape(len(rows), columns * columns)
+        kept_normal = normal - (member @ outer).reshape(-1, columns, columns)
+        kept_moment = moment - member @ (weighted * self.target[:, None])
         try:
             params = np.linalg.solve(kept_normal, kept_moment[..., None])[..., 0]
         except np.linalg.LinAlgError:  # a block held what alone determined a column
@@ -665,7 +674,6 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
     tiles = _phase_tiles(height, width)
     if len(tiles) < 4:  # too small to tile: keep ECC's estimate, with no evidence of its own
         return PairRegistration(warp, None)
-    template_spectra = template.spectra(tiles, 0)
     centres = tiles.centres
     template_responses = _blur_responses(tiles, template, centres)
     basis = tiles.field_basis
@@ -674,6 +682,7 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
     # The moving image's responses first: its grid's spectra are then there to cut from.
     moving_responses = _blur_responses(tiles, moving, centres @ warp[:, :2].T + warp[:, 2])
     responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
+    template_spectra = template.spectra(tiles)  # the grid's, kept by the responses
     nuisance = _blur_columns(responses, basis)
     cut = None
     for _ in range(PHASE_ROUNDS):
@@ -686,7 +695,7 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
             # fitted, so this round's fit would move nothing (least squares is linear in its target).
             break
         cut = origins, measured
-        shifts, weights = tiles.shifts(template_spectra, moving.spectra(tiles, 0, origins))
+        shifts, weights = tiles.shifts(template_spectra, moving.spectra(tiles, origins))
         weights = weights * measured
         fit = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)
         warp = warp + fit.displacement
