@@ -281,7 +281,7 @@ class _PhaseTiles:
     """Overlapping tiles of one image size, and the low frequencies their phase is read at.
 
     Only the frequencies up to ``PHASE_CUTOFF`` cycles are needed, so each tile's spectrum is
-    two small matrix products with the Fourier basis at those frequencies, not a whole FFT.
+    three small real matrix products (the x basis, the y basis, the assembly), not a whole FFT.
     """
 
     def __init__(self, height: int, width: int) -> None:
@@ -300,17 +300,21 @@ class _PhaseTiles:
         self.band = (radius <= PHASE_CUTOFF) & (radius > 0)
         self.fx = 2 * np.pi * np.broadcast_to(fx, self.band.shape)[self.band]
         self.fy = 2 * np.pi * np.broadcast_to(fy, self.band.shape)[self.band]
-        # The window is folded into the Fourier bases (it is separable), so no tile is multiplied by it.
-        angle_x = -2 * np.pi * np.outer(np.arange(size), fx[0])  # (size, fx)
-        fourier_y = np.exp(-2j * np.pi * np.outer(fy[:, 0], np.arange(size)))  # (fy, size)
-        # The x basis ends with a column of ones: each tile row's plain sum, from which its mean comes.
-        windowed = np.concatenate([np.cos(angle_x), np.sin(angle_x)], 1) * window[:, None]
-        self.basis_x = np.concatenate([windowed, np.ones((size, 1))], 1).astype(np.float32)
-        self.basis_y = (fourier_y * window[None, :]).astype(np.complex64)  # (fy, size)
-        # A tile's mean is taken out afterwards: its mean times the window's own spectrum.
-        window_x = window @ np.exp(1j * angle_x)  # (fx,)
-        window_y = fourier_y @ window  # (fy,)
-        self.window_spectrum = np.outer(window_y, window_x)[self.band].astype(np.complex64)
+        # The window is folded into the Fourier bases (it is separable), so no tile is multiplied by
+        # it. Both bases are real: the cosines and sines of the non-negative frequencies, then a
+        # row of ones (a tile's plain sum, from which its mean comes). A tile through both is a
+        # 13 x 13 table of real sums, which one product (``self.assemble``) turns into the complex
+        # spectrum in the band, both signs of fy, less the tile's mean.
+        steps = np.arange(PHASE_CUTOFF + 1)
+        angle = -2 * np.pi * np.outer(np.arange(size), steps) / size  # (pixel, frequency)
+        real = np.concatenate([np.cos(angle) * window[:, None], np.sin(angle) * window[:, None], np.ones((size, 1))], 1)
+        self.basis_x = real.astype(np.float32)  # (x, 13)
+        self.basis_y = real.T.astype(np.float32)  # (13, y)
+        # A tile's mean is taken out: its mean times the window's own spectrum.
+        window_x = window @ np.exp(1j * angle)  # (fx,)
+        window_y = np.exp(-2j * np.pi * np.outer(fy[:, 0], np.arange(size))) @ window  # (fy,)
+        window_spectrum = np.outer(window_y, window_x)[self.band]
+        self.assemble = self._assembly(window_spectrum)
         self.moments = np.stack([np.ones_like(self.fx), self.fx * self.fx, self.fx * self.fy, self.fy * self.fy], 1)
         self.slopes = np.stack([self.fx, self.fy], 1)
         self.blocks = _tile_blocks(self.centres, height, width)
@@ -319,61 +323,68 @@ class _PhaseTiles:
     def __len__(self) -> int:
         return len(self.centres)
 
+    def _assembly(self, window_spectrum: np.ndarray) -> np.ndarray:
+        """``(13 * 13, 2 * band)``: the real sums of a tile through both bases -> its spectrum in
+        the band less its mean, real and imaginary parts interleaved (complex64 when viewed so).
+
+        ``e^{i(a + b)}`` is ``cos a cos b - sin a sin b + i (sin a cos b + cos a sin b)``; a
+        negative fy is the positive one with its sine negated.
+        """
+        frequencies, ones, size = PHASE_CUTOFF + 1, 2 * PHASE_CUTOFF + 2, PHASE_TILE
+        fy_all, fx_all = np.meshgrid(np.arange(-PHASE_CUTOFF, PHASE_CUTOFF + 1), np.arange(frequencies), indexing="ij")
+        assembly = np.zeros((ones + 1, ones + 1, len(window_spectrum), 2))
+        for j, (fy, fx) in enumerate(zip(fy_all[self.band], fx_all[self.band], strict=True)):
+            cos_y, sin_y, sign = abs(fy), frequencies + abs(fy), 1.0 if fy >= 0 else -1.0
+            cos_x, sin_x = fx, frequencies + fx
+            assembly[cos_y, cos_x, j, 0] += 1.0
+            assembly[sin_y, sin_x, j, 0] -= sign
+            assembly[sin_y, cos_x, j, 1] += sign
+            assembly[cos_y, sin_x, j, 1] += 1.0
+        assembly[ones, ones, :, 0] = -window_spectrum.real / size**2
+        assembly[ones, ones, :, 1] = -window_spectrum.imag / size**2
+        return assembly.reshape((ones + 1) ** 2, -1).astype(np.float32)
+
     def spectra(self, image: np.ndarray, origins: np.ndarray | None = None) -> np.ndarray:
         """``(..., tiles, frequencies)``: the windowed tiles' Fourier transforms in the band, less
         their means, the tiles cut at ``origins`` (integer x, y per tile; the template's grid when
         not given). ``image`` is ``(H, W)``, or ``(layers, H, W)`` transformed together."""
         if origins is None or np.array_equal(origins, self.origins):
-            spectra, sums = self._grid_spectra(image)
+            sums = self._grid_sums(image)
         else:
-            spectra, sums = self._tile_spectra(image, origins)
-        means = (sums / PHASE_TILE**2).astype(np.float32)
-        return spectra[..., self.band] - means[..., None] * self.window_spectrum
+            sums = self._tile_sums(image, origins)
+        spectra = np.ascontiguousarray(sums.reshape(*sums.shape[:-2], -1) @ self.assemble)
+        return spectra.view(np.complex64)
 
-    def _split(self, along_x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The x transform as complex64 (its real parts, then imaginary parts, on the last axis), and the rows' sums."""
-        half = (along_x.shape[-1] - 1) // 2
-        return (along_x[..., :half] + 1j * along_x[..., half:-1]).astype(np.complex64), along_x[..., -1]
-
-    def _tile_spectra(self, image: np.ndarray, origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(..., tiles, fy, fx)`` of tiles cut anywhere, and their sums: each tile's rows through the x basis."""
+    def _tile_sums(self, image: np.ndarray, origins: np.ndarray) -> np.ndarray:
+        """``(..., tiles, 13, 13)``: tiles cut anywhere through both bases (y, x)."""
         size = PHASE_TILE
         tiles = np.lib.stride_tricks.sliding_window_view(image, (size, size), axis=(-2, -1))
         tiles = tiles[..., origins[:, 1], origins[:, 0], :, :]  # (..., tiles, y, x)
         lead, count = tiles.shape[:-3], len(origins)
-        along_x, row_sums = self._split(tiles.reshape(-1, size) @ self.basis_x)  # one product for all tiles
-        along_x = along_x.reshape(-1, count, size, along_x.shape[-1]).transpose(0, 2, 1, 3)  # (layers, y, tiles, fx)
-        spectra = self.basis_y @ along_x.reshape(len(along_x), size, -1)  # (layers, fy, tiles * fx)
-        spectra = spectra.reshape(len(along_x), len(self.basis_y), count, -1).transpose(0, 2, 1, 3)
-        sums = row_sums.reshape(-1, count, size).sum(-1, dtype=np.float64)
-        return spectra.reshape(*lead, count, *spectra.shape[2:]), sums.reshape(*lead, count)
+        along_x = tiles.reshape(-1, size) @ self.basis_x  # one product for all tiles' rows
+        terms = along_x.shape[-1]
+        along_x = along_x.reshape(-1, count, size, terms).transpose(0, 2, 1, 3).reshape(-1, size, count * terms)
+        sums = (self.basis_y @ along_x).reshape(-1, terms, count, terms).transpose(0, 2, 1, 3)
+        return sums.reshape(*lead, count, terms, terms)
 
-    def _grid_spectra(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``_tile_spectra`` of the template's grid, the x transform shared by the tiles of a column.
+    def _grid_sums(self, image: np.ndarray) -> np.ndarray:
+        """``_tile_sums`` of the template's grid, the x transform shared by the tiles of a column.
 
         Tiles overlap (``PHASE_STEP`` < ``PHASE_TILE``), so every column of tiles is one strip
-        of the image through the x basis, and each row of tiles is one product of the y basis
-        with the strips' rows it covers: the same sums in another order (within 4e-6), in
-        55-65% of the time tile by tile takes at 256-512 px (probe). Layers (a leading axis)
-        share each call.
+        of the image through the x basis, and each row of tiles one product of the y basis with
+        the strips' rows it covers: the same sums in another order (within 4e-6), in 55-65% of
+        the time tile by tile takes at 256-512 px (probe). Layers (a leading axis) share each call.
         """
         size = PHASE_TILE
         lead, height = image.shape[:-2], image.shape[-2]
         layers = image.reshape(-1, height, image.shape[-1])
         strips = np.lib.stride_tricks.sliding_window_view(layers, size, axis=2)[:, :, self.cols]  # (L, H, columns, x)
-        along_x, row_sums = self._split(strips @ self.basis_x)
-        along_x = along_x.reshape(len(layers), height, -1)  # (L, H, columns * fx)
-        rows, fy = len(self.rows), len(self.basis_y)
-        spectra = np.empty((len(layers), rows, fy, along_x.shape[2]), np.complex64)
-        for row, origin in enumerate(self.rows):
-            np.matmul(self.basis_y, along_x[:, origin : origin + size], out=spectra[:, row])  # (L, fy, columns * fx)
-        by_tile = spectra.reshape(len(layers), rows, fy, len(self.cols), -1).transpose(0, 1, 3, 2, 4)
-        # Each tile's sum: its strip's row sums over its rows, from their running total.
-        running = np.zeros((len(layers), height + 1, len(self.cols)))
-        np.cumsum(row_sums, axis=1, out=running[:, 1:])
-        sums = running[:, self.rows + size] - running[:, self.rows]  # (L, rows, columns)
-        count = rows * len(self.cols)
-        return by_tile.reshape(*lead, count, fy, -1), sums.reshape(*lead, count)
+        along_x = (strips @ self.basis_x).reshape(len(layers), height, -1)  # (L, H, columns * 13)
+        covered = np.lib.stride_tricks.sliding_window_view(along_x, size, axis=1)[:, self.rows]  # (L, rows, ..., y)
+        sums = self.basis_y @ covered.transpose(0, 1, 3, 2)  # (L, rows, 13, columns * 13)
+        terms = len(self.basis_y)
+        sums = sums.reshape(len(layers), len(self.rows), terms, len(self.cols), terms).transpose(0, 1, 3, 2, 4)
+        return sums.reshape(*lead, len(self.rows) * len(self.cols), terms, terms)
 
     def shifts(self, template_spectra: np.ndarray, moving_spectra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per tile: the shift (x, y) that takes the template tile onto the moving one, and its weight
