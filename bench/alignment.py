@@ -232,7 +232,7 @@ def auto_table(scratch: Path) -> None:
             result = f"{auto_db:.2f} dB (true {true_db:.2f}, none {none_db:.2f})"
         fusion = min(p.timing["total_s"] for p in plains)
         print(
-            f"  {row.label:<30} {warped:>3}/{len(slices):<3}  {result:<34} {estimate:>7.2f}s {fusion:>6.1f}s "
+            f"  {row.label:<30} {warped:>3}/{len(slices):<3}  {result:<34} {estimate:>7.3f}s {fusion:>6.2f}s "
             f"{estimate / fusion:>5.0%}  {alignment.verdict}",
             flush=True,
         )
