@@ -434,8 +434,11 @@ def _blur_probes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     across_x = (np.arange(width, dtype=np.float32) - (width - 1) / 2)[None, :]
     across_y = (np.arange(height, dtype=np.float32) - (height - 1) / 2)[:, None]
     ramps = []
-    for ramp in (across_x, across_y):
-        spread = cv2.GaussianBlur(image * ramp, (0, 0), sigma)
+    for ramp, dx, dy in ((across_x, 1, 0), (across_y, 0, 1)):
+        # A Gaussian of a ramp times the image is the ramp times its Gaussian plus sigma² times
+        # that Gaussian's slope along the ramp: one blur serves the three probes.
+        slope_along = cv2.Sobel(uniform, cv2.CV_32F, dx, dy, ksize=1, scale=0.5)
+        spread = ramp * uniform + BLUR_PROBE * slope_along
         ramps.append(uniform + 0.5 * slope * cv2.Laplacian(spread, cv2.CV_32F))
     return uniform, ramps[0], ramps[1]
 

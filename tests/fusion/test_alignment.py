@@ -254,6 +254,23 @@ def test_tile_spectra_are_the_windowed_tiles_fourier_transforms_less_their_mean(
             np.testing.assert_allclose(spectra, alone, rtol=0, atol=1e-5 * np.abs(alone).max())
 
 
+def test_the_ramp_probes_are_the_blur_of_the_ramp_times_the_image_from_one_gaussian():
+    """The ramp probes take the Gaussian of the ramp times the image as the ramp times the
+    image's Gaussian plus sigma² times its slope: away from the border, what blurring the
+    product itself gives (within 1% of the ramp's change; a sign or a factor wrong is far off)."""
+    from focusfuse.fusion.alignment import BLUR_PROBE, BLUR_RAMP, _blur_probes
+
+    image = cv2.GaussianBlur(np.random.default_rng(4).random((180, 240), dtype=np.float32), (0, 0), 1.0)
+    uniform, along_x, along_y = _blur_probes(image)
+    sigma, slope = np.sqrt(BLUR_PROBE), BLUR_RAMP / 240
+    ramps = (np.arange(240, dtype=np.float32) - 119.5)[None, :], (np.arange(180, dtype=np.float32) - 89.5)[:, None]
+    inner = (slice(16, -16), slice(16, -16))
+    for probe, ramp in zip((along_x, along_y), ramps, strict=True):
+        direct = 0.5 * slope * cv2.Laplacian(cv2.GaussianBlur(image * ramp, (0, 0), sigma), cv2.CV_32F)
+        change = probe - uniform
+        assert np.abs(change - direct)[inner].max() < 0.01 * np.abs(direct)[inner].max()
+
+
 def test_the_high_pass_takes_out_a_gaussian_of_its_sigma_computed_on_a_smaller_image():
     """The low-pass is blurred on a 4x smaller image: on content that grid carries it is the
     Gaussian of ``HIGH_PASS_SIGMA``, and a point spreads as wide, its light kept and, over the
