@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Alignment on selection stacks (never reported as results): what the blur probe was chosen by.
+
+1. ``--margins``: still stacks of the drifting generator (seeds 11-22; 32 x 512 gathered and
+   scattered, 65 x 256, 32 x 256, 10 x 512, 8 x 128 and 6 x 160 gathered, 16 x 256 scattered)
+   under ``--align auto``: per kind, the largest significance, the largest plain-sum ratio
+   (coherence), and the largest of each stack's smaller ratio to auto's two thresholds
+   (a stack warps at 1).
+2. ``--psnr``: drifting stacks (seeds 11-13), fused with the estimated similarity and with
+   their true transforms (Lanczos), fused PSNR against the all-in-focus truth.
+
+Each for every ``--probe`` given (px² of the blur probe, ``BLUR_PROBE``).
+Usage: python bench/alignment_selection.py [--margins] [--psnr] [--probe 2 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from alignment import realigned, write_slices
+from multislice import psnr
+
+from focusfuse.fusion import alignment
+from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.training.synthetic import make_drifting_stack
+
+STILL_KINDS = [
+    (512, 32, "gather"), (512, 32, "scatter"), (256, 65, "gather"), (256, 32, "gather"),
+    (512, 10, "gather"), (128, 8, "gather"), (160, 6, "gather"), (256, 16, "scatter"),
+]  # fmt: skip
+MOVED = [
+    (512, 32, 12, "gather"), (512, 32, 13, "scatter"), (512, 32, 11, "gather"), (512, 10, 11, "gather"),
+    (512, 10, 12, "scatter"), (256, 16, 11, "gather"), (256, 16, 12, "scatter"), (256, 6, 13, "gather"),
+    (1024, 16, 11, "scatter"),
+]  # fmt: skip
+
+
+def margins(probe: float) -> None:
+    alignment.BLUR_PROBE = probe
+    for size, n_slices, render in STILL_KINDS:
+        significance, coherence, both = [], [], []
+        for seed in range(11, 23):
+            rng = np.random.default_rng([size, n_slices, seed])
+            stack = make_drifting_stack(size, n_slices, rng, max_shift=0.0, scale_span=0.0, jitter=0.0, render=render)
+            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], n_slices, "auto")
+            significance.append(max(t.significance for t in estimate.transforms))
+            coherence.append(max(t.coherence for t in estimate.transforms))
+            both.append(
+                max(
+                    min(t.significance / alignment.AUTO_MIN_SIGNIFICANCE, t.coherence / alignment.AUTO_MIN_COHERENCE)
+                    for t in estimate.transforms
+                )
+            )
+        print(
+            f"  probe {probe:g} px², still {n_slices}x{size} {render}: significance max {max(significance):.1f}, "
+            f"coherence max {max(coherence):.1f}, smaller ratio max {max(both):.2f} (warps at 1)",
+            flush=True,
+        )
+
+
+def fused_psnr(probes: list[float], scratch: Path) -> None:
+    inner = (slice(16, -16), slice(16, -16))
+    for size, n_slices, seed, render in MOVED:
+        rng = np.random.default_rng([size, n_slices, seed])
+        stack = make_drifting_stack(size, n_slices, rng, max_shift=10.0, scale_span=0.015, render=render)
+        name = f"{n_slices}x{size}-{render}-{seed}"
+
+        def fused(transforms: list[np.ndarray], label: str, stack=stack, name=name) -> float:
+            paths = write_slices(scratch / f"{name}-{label}", realigned(stack.slices, transforms))
+            return psnr(fuse_stack(paths, device="cpu", align="none").fused[inner], stack.sharp[inner])
+
+        cells = [f"true {fused(stack.transforms, 'true'):.2f}"]
+        for probe in probes:
+            alignment.BLUR_PROBE = probe
+            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], n_slices, "similarity")
+            cells.append(f"{probe:g} px² {fused([t.matrix for t in estimate.transforms], f'p{probe:g}'):.2f}")
+        print(f"  drifting {n_slices}x{size} {render}, seed {seed}: " + ", ".join(cells), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--margins", action="store_true")
+    parser.add_argument("--psnr", action="store_true")
+    parser.add_argument("--probe", type=float, nargs="+", default=[alignment.BLUR_PROBE])
+    args = parser.parse_args()
+    shipped = alignment.BLUR_PROBE
+    try:
+        if args.psnr:
+            print("fused PSNR, dB, estimated similarity by blur probe against the true transforms:")
+            with tempfile.TemporaryDirectory() as scratch:
+                fused_psnr(args.probe, Path(scratch))
+        if args.margins:
+            print("still selection stacks, seeds 11-22, under --align auto:")
+            for probe in args.probe:
+                margins(probe)
+    finally:
+        alignment.BLUR_PROBE = shipped
+
+
+if __name__ == "__main__":
+    main()
