@@ -113,7 +113,12 @@ AUTO_MIN_COHERENCE = 4.0
 AUTO_SCREEN_SIDE = 512  # px: ``auto`` screens a stack for motion on images this small first...
 # ...with ECC's start on images of at most this many px: the phase refinement takes the start from
 # there to the same transforms (drifting and still selection stacks, seeds 35 and 38: corner errors
-# within 0.001 px and the same standard errors as from 128 px, in 5-20% less time; probe)
+# within 0.001 px and the same standard errors as from 128 px, in 5-20% less time; probe). The start
+# is a translation: an affine one this small misread the scale and shear by px at the corners of a
+# 256 px frame, which took the phase two or three rounds to undo (a still 65 x 256 stack: 5 of 64
+# pairs in one round, 35 of 64 from a translation; the estimate in 77% of the time). The still
+# selection stacks' largest margin fell from 0.92 to 0.46 of auto's thresholds (65 x 256), the others
+# within 0.01; moved ones fused within 0.03 dB, 8 x 128 ones within 0.25 dB or better (probe).
 AUTO_SCREEN_START_SIDE = 64
 
 
@@ -738,8 +743,9 @@ def register_pair(
     Args:
         template, moving: gray float32 ``(H, W)`` of one size (or kept with their spectra).
         mode: ``translation``, ``similarity`` or ``affine``.
-        screen: a cheaper start, for ``auto``'s screen: ECC on images of at most
-            ``AUTO_SCREEN_START_SIDE`` px, stopped sooner; the phase refinement takes it from there.
+        screen: a cheaper start, for ``auto``'s screen: ECC of a translation alone on images
+            of at most ``AUTO_SCREEN_START_SIDE`` px, stopped sooner; the phase refinement takes
+            it from there.
         start: the pair already registered (2x3, in these images' pixels; ``similarity`` or
             ``affine``), by ``auto``'s screen on smaller images: the phase refinement starts
             there, and ECC, which the screen's registration passed, is not run again.
@@ -755,7 +761,8 @@ def register_pair(
         else:
             coarse_template, factor = _downscaled(template, coarse_side)
             coarse_moving, _ = _downscaled(moving, coarse_side)
-            warp, correlation = _ecc(coarse_template, coarse_moving, motion, np.eye(2, 3), criteria)
+            start_motion = cv2.MOTION_TRANSLATION if screen else motion  # the phase fits the rest
+            warp, correlation = _ecc(coarse_template, coarse_moving, start_motion, np.eye(2, 3), criteria)
         if mode == "translation" and factor < 1.0:
             # A shift alone is measured by ECC as well as by phase, better: 0.05 against 0.16 px
             # at the corners on drifting stacks (probe, seeds 3-10); only the scale and shape that
