@@ -389,9 +389,10 @@ class _PhaseTiles:
         size = PHASE_TILE
         lead, height = image.shape[:-2], image.shape[-2]
         layers = image.reshape(-1, height, image.shape[-1])
-        strips = np.lib.stride_tricks.sliding_window_view(layers, size, axis=2)[:, :, self.cols]  # (L, H, columns, x)
+        # The origins are every PHASE_STEP px from 0: strided views, not copies. (L, H, columns, x):
+        strips = np.lib.stride_tricks.sliding_window_view(layers, size, axis=2)[:, :, ::PHASE_STEP]
         along_x = (strips @ self.basis_x).reshape(len(layers), height, -1)  # (L, H, columns * 13)
-        covered = np.lib.stride_tricks.sliding_window_view(along_x, size, axis=1)[:, self.rows]  # (L, rows, ..., y)
+        covered = np.lib.stride_tricks.sliding_window_view(along_x, size, axis=1)[:, ::PHASE_STEP]  # (L, rows, ..., y)
         sums = self.basis_y @ covered.transpose(0, 1, 3, 2)  # (L, rows, 13, columns * 13)
         terms = len(self.basis_y)
         sums = sums.reshape(len(layers), len(self.rows), terms, len(self.cols), terms).transpose(0, 1, 3, 2, 4)
@@ -409,8 +410,9 @@ class _PhaseTiles:
         weight, phase = np.abs(cross), np.angle(cross)
         # The weighted sums as products with the frequencies' moments (one call each, not one per sum).
         moments = weight @ self.moments  # (..., tiles, 4): total, fx fx, fx fy, fy fy
-        total, sxx, sxy, syy = np.moveaxis(moments, -1, 0)
-        bx, by = np.moveaxis((weight * phase) @ self.slopes, -1, 0)
+        total, sxx, sxy, syy = (moments[..., j] for j in range(4))
+        slopes = (weight * phase) @ self.slopes
+        bx, by = slopes[..., 0], slopes[..., 1]
         determinant = np.maximum(sxx * syy - sxy**2, 1e-12)
         dx = (syy * bx - sxy * by) / determinant
         dy = (sxx * by - sxy * bx) / determinant
@@ -606,8 +608,10 @@ class _MotionFit:
         except np.linalg.LinAlgError:  # a block held what alone determined a column
             pairs = zip(kept_normal, kept_moment, strict=True)
             params = np.stack([np.linalg.lstsq(n, m, rcond=None)[0] for n, m in pairs])
-        estimates = [corners @ _displacement(p[: self.motion], self.mode).T for p in params]  # (4, 2) each
-        spread = np.array(estimates) - np.mean(estimates, axis=0)  # (blocks, 4, 2)
+        # Each corner's displacement is linear in the motion's parameters, as each tile's shift is.
+        estimates = params[:, : self.motion] @ _motion_design(corners[:, :2], self.mode).T  # (blocks, x of 4, y of 4)
+        estimates = estimates.reshape(-1, 2, 4).transpose(0, 2, 1)  # (blocks, 4, 2)
+        spread = estimates - estimates.mean(axis=0)
         count = len(carrying)
         return (count - 1) / count * np.einsum("bci,bcj->cij", spread, spread)
 
@@ -898,9 +902,9 @@ def _chained(
         link = full[j - 1] if j > reference else full[j] if j < reference else np.eye(3)
         transform = SliceTransform(j, chained[j][:2].copy(), registered=link is not None, applied=j != reference)
         moved = corners @ (transform.matrix - np.eye(2, 3)).T  # (4, 2): each corner's displacement
-        transform.significance = max(
-            math.sqrt(float(m @ np.linalg.solve(c + least, m))) for m, c in zip(moved, spread[j], strict=True)
-        )
+        # Per corner, the motion's length in standard errors: sqrt(m' C^-1 m), the four solved together.
+        weighed = np.linalg.solve(spread[j] + least, moved[:, :, None])[:, :, 0]
+        transform.significance = math.sqrt(float(np.max(np.einsum("ci,ci->c", moved, weighed))))
         transform.coherence = float(np.max(np.hypot(*moved.T) / np.maximum(summed[j], 1e-6)))
         transforms.append(transform)
     return transforms, pairs, height, width
