@@ -442,27 +442,31 @@ def _phase_tiles(height: int, width: int) -> _PhaseTiles:
     return _PhaseTiles(height, width)
 
 
-def _blur_probes(image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The image blurred by ``BLUR_PROBE`` px² everywhere, and the changes (to first order) that
-    a blur growing across the frame by ``BLUR_RAMP`` px² makes on top, along x and along y.
+def _probe_layers(image: np.ndarray) -> np.ndarray:
+    """``(4, H, W)``: the image; the image blurred by ``BLUR_PROBE`` px² everywhere; and that plus
+    the changes (to first order) that a blur growing across the frame by ``BLUR_RAMP`` px² makes
+    on top, along x and along y. Written into one array, which the tiles transform together.
 
     A scene point spreads its own blur: the light of ``image * ramp`` is spread, so the change
     is half the Laplacian (the derivative of a Gaussian in its variance) of that product blurred.
     """
     height, width = image.shape
-    sigma = math.sqrt(BLUR_PROBE)
-    uniform = cv2.GaussianBlur(image, (0, 0), sigma)
+    layers = np.empty((4, height, width), image.dtype)
+    layers[0] = image
+    uniform = cv2.GaussianBlur(image, (0, 0), math.sqrt(BLUR_PROBE), dst=layers[1])
     slope = BLUR_RAMP / max(height, width)
     across_x = (np.arange(width, dtype=np.float32) - (width - 1) / 2)[None, :]
     across_y = (np.arange(height, dtype=np.float32) - (height - 1) / 2)[:, None]
-    ramps = []
-    for ramp, dx, dy in ((across_x, 1, 0), (across_y, 0, 1)):
+    for layer, (ramp, dx, dy) in enumerate(((across_x, 1, 0), (across_y, 0, 1)), start=2):
         # A Gaussian of a ramp times the image is the ramp times its Gaussian plus sigma² times
         # that Gaussian's slope along the ramp: one blur serves the three probes.
         slope_along = cv2.Sobel(uniform, cv2.CV_32F, dx, dy, ksize=1, scale=0.5)
-        spread = ramp * uniform + BLUR_PROBE * slope_along
-        ramps.append(uniform + 0.5 * slope * cv2.Laplacian(spread, cv2.CV_32F))
-    return uniform, ramps[0], ramps[1]
+        spread = ramp * uniform
+        spread += BLUR_PROBE * slope_along
+        change = cv2.Laplacian(spread, cv2.CV_32F)
+        change *= 0.5 * slope
+        np.add(uniform, change, out=layers[layer])
+    return layers
 
 
 class _PhaseImage:
@@ -503,13 +507,12 @@ class _PhaseImage:
         self._last_cut = (origins, spectra)
 
     def probe_shifts(self, tiles: _PhaseTiles) -> np.ndarray:
-        """``(3, tiles, 2)``: how far each blur probe (``_blur_probes``) moves the phase-read shift
+        """``(3, tiles, 2)``: how far each blur probe (``_probe_layers``) moves the phase-read shift
         of each tile of the grid; kept for the next pair, where this image is the template. The
         image and its three probes are transformed in one call (the grid's spectra of the image
         are kept for the rounds)."""
         if self._probe_shifts is None:
-            layers = np.stack([self.image, *_blur_probes(self.image)])
-            spectra = tiles.spectra(layers)
+            spectra = tiles.spectra(_probe_layers(self.image))
             if tiles.origins.tobytes() not in self._spectra:
                 self._keep(tiles.origins, spectra[0])
             self._probe_shifts = tiles.shifts(spectra[0], spectra[1:])[0]

@@ -258,10 +258,11 @@ def test_the_ramp_probes_are_the_blur_of_the_ramp_times_the_image_from_one_gauss
     """The ramp probes take the Gaussian of the ramp times the image as the ramp times the
     image's Gaussian plus sigma² times its slope: away from the border, what blurring the
     product itself gives (within 1% of the ramp's change; a sign or a factor wrong is far off)."""
-    from focusfuse.fusion.alignment import BLUR_PROBE, BLUR_RAMP, _blur_probes
+    from focusfuse.fusion.alignment import BLUR_PROBE, BLUR_RAMP, _probe_layers
 
     image = cv2.GaussianBlur(np.random.default_rng(4).random((180, 240), dtype=np.float32), (0, 0), 1.0)
-    uniform, along_x, along_y = _blur_probes(image)
+    kept, uniform, along_x, along_y = _probe_layers(image)
+    assert np.array_equal(kept, image)
     sigma, slope = np.sqrt(BLUR_PROBE), BLUR_RAMP / 240
     ramps = (np.arange(240, dtype=np.float32) - 119.5)[None, :], (np.arange(180, dtype=np.float32) - 89.5)[:, None]
     inner = (slice(16, -16), slice(16, -16))
