@@ -6,8 +6,9 @@
    under ``--align auto``: per kind, the largest significance, the largest plain-sum ratio
    (coherence), and the largest of each stack's smaller ratio to auto's two thresholds
    (a stack warps at 1).
-2. ``--psnr``: drifting stacks (seeds 11-13), fused with the estimated similarity and with
-   their true transforms (Lanczos), fused PSNR against the all-in-focus truth.
+2. ``--psnr``: drifting stacks (seeds 11-13), fused with their true transforms (Lanczos), with
+   the estimated similarity, and under ``--align auto`` (which keeps its screen's estimate up
+   to 512 px): fused PSNR against the all-in-focus truth.
 
 Each for every ``--probe`` given (px² of the blur probe, ``BLUR_PROBE``).
 Usage: python bench/alignment_selection.py [--margins] [--psnr] [--probe 2 6]
@@ -76,7 +77,10 @@ def fused_psnr(probes: list[float], scratch: Path) -> None:
         for probe in probes:
             alignment.BLUR_PROBE = probe
             estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], n_slices, "similarity")
-            cells.append(f"{probe:g} px² {fused([t.matrix for t in estimate.transforms], f'p{probe:g}'):.2f}")
+            similarity = fused([t.matrix for t in estimate.transforms], f"p{probe:g}")
+            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], n_slices, "auto")
+            warps = [t.matrix if t.applied else np.eye(2, 3) for t in estimate.transforms]
+            cells.append(f"{probe:g} px² {similarity:.2f} (auto {fused(warps, f'a{probe:g}'):.2f})")
         print(f"  drifting {n_slices}x{size} {render}, seed {seed}: " + ", ".join(cells), flush=True)
 
 
@@ -89,7 +93,7 @@ def main() -> None:
     shipped = alignment.BLUR_PROBE
     try:
         if args.psnr:
-            print("fused PSNR, dB, estimated similarity by blur probe against the true transforms:")
+            print("fused PSNR, dB, by blur probe: the true transforms, the estimated similarity (auto's):")
             with tempfile.TemporaryDirectory() as scratch:
                 fused_psnr(args.probe, Path(scratch))
         if args.margins:

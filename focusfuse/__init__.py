@@ -5,7 +5,7 @@
 
 from __future__ import annotations
 
-__version__ = "0.17.0"
+__version__ = "0.18.0"
 
 import os  # noqa: E402
 
