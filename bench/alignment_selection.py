@@ -9,24 +9,31 @@
 2. ``--psnr``: drifting stacks (seeds 11-13), fused with their true transforms (Lanczos), with
    the estimated similarity, and under ``--align auto`` (which keeps its screen's estimate up
    to 512 px): fused PSNR against the all-in-focus truth.
+3. ``--reference``: where the deep stacks' loss comes from. The same drifting stacks, each
+   slice registered (similarity, started from the chain's estimate) not to its neighbour
+   but to one reference for all: the all-in-focus truth, and a proxy of it made of the
+   chain-aligned slices (each pixel from the slice with the most detail energy around it),
+   the transforms then taken relative to the middle slice: fused PSNR.
 
-Each for every ``--probe`` given (px² of the blur probe, ``BLUR_PROBE``).
-Usage: python bench/alignment_selection.py [--margins] [--psnr] [--probe 2 6]
+1 and 2 for every ``--probe`` given (px² of the blur probe, ``BLUR_PROBE``).
+Usage: python bench/alignment_selection.py [--margins] [--psnr] [--reference] [--probe 2 6]
 """
 
 from __future__ import annotations
 
 import argparse
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
 import numpy as np
 from alignment import realigned, write_slices
 from multislice import psnr
 
 from focusfuse.fusion import alignment
 from focusfuse.fusion.pipeline import fuse_stack
-from focusfuse.training.synthetic import make_drifting_stack
+from focusfuse.training.synthetic import DriftingStack, make_drifting_stack
 
 STILL_KINDS = [
     (512, 32, "gather"), (512, 32, "scatter"), (256, 65, "gather"), (256, 32, "gather"),
@@ -62,32 +69,97 @@ def margins(probe: float) -> None:
         )
 
 
-def fused_psnr(probes: list[float], scratch: Path) -> None:
-    inner = (slice(16, -16), slice(16, -16))
+def moved_stacks() -> Iterator[tuple[str, DriftingStack]]:
+    """The ``MOVED`` stacks, each with its name."""
     for size, n_slices, seed, render in MOVED:
         rng = np.random.default_rng([size, n_slices, seed])
         stack = make_drifting_stack(size, n_slices, rng, max_shift=10.0, scale_span=0.015, render=render)
-        name = f"{n_slices}x{size}-{render}-{seed}"
+        yield f"{n_slices}x{size} {render}, seed {seed}", stack
+
+
+def fused_psnr_of(stack: DriftingStack, transforms: list[np.ndarray], folder: Path) -> float:
+    """The slices re-aligned by ``transforms``, fused, against the all-in-focus truth (16 px border left out)."""
+    inner = (slice(16, -16), slice(16, -16))
+    paths = write_slices(folder, realigned(stack.slices, transforms))
+    return psnr(fuse_stack(paths, device="cpu", align="none").fused[inner], stack.sharp[inner])
+
+
+def fused_psnr(probes: list[float], scratch: Path) -> None:
+    for name, stack in moved_stacks():
 
         def fused(transforms: list[np.ndarray], label: str, stack=stack, name=name) -> float:
-            paths = write_slices(scratch / f"{name}-{label}", realigned(stack.slices, transforms))
-            return psnr(fuse_stack(paths, device="cpu", align="none").fused[inner], stack.sharp[inner])
+            return fused_psnr_of(
+                stack, transforms, scratch / f"{name}-{label}".replace(", seed ", "-").replace(" ", "-")
+            )
 
         cells = [f"true {fused(stack.transforms, 'true'):.2f}"]
         for probe in probes:
             alignment.BLUR_PROBE = probe
-            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], n_slices, "similarity")
+            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], len(stack.slices), "similarity")
             similarity = fused([t.matrix for t in estimate.transforms], f"p{probe:g}")
-            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], n_slices, "auto")
+            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], len(stack.slices), "auto")
             warps = [t.matrix if t.applied else np.eye(2, 3) for t in estimate.transforms]
             cells.append(f"{probe:g} px² {similarity:.2f} (auto {fused(warps, f'a{probe:g}'):.2f})")
-        print(f"  drifting {n_slices}x{size} {render}, seed {seed}: " + ", ".join(cells), flush=True)
+        print(f"  drifting {name}: " + ", ".join(cells), flush=True)
+
+
+PROXY_ENERGY_SIGMA = 4.0  # px: the neighbourhood whose detail energy picks the proxy's slice
+
+
+def proxy_all_in_focus(images: list[np.ndarray], matrices: list[np.ndarray]) -> np.ndarray:
+    """The registration images aligned by ``matrices``, each pixel from the one with the most detail around it."""
+    height, width = images[0].shape
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    warped = np.stack(
+        [
+            cv2.warpAffine(image, matrix, (width, height), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+            for image, matrix in zip(images, matrices, strict=True)
+        ]
+    )
+    energy = np.stack([cv2.GaussianBlur(layer * layer, (0, 0), PROXY_ENERGY_SIGMA) for layer in warped])
+    return np.take_along_axis(warped, energy.argmax(axis=0)[None], axis=0)[0]
+
+
+def to_one_reference(reference: np.ndarray, images: list[np.ndarray], starts: list[np.ndarray]) -> list[np.ndarray]:
+    """Each image registered to ``reference`` from its start, then relative to the middle image."""
+    matrices = []
+    for image, start in zip(images, starts, strict=True):
+        pair = alignment.register_pair(reference, image, "similarity", start=start)
+        matrices.append(start if pair is None else pair.matrix)
+    middle = np.linalg.inv(np.vstack([matrices[(len(images) - 1) // 2], [0, 0, 1]]))
+    return [(np.vstack([matrix, [0, 0, 1]]) @ middle)[:2] for matrix in matrices]
+
+
+def one_reference(scratch: Path) -> None:
+    for name, stack in moved_stacks():
+
+        def fused(transforms: list[np.ndarray], label: str, stack=stack, name=name) -> float:
+            return fused_psnr_of(
+                stack, transforms, scratch / f"{name}-{label}".replace(", seed ", "-").replace(" ", "-")
+            )
+
+        chain = [
+            t.matrix
+            for t in alignment.estimate_alignment(
+                lambda j, s=stack.slices: s[j], len(stack.slices), "similarity"
+            ).transforms
+        ]
+        images = [alignment._registration_image(image) for image in stack.slices]
+        truth = to_one_reference(alignment._registration_image(stack.sharp), images, chain)
+        proxy = to_one_reference(proxy_all_in_focus(images, chain), images, chain)
+        print(
+            f"  drifting {name}: true {fused(stack.transforms, 'true'):.2f}, "
+            f"chain {fused(chain, 'chain'):.2f}, to the truth {fused(truth, 'truth'):.2f}, "
+            f"to the proxy {fused(proxy, 'proxy'):.2f}",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--margins", action="store_true")
     parser.add_argument("--psnr", action="store_true")
+    parser.add_argument("--reference", action="store_true")
     parser.add_argument("--probe", type=float, nargs="+", default=[alignment.BLUR_PROBE])
     args = parser.parse_args()
     shipped = alignment.BLUR_PROBE
@@ -96,6 +168,10 @@ def main() -> None:
             print("fused PSNR, dB, by blur probe: the true transforms, the estimated similarity (auto's):")
             with tempfile.TemporaryDirectory() as scratch:
                 fused_psnr(args.probe, Path(scratch))
+        if args.reference:
+            print("fused PSNR, dB: the true transforms, the chain's, each slice registered to one reference:")
+            with tempfile.TemporaryDirectory() as scratch:
+                one_reference(Path(scratch))
         if args.margins:
             print("still selection stacks, seeds 11-22, under --align auto:")
             for probe in args.probe:
