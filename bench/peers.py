@@ -85,7 +85,12 @@ def peer_prefix(tool: str) -> tuple[list[str] | None, str]:
     if tool == "enfuse":
         enfuse = shutil.which("enfuse")
         return ([enfuse, *ENFUSE_FLAGS], "") if enfuse else (None, "enfuse not installed (apt-get install enfuse)")
-    focus_stack = os.environ.get("FOCUS_STACK") or shutil.which("focus-stack")
+    configured = os.environ.get("FOCUS_STACK")
+    if configured:
+        if os.access(configured, os.X_OK) and Path(configured).is_file():
+            return [configured], ""
+        return None, f"focus-stack not found at $FOCUS_STACK ({configured}): not an executable file"
+    focus_stack = shutil.which("focus-stack")
     if focus_stack:
         return [focus_stack], ""
     return None, "focus-stack not found ($FOCUS_STACK or PATH; build it from its source with make)"
