@@ -346,7 +346,9 @@ def pcb10(figure: Path, scratch: Path) -> None:
         "--align similarity": results["similarity"].fused,
     }
     focus_stack = run_peer("focus-stack", [Path(p) for p in open_stack([folder]).paths], scratch / "focus-stack.png")
-    if not isinstance(focus_stack, str):
+    if isinstance(focus_stack, str):
+        print(f"  focus-stack: left out of the figure, {focus_stack}")
+    else:
         images["focus-stack (aligns)"] = focus_stack
     tiles = [panel(np.ascontiguousarray(image[SW1]), f"pcb10: {name}") for name, image in images.items()]
     spacer = np.full((tiles[0].shape[0], GAP, 3), 255, np.uint8)
