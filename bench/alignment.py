@@ -50,7 +50,7 @@ from multislice_figure import GAP, panel
 from peers import REAL_STACKS, run_peer
 
 from focusfuse.fusion.alignment import SliceTransform, estimate_alignment
-from focusfuse.fusion.pipeline import fuse_stack
+from focusfuse.fusion.pipeline import FusionResult, fuse_stack
 from focusfuse.io.reader import open_stack, read_image
 from focusfuse.io.writer import write_image
 from focusfuse.training.synthetic import (
@@ -63,6 +63,7 @@ REPO = Path(__file__).resolve().parent.parent
 BSDS_VAL = REPO.parent / "shared" / "data" / "bsds500" / "val"
 SW1 = (slice(130, 430), slice(880, 1280))
 RENDERS: tuple[Literal["gather", "scatter"], ...] = ("scatter", "gather")
+INNER = (slice(16, -16), slice(16, -16))  # a synthetic stack's fused PSNR leaves out this border
 TIMED_RUNS = 3  # the estimate and the fusion of each stack of the --align auto table, timed this often
 
 
@@ -97,14 +98,13 @@ def synthetic(size: int, seed: int, render: Literal["gather", "scatter"], scratc
     print(f"synthetic 10x{size}x{size}, seed {seed}, blur rendered by {render}: estimated in {seconds:.2f} s")
     print("  corner error per slice, px: " + " ".join(f"{e:.2f}" for e in errors))
     true_paths = write_slices(scratch / "true", realigned(stack.slices, stack.transforms))
-    inner = (slice(16, -16), slice(16, -16))
     rows = {
         "unaligned": fuse_stack(paths, device="cpu", align="none").fused,
         "--align similarity": fuse_stack(paths, device="cpu", align="similarity").fused,
         "true transforms": fuse_stack(true_paths, device="cpu", align="none").fused,
     }
     for name, fused in rows.items():
-        print(f"  {name:<20} PSNR {psnr(fused[inner], stack.sharp[inner]):6.2f} dB")
+        print(f"  {name:<20} PSNR {psnr(fused[INNER], stack.sharp[INNER]):6.2f} dB")
 
 
 def stack8() -> None:
@@ -130,7 +130,6 @@ def stack8() -> None:
 def auto_on_small_motion(size: int, seed: int, scratch: Path) -> None:
     """What ``auto``'s evidence rule leaves: drifting stacks with a fraction of the drift, scattered."""
     print(f"auto on small motion (synthetic 10x{size}x{size}, seed {seed}, scattered; fused PSNR, dB):")
-    inner = (slice(16, -16), slice(16, -16))
     for fraction in (0.0, 0.02, 0.05, 0.1, 0.2):
         rng = np.random.default_rng([seed, 20])
         texture = textured_with_flat_discs(drifting_render_side(size), rng).astype(np.float32) / 255
@@ -143,7 +142,7 @@ def auto_on_small_motion(size: int, seed: int, scratch: Path) -> None:
         verdict = results["auto"].timing["alignment"]["auto_verdict"]
         print(
             f"  motion {moved:.2f} px: "
-            + ", ".join(f"{mode} {psnr(r.fused[inner], stack.sharp[inner]):.2f}" for mode, r in results.items())
+            + ", ".join(f"{mode} {psnr(r.fused[INNER], stack.sharp[INNER]):.2f}" for mode, r in results.items())
             + f"; auto: {verdict}"
         )
 
@@ -199,6 +198,13 @@ def realigned(slices: list[np.ndarray], transforms: list[np.ndarray]) -> list[np
     ]
 
 
+def fused_truly(row: AutoRow, slices: list[np.ndarray]) -> FusionResult:
+    """A moved row's slices re-aligned by their true transforms (next to its folder), fused."""
+    assert row.transforms is not None
+    folder = row.paths[0].parent.with_name(row.paths[0].parent.name + "-true")
+    return fuse_stack(write_slices(folder, realigned(slices, row.transforms)), device="cpu", align="none")
+
+
 def auto_table(scratch: Path) -> None:
     """``--align auto`` (the default) on still and moved stacks: what it warped, and what it cost.
 
@@ -229,10 +235,8 @@ def auto_table(scratch: Path) -> None:
             same = np.array_equal(auto.fused, plain.fused) and np.array_equal(auto.index_map, plain.index_map)
             result = "identical to none" if same else "DIFFERS from none"
         else:
-            true_folder = row.paths[0].parent.with_name(row.paths[0].parent.name + "-true")
-            truly = fuse_stack(write_slices(true_folder, realigned(slices, row.transforms)), device="cpu", align="none")
-            inner = (slice(16, -16), slice(16, -16))
-            auto_db, true_db, none_db = (psnr(r.fused[inner], row.truth[inner]) for r in (auto, truly, plain))
+            truly = fused_truly(row, slices)
+            auto_db, true_db, none_db = (psnr(r.fused[INNER], row.truth[INNER]) for r in (auto, truly, plain))
             result = f"{auto_db:.2f} dB (true {true_db:.2f}, none {none_db:.2f})"
         fusion = min(p.timing["total_s"] for p in plains)
         print(
@@ -275,14 +279,11 @@ def placement(scratch: Path) -> None:
         "moved stacks under --align auto: fused PSNR, dB (true transforms), and with each "
         f"{PLACEMENT_BLOCK} px block shifted onto the truth first (95th percentile of the shifts):"
     )
-    inner = (slice(16, -16), slice(16, -16))
     for row in moved_rows(scratch):
-        assert row.truth is not None and row.transforms is not None
-        slices = [read_image(path) for path in row.paths]
-        true_folder = row.paths[0].parent.with_name(row.paths[0].parent.name + "-true")
-        truly = fuse_stack(write_slices(true_folder, realigned(slices, row.transforms)), device="cpu", align="none")
+        assert row.truth is not None
+        truly = fused_truly(row, [read_image(path) for path in row.paths])
         auto = fuse_stack(row.paths, device="cpu", align="auto")
-        auto_db, true_db = (psnr(r.fused[inner], row.truth[inner]) for r in (auto, truly))
+        auto_db, true_db = (psnr(r.fused[INNER], row.truth[INNER]) for r in (auto, truly))
         (auto_placed, auto_shift), (true_placed, true_shift) = (
             block_placed_psnr(r.fused, row.truth) for r in (auto, truly)
         )

@@ -25,6 +25,7 @@ import argparse
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -53,7 +54,7 @@ def margins(probe: float) -> None:
         for seed in range(11, 23):
             rng = np.random.default_rng([size, n_slices, seed])
             stack = make_drifting_stack(size, n_slices, rng, max_shift=0.0, scale_span=0.0, jitter=0.0, render=render)
-            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], n_slices, "auto")
+            estimate = estimated(stack, "auto")
             significance.append(max(t.significance for t in estimate.transforms))
             coherence.append(max(t.coherence for t in estimate.transforms))
             both.append(
@@ -69,38 +70,43 @@ def margins(probe: float) -> None:
         )
 
 
-def moved_stacks() -> Iterator[tuple[str, DriftingStack]]:
-    """The ``MOVED`` stacks, each with its name."""
+class MovedStack(NamedTuple):
+    name: str  # as printed
+    key: str  # its slices' folders are named by this
+    stack: DriftingStack
+
+
+def moved_stacks() -> Iterator[MovedStack]:
+    """The ``MOVED`` stacks."""
     for size, n_slices, seed, render in MOVED:
         rng = np.random.default_rng([size, n_slices, seed])
         stack = make_drifting_stack(size, n_slices, rng, max_shift=10.0, scale_span=0.015, render=render)
-        yield f"{n_slices}x{size} {render}, seed {seed}", stack
+        yield MovedStack(f"{n_slices}x{size} {render}, seed {seed}", f"{n_slices}x{size}-{render}-{seed}", stack)
 
 
-def fused_psnr_of(stack: DriftingStack, transforms: list[np.ndarray], folder: Path) -> float:
-    """The slices re-aligned by ``transforms``, fused, against the all-in-focus truth (16 px border left out)."""
+def estimated(stack: DriftingStack, mode: str) -> alignment.StackAlignment:
+    return alignment.estimate_alignment(lambda j: stack.slices[j], len(stack.slices), mode)
+
+
+def fused_psnr_of(moved: MovedStack, transforms: list[np.ndarray], scratch: Path, label: str) -> float:
+    """The slices re-aligned by ``transforms`` (written under ``scratch``, by ``label``), fused, against
+    the all-in-focus truth (16 px border left out)."""
     inner = (slice(16, -16), slice(16, -16))
-    paths = write_slices(folder, realigned(stack.slices, transforms))
-    return psnr(fuse_stack(paths, device="cpu", align="none").fused[inner], stack.sharp[inner])
+    paths = write_slices(scratch / f"{moved.key}-{label}", realigned(moved.stack.slices, transforms))
+    return psnr(fuse_stack(paths, device="cpu", align="none").fused[inner], moved.stack.sharp[inner])
 
 
 def fused_psnr(probes: list[float], scratch: Path) -> None:
-    for name, stack in moved_stacks():
-
-        def fused(transforms: list[np.ndarray], label: str, stack=stack, name=name) -> float:
-            return fused_psnr_of(
-                stack, transforms, scratch / f"{name}-{label}".replace(", seed ", "-").replace(" ", "-")
-            )
-
-        cells = [f"true {fused(stack.transforms, 'true'):.2f}"]
+    for moved in moved_stacks():
+        cells = [f"true {fused_psnr_of(moved, moved.stack.transforms, scratch, 'true'):.2f}"]
         for probe in probes:
             alignment.BLUR_PROBE = probe
-            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], len(stack.slices), "similarity")
-            similarity = fused([t.matrix for t in estimate.transforms], f"p{probe:g}")
-            estimate = alignment.estimate_alignment(lambda j, s=stack.slices: s[j], len(stack.slices), "auto")
-            warps = [t.matrix if t.applied else np.eye(2, 3) for t in estimate.transforms]
-            cells.append(f"{probe:g} px² {similarity:.2f} (auto {fused(warps, f'a{probe:g}'):.2f})")
-        print(f"  drifting {name}: " + ", ".join(cells), flush=True)
+            matrices = [t.matrix for t in estimated(moved.stack, "similarity").transforms]
+            similarity = fused_psnr_of(moved, matrices, scratch, f"p{probe:g}")
+            warps = [t.matrix if t.applied else np.eye(2, 3) for t in estimated(moved.stack, "auto").transforms]
+            auto = fused_psnr_of(moved, warps, scratch, f"a{probe:g}")
+            cells.append(f"{probe:g} px² {similarity:.2f} (auto {auto:.2f})")
+        print(f"  drifting {moved.name}: " + ", ".join(cells), flush=True)
 
 
 PROXY_ENERGY_SIGMA = 4.0  # px: the neighbourhood whose detail energy picks the proxy's slice
@@ -131,26 +137,16 @@ def to_one_reference(reference: np.ndarray, images: list[np.ndarray], starts: li
 
 
 def one_reference(scratch: Path) -> None:
-    for name, stack in moved_stacks():
-
-        def fused(transforms: list[np.ndarray], label: str, stack=stack, name=name) -> float:
-            return fused_psnr_of(
-                stack, transforms, scratch / f"{name}-{label}".replace(", seed ", "-").replace(" ", "-")
-            )
-
-        chain = [
-            t.matrix
-            for t in alignment.estimate_alignment(
-                lambda j, s=stack.slices: s[j], len(stack.slices), "similarity"
-            ).transforms
-        ]
+    for moved in moved_stacks():
+        stack = moved.stack
+        chain = [t.matrix for t in estimated(stack, "similarity").transforms]
         images = [alignment._registration_image(image) for image in stack.slices]
         truth = to_one_reference(alignment._registration_image(stack.sharp), images, chain)
         proxy = to_one_reference(proxy_all_in_focus(images, chain), images, chain)
+        cells = {"true": stack.transforms, "chain": chain, "to the truth": truth, "to the proxy": proxy}
         print(
-            f"  drifting {name}: true {fused(stack.transforms, 'true'):.2f}, "
-            f"chain {fused(chain, 'chain'):.2f}, to the truth {fused(truth, 'truth'):.2f}, "
-            f"to the proxy {fused(proxy, 'proxy'):.2f}",
+            f"  drifting {moved.name}: "
+            + ", ".join(f"{label} {fused_psnr_of(moved, m, scratch, label):.2f}" for label, m in cells.items()),
             flush=True,
         )
 

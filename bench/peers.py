@@ -86,13 +86,11 @@ def peer_prefix(tool: str) -> tuple[list[str] | None, str]:
         enfuse = shutil.which("enfuse")
         return ([enfuse, *ENFUSE_FLAGS], "") if enfuse else (None, "enfuse not installed (apt-get install enfuse)")
     configured = os.environ.get("FOCUS_STACK")
-    if configured:
-        if os.access(configured, os.X_OK) and Path(configured).is_file():
-            return [configured], ""
-        return None, f"focus-stack not found at $FOCUS_STACK ({configured}): not an executable file"
-    focus_stack = shutil.which("focus-stack")
+    focus_stack = shutil.which(configured or "focus-stack")  # a path: only if it is an executable file
     if focus_stack:
         return [focus_stack], ""
+    if configured:
+        return None, f"focus-stack not found at $FOCUS_STACK ({configured}): not an executable file"
     return None, "focus-stack not found ($FOCUS_STACK or PATH; build it from its source with make)"
 
 
