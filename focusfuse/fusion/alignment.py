@@ -318,8 +318,8 @@ class _PhaseTiles:
         # The window is folded into the Fourier bases (it is separable), so no tile is multiplied by
         # it. Both bases are real: the cosines and sines of the non-negative frequencies, then a
         # row of ones (a tile's plain sum, from which its mean comes). A tile through both is a
-        # 13 x 13 table of real sums, which one product (``self.assemble``) turns into the complex
-        # spectrum in the band, both signs of fy, less the tile's mean.
+        # 13 x 13 table of real sums, of which four entries and the plain sum make each frequency
+        # of the complex spectrum in the band, both signs of fy, less the tile's mean (``_assemble``).
         steps = np.arange(PHASE_CUTOFF + 1)
         angle = -2 * np.pi * np.outer(np.arange(size), steps) / size  # (pixel, frequency)
         real = np.concatenate([np.cos(angle) * window[:, None], np.sin(angle) * window[:, None], np.ones((size, 1))], 1)
@@ -329,7 +329,7 @@ class _PhaseTiles:
         window_x = window @ np.exp(1j * angle)  # (fx,)
         window_y = np.exp(-2j * np.pi * np.outer(fy[:, 0], np.arange(size))) @ window  # (fy,)
         window_spectrum = np.outer(window_y, window_x)[self.band]
-        self.assemble = self._assembly(window_spectrum)
+        self._assembly(window_spectrum)
         self.moments = np.stack([np.ones_like(self.fx), self.fx * self.fx, self.fx * self.fy, self.fy * self.fy], 1)
         self.slopes = np.stack([self.fx, self.fy], 1)
         self.blocks = _tile_blocks(self.centres, height, width)
@@ -338,26 +338,35 @@ class _PhaseTiles:
     def __len__(self) -> int:
         return len(self.centres)
 
-    def _assembly(self, window_spectrum: np.ndarray) -> np.ndarray:
-        """``(13 * 13, 2 * band)``: the real sums of a tile through both bases -> its spectrum in
-        the band less its mean, real and imaginary parts interleaved (complex64 when viewed so).
+    def _assembly(self, window_spectrum: np.ndarray) -> None:
+        """Where in a tile's 13 x 13 real sums (flattened) each frequency of the band takes its
+        real and imaginary parts from, and with which sign; the plain sum's share, the tile's mean
+        times the window's own spectrum, is taken out (``_assemble``).
 
         ``e^{i(a + b)}`` is ``cos a cos b - sin a sin b + i (sin a cos b + cos a sin b)``; a
         negative fy is the positive one with its sine negated.
         """
         frequencies, ones, size = PHASE_CUTOFF + 1, 2 * PHASE_CUTOFF + 2, PHASE_TILE
         fy_all, fx_all = np.meshgrid(np.arange(-PHASE_CUTOFF, PHASE_CUTOFF + 1), np.arange(frequencies), indexing="ij")
-        assembly = np.zeros((ones + 1, ones + 1, len(window_spectrum), 2))
-        for j, (fy, fx) in enumerate(zip(fy_all[self.band], fx_all[self.band], strict=True)):
-            cos_y, sin_y, sign = abs(fy), frequencies + abs(fy), 1.0 if fy >= 0 else -1.0
-            cos_x, sin_x = fx, frequencies + fx
-            assembly[cos_y, cos_x, j, 0] += 1.0
-            assembly[sin_y, sin_x, j, 0] -= sign
-            assembly[sin_y, cos_x, j, 1] += sign
-            assembly[cos_y, sin_x, j, 1] += 1.0
-        assembly[ones, ones, :, 0] = -window_spectrum.real / size**2
-        assembly[ones, ones, :, 1] = -window_spectrum.imag / size**2
-        return assembly.reshape((ones + 1) ** 2, -1).astype(np.float32)
+        fy, fx = fy_all[self.band], fx_all[self.band]
+        cos_y, sin_y, cos_x, sin_x = np.abs(fy), frequencies + np.abs(fy), fx, frequencies + fx
+        row = ones + 1
+        self.cos_cos, self.sin_sin = cos_y * row + cos_x, sin_y * row + sin_x
+        self.sin_cos, self.cos_sin = sin_y * row + cos_x, cos_y * row + sin_x
+        self.fy_sign = np.where(fy >= 0, 1.0, -1.0).astype(np.float32)
+        self.plain = ones * row + ones
+        self.mean_share = (-window_spectrum / size**2).astype(np.complex64)
+
+    def _assemble(self, sums: np.ndarray) -> np.ndarray:
+        """``(..., tiles, frequencies)`` complex64: tiles' 13 x 13 real sums -> their spectra in the
+        band less their means. Four entries per frequency, gathered, not a product with a matrix of
+        mostly zeros, which BLAS would thread (``_single_thread_product``) for no less time."""
+        flat = sums.reshape(*sums.shape[:-2], -1)
+        plain = flat[..., self.plain, None]
+        spectra = np.empty((*flat.shape[:-1], len(self.fy_sign)), np.complex64)
+        spectra.real = flat[..., self.cos_cos] - self.fy_sign * flat[..., self.sin_sin] + self.mean_share.real * plain
+        spectra.imag = self.fy_sign * flat[..., self.sin_cos] + flat[..., self.cos_sin] + self.mean_share.imag * plain
+        return spectra
 
     def spectra(self, image: np.ndarray, origins: np.ndarray | None = None) -> np.ndarray:
         """``(..., tiles, frequencies)``: the windowed tiles' Fourier transforms in the band, less
@@ -367,8 +376,7 @@ class _PhaseTiles:
             sums = self._grid_sums(image)
         else:
             sums = self._tile_sums(image, origins)
-        spectra = np.ascontiguousarray(sums.reshape(*sums.shape[:-2], -1) @ self.assemble)
-        return spectra.view(np.complex64)
+        return self._assemble(sums)
 
     def _tile_sums(self, image: np.ndarray, origins: np.ndarray) -> np.ndarray:
         """``(..., tiles, 13, 13)``: tiles cut anywhere through both bases (y, x)."""
@@ -392,9 +400,11 @@ class _PhaseTiles:
         """
         lead, height = image.shape[:-2], image.shape[-2]
         layers = image.reshape(-1, height, image.shape[-1])
-        # The origins are every PHASE_STEP px from 0: strided views, not copies.
-        strips = _windows(layers, len(self.cols), axis=2)  # (L, H, columns, x)
-        along_x = (strips @ self.basis_x).reshape(len(layers), height, -1)  # (L, H, columns * 13)
+        # The origins are every PHASE_STEP px from 0: strided views, copied into one matrix whose
+        # rows go through the x basis in chunks (``_single_thread_product``).
+        strips = np.ascontiguousarray(_windows(layers, len(self.cols), axis=2))  # (L, H, columns, x)
+        along_x = _single_thread_product(strips.reshape(-1, PHASE_TILE), self.basis_x)
+        along_x = along_x.reshape(len(layers), height, -1)  # (L, H, columns * 13)
         covered = _windows(along_x, len(self.rows), axis=1).transpose(0, 1, 3, 2)  # (L, rows, y, columns * 13)
         sums = self.basis_y @ covered  # (L, rows, 13, columns * 13)
         terms = len(self.basis_y)
@@ -422,6 +432,26 @@ class _PhaseTiles:
         residual = phase - self.fx * dx[..., None] - self.fy * dy[..., None]
         misfit = (weight * residual**2).sum(-1) / np.maximum(total, 1e-12)
         return np.stack([dx, dy], axis=-1), total / (1.0 + 10.0 * misfit)
+
+
+# Rows per product in ``_single_thread_product``: OpenBLAS runs a product on one thread while
+# rows x columns x depth is at most 4 x 65536 (its SMP_THRESHOLD_MIN times GEMM_MULTITHREAD_THRESHOLD).
+SINGLE_THREAD_WORK = 4 * 65536
+
+
+def _single_thread_product(rows: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``rows @ basis`` in chunks of rows small enough that BLAS runs each on one thread.
+
+    One product of every row would be threaded, and on two cores with the other one busy (a
+    neighbour, or the stack's decoding) the estimate took 1.3 times as long; numpy's batch of
+    one small product per image row, with strided rows no BLAS takes, took 2-3 times as long
+    as these chunks at 128-256 px (probe).
+    """
+    count = max(SINGLE_THREAD_WORK // (basis.shape[0] * basis.shape[1]), 1)
+    product = np.empty((len(rows), basis.shape[1]), np.result_type(rows, basis))
+    for start in range(0, len(rows), count):
+        np.matmul(rows[start : start + count], basis, out=product[start : start + count])
+    return product
 
 
 def _windows(array: np.ndarray, count: int, axis: int) -> np.ndarray:
@@ -551,6 +581,9 @@ def _blur_field_basis(centres: np.ndarray, height: int, width: int) -> tuple[np.
     return np.stack(terms, 1), np.stack(along_u, 1) / side, np.stack(along_v, 1) / side
 
 
+MOTION_PARAMETERS = {"translation": 2, "similarity": 4, "affine": 6}  # the columns of each mode's design
+
+
 def _motion_design(centres: np.ndarray, mode: str) -> np.ndarray:
     """``(2 * tiles, k)``: each tile's x then y shift as linear in the mode's motion parameters."""
     x, y = centres[:, 0], centres[:, 1]
@@ -635,17 +668,26 @@ class _MotionFit:
 
 
 def _fit_displacement(
-    centres: np.ndarray, shifts: np.ndarray, weights: np.ndarray, mode: str, nuisance: np.ndarray | None = None
+    centres: np.ndarray,
+    shifts: np.ndarray,
+    weights: np.ndarray,
+    mode: str,
+    nuisance: np.ndarray | None = None,
+    *,
+    design: np.ndarray | None = None,
 ) -> _MotionFit:
     """The 2x3 ``D`` with ``shift ~ D @ (x, y, 1)`` for the mode's degrees of freedom, fitted by
     weighted least squares, re-weighted a few times so that outlying tiles (occlusions, depth
     edges, noise) count less. ``nuisance``, ``(2 * tiles, k)``, holds columns fitted alongside
     (x rows, then y rows) whose coefficients are not part of the motion: the blur field.
+    ``design``: the motion's columns with the nuisance's after them, where the caller made them
+    once for several fits (the rounds of a pair); ``nuisance`` is then not given.
     """
-    design = _motion_design(centres, mode)
-    motion = design.shape[1]
-    if nuisance is not None:
-        design = np.concatenate([design, nuisance], 1)
+    motion = MOTION_PARAMETERS[mode]
+    if design is None:
+        design = _motion_design(centres, mode)
+        if nuisance is not None:
+            design = np.concatenate([design, nuisance], 1)
     target = np.concatenate([shifts[:, 0], shifts[:, 1]])
     robust = weights.copy()
     confident = weights >= _median(weights)
@@ -730,7 +772,7 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
     moving_responses = _blur_responses(tiles, moving, centres @ warp[:, :2].T + warp[:, 2])
     responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
     template_spectra = template.spectra(tiles)  # the grid's, kept by the responses
-    nuisance = _blur_columns(responses, basis)
+    design = np.concatenate([_motion_design(centres, mode), _blur_columns(responses, basis)], 1)  # every round's
     cut = None
     for _ in range(PHASE_ROUNDS):
         mapped = centres @ warp[:, :2].T + warp[:, 2]
@@ -744,7 +786,7 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
         cut = origins, measured
         shifts, weights = tiles.shifts(template_spectra, moving.spectra(tiles, origins))
         weights = weights * measured
-        fit = _fit_displacement(centres, shifts - fraction, weights, mode, nuisance)
+        fit = _fit_displacement(centres, shifts - fraction, weights, mode, design=design)
         warp = warp + fit.displacement
         if np.abs(_image_corners(height, width) @ fit.displacement.T).max() < PHASE_CONVERGED:
             break
