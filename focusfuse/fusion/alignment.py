@@ -282,12 +282,17 @@ def _closest_similarity(matrix: np.ndarray) -> np.ndarray:
     return np.array([[p, -q, matrix[0, 2]], [q, p, matrix[1, 2]]])
 
 
+@functools.lru_cache(maxsize=8)
+def _every_pixel(height: int, width: int) -> np.ndarray:
+    """ECC's mask where every pixel counts, made once per size (OpenCV only reads it)."""
+    return np.full((height, width), 255, np.uint8)
+
+
 def _ecc(
     template: np.ndarray, moving: np.ndarray, motion: int, start: np.ndarray, criteria: tuple = ECC_CRITERIA
 ) -> tuple[np.ndarray, float]:
-    mask = np.full(template.shape, 255, np.uint8)  # every pixel counts
     correlation, warp = cv2.findTransformECC(
-        template, moving, start.astype(np.float32), motion, criteria, mask, ECC_PREFILTER
+        template, moving, start.astype(np.float32), motion, criteria, _every_pixel(*template.shape), ECC_PREFILTER
     )
     return np.asarray(warp, np.float64), float(correlation)
 
@@ -334,6 +339,13 @@ class _PhaseTiles:
         self.slopes = np.stack([self.fx, self.fy], 1)
         self.blocks = _tile_blocks(self.centres, height, width)
         self.field_basis = _blur_field_basis(self.centres, height, width)
+        self._motion_designs: dict[str, np.ndarray] = {}
+
+    def motion_design(self, mode: str) -> np.ndarray:
+        """``_motion_design`` of the grid's centres, made once per mode: every pair's rounds fit it."""
+        if mode not in self._motion_designs:
+            self._motion_designs[mode] = _motion_design(self.centres, mode)
+        return self._motion_designs[mode]
 
     def __len__(self) -> int:
         return len(self.centres)
@@ -420,7 +432,7 @@ class _PhaseTiles:
         The weight of a tile is its spectral energy, less where the phase fits no plane.
         """
         cross = template_spectra * np.conj(moving_spectra)
-        weight, phase = np.abs(cross), np.angle(cross)
+        weight, phase = np.abs(cross), np.arctan2(cross.imag, cross.real)  # np.angle, without its wrapper
         # The weighted sums as products with the frequencies' moments (one call each, not one per sum).
         moments = weight @ self.moments  # (..., tiles, 4): total, fx fx, fx fy, fy fy
         total, sxx, sxy, syy = (moments[..., j] for j in range(4))
@@ -457,13 +469,18 @@ def _single_thread_product(rows: np.ndarray, basis: np.ndarray) -> np.ndarray:
 def _windows(array: np.ndarray, count: int, axis: int) -> np.ndarray:
     """A read-only view of ``count`` windows of ``PHASE_TILE`` along ``axis`` of a 3-d array, every
     ``PHASE_STEP``, as a new axis after ``axis`` with the window's own axis last (what numpy's
-    ``sliding_window_view`` then a step gives, without its checks, which were 2% of a small stack's estimate)."""
+    ``sliding_window_view`` then a step gives, without its checks, which were 2% of a small stack's estimate).
+    A contiguous array's view is made on its buffer directly: ``as_strided`` took three times as long."""
     shape, strides = list(array.shape), list(array.strides)
     shape[axis : axis + 1] = [count]
     strides[axis : axis + 1] = [PHASE_STEP * array.strides[axis]]
-    return np.lib.stride_tricks.as_strided(
-        array, (*shape, PHASE_TILE), (*strides, array.strides[axis]), writeable=False
-    )
+    shape.append(PHASE_TILE)
+    strides.append(array.strides[axis])
+    if not array.flags.c_contiguous:
+        return np.lib.stride_tricks.as_strided(array, shape, strides, writeable=False)
+    view = np.ndarray(tuple(shape), array.dtype, buffer=array, strides=tuple(strides))
+    view.flags.writeable = False
+    return view
 
 
 @functools.lru_cache(maxsize=8)
@@ -509,6 +526,13 @@ class _PhaseImage:
         self._spectra: dict[bytes, np.ndarray] = {}
         self._probe_shifts: np.ndarray | None = None
         self._last_cut: tuple[np.ndarray, np.ndarray] | None = None
+        self._coarse: dict[int, tuple[np.ndarray, float]] = {}
+
+    def coarse(self, side: int) -> tuple[np.ndarray, float]:
+        """``_downscaled`` to ``side``, kept for the next pair, where this image is the template."""
+        if side not in self._coarse:
+            self._coarse[side] = _downscaled(self.image, side)
+        return self._coarse[side]
 
     def spectra(self, tiles: _PhaseTiles, origins: np.ndarray | None = None) -> np.ndarray:
         """The image's tiles cut at ``origins`` (the grid when not given), through the band.
@@ -702,7 +726,8 @@ def _fit_displacement(
 def _median(values: np.ndarray) -> float:
     """``np.median`` of a 1-d array, by partition alone (a fifth of its overhead on a few hundred values)."""
     middle = ((len(values) - 1) // 2, len(values) // 2)
-    parted = np.partition(values, middle)
+    parted = values.copy()
+    parted.partition(middle)
     return float(parted[middle[0]] + parted[middle[1]]) / 2
 
 
@@ -772,11 +797,11 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
     moving_responses = _blur_responses(tiles, moving, centres @ warp[:, :2].T + warp[:, 2])
     responses = tuple((a + b) / 2 for a, b in zip(template_responses, moving_responses, strict=True))
     template_spectra = template.spectra(tiles)  # the grid's, kept by the responses
-    design = np.concatenate([_motion_design(centres, mode), _blur_columns(responses, basis)], 1)  # every round's
+    design = np.concatenate([tiles.motion_design(mode), _blur_columns(responses, basis)], 1)  # every round's
     cut = None
     for _ in range(PHASE_ROUNDS):
         mapped = centres @ warp[:, :2].T + warp[:, 2]
-        origins = np.clip(np.rint(mapped - half).astype(np.intp), 0, limit)
+        origins = np.minimum(np.maximum(np.rint(mapped - half).astype(np.intp), 0), limit)  # np.clip's wrapper: 1%
         fraction = mapped - (origins + half)
         measured = np.abs(fraction).max(axis=1) < 2.0  # cut far off at the border: not measured
         if cut is not None and np.array_equal(origins, cut[0]) and np.array_equal(measured, cut[1]):
@@ -826,8 +851,8 @@ def register_pair(
         if start is not None:
             warp, correlation, factor = start, 1.0, 1.0
         else:
-            coarse_template, factor = _downscaled(template, coarse_side)
-            coarse_moving, _ = _downscaled(moving, coarse_side)
+            coarse_template, factor = template_phase.coarse(coarse_side)
+            coarse_moving, _ = moving_phase.coarse(coarse_side)
             start_motion = cv2.MOTION_TRANSLATION if screen else motion  # the phase fits the rest
             warp, correlation = _ecc(coarse_template, coarse_moving, start_motion, np.eye(2, 3), criteria)
         if mode == "translation" and factor < 1.0:
