@@ -246,6 +246,7 @@ def auto_table(scratch: Path) -> None:
     print(f"  {'stack':<30} {'warped':>7}  {'result':<34} {'estimate':>8} {'fusion':>7} {'cost':>5}  verdict")
     for row in [*still_rows(scratch), *moved_rows(scratch)]:
         slices = [read_image(path) for path in row.paths]
+        # The untimed estimate and fusion give the results and leave caches and weights loaded.
         alignment = estimate_alignment(lambda j, slices=slices: slices[j], len(slices), "auto")
         warped = sum(t.applied for t in alignment.transforms)
         estimate = least_time(timed_estimate, slices)

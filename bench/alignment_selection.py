@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import cv2
 import numpy as np
-from alignment import realigned, write_slices
+from alignment import INNER, realigned, write_slices
 from multislice import psnr
 
 from focusfuse.fusion import alignment
@@ -90,10 +90,9 @@ def estimated(stack: DriftingStack, mode: str) -> alignment.StackAlignment:
 
 def fused_psnr_of(moved: MovedStack, transforms: list[np.ndarray], scratch: Path, label: str) -> float:
     """The slices re-aligned by ``transforms`` (written under ``scratch``, by ``label``), fused, against
-    the all-in-focus truth (16 px border left out)."""
-    inner = (slice(16, -16), slice(16, -16))
+    the all-in-focus truth (``INNER``: its border left out)."""
     paths = write_slices(scratch / f"{moved.key}-{label}", realigned(moved.stack.slices, transforms))
-    return psnr(fuse_stack(paths, device="cpu", align="none").fused[inner], moved.stack.sharp[inner])
+    return psnr(fuse_stack(paths, device="cpu", align="none").fused[INNER], moved.stack.sharp[INNER])
 
 
 def fused_psnr(probes: list[float], scratch: Path) -> None:

@@ -284,8 +284,10 @@ def _closest_similarity(matrix: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=8)
 def _every_pixel(height: int, width: int) -> np.ndarray:
-    """ECC's mask where every pixel counts, made once per size (OpenCV only reads it)."""
-    return np.full((height, width), 255, np.uint8)
+    """ECC's mask where every pixel counts, made once per size (read only: every pair shares it)."""
+    mask = np.full((height, width), 255, np.uint8)
+    mask.flags.writeable = False
+    return mask
 
 
 def _ecc(
@@ -692,26 +694,15 @@ class _MotionFit:
 
 
 def _fit_displacement(
-    centres: np.ndarray,
-    shifts: np.ndarray,
-    weights: np.ndarray,
-    mode: str,
-    nuisance: np.ndarray | None = None,
-    *,
-    design: np.ndarray | None = None,
+    centres: np.ndarray, shifts: np.ndarray, weights: np.ndarray, mode: str, design: np.ndarray
 ) -> _MotionFit:
     """The 2x3 ``D`` with ``shift ~ D @ (x, y, 1)`` for the mode's degrees of freedom, fitted by
     weighted least squares, re-weighted a few times so that outlying tiles (occlusions, depth
-    edges, noise) count less. ``nuisance``, ``(2 * tiles, k)``, holds columns fitted alongside
-    (x rows, then y rows) whose coefficients are not part of the motion: the blur field.
-    ``design``: the motion's columns with the nuisance's after them, where the caller made them
-    once for several fits (the rounds of a pair); ``nuisance`` is then not given.
+    edges, noise) count less. ``design``, ``(2 * tiles, k)`` (x rows, then y rows): the mode's
+    motion columns at ``centres`` (``_motion_design``), then any fitted alongside whose
+    coefficients are not part of the motion: the blur field. A pair's rounds share one.
     """
     motion = MOTION_PARAMETERS[mode]
-    if design is None:
-        design = _motion_design(centres, mode)
-        if nuisance is not None:
-            design = np.concatenate([design, nuisance], 1)
     target = np.concatenate([shifts[:, 0], shifts[:, 1]])
     robust = weights.copy()
     confident = weights >= _median(weights)
@@ -811,7 +802,7 @@ def _refine_by_phase(template: _PhaseImage, moving: _PhaseImage, warp: np.ndarra
         cut = origins, measured
         shifts, weights = tiles.shifts(template_spectra, moving.spectra(tiles, origins))
         weights = weights * measured
-        fit = _fit_displacement(centres, shifts - fraction, weights, mode, design=design)
+        fit = _fit_displacement(centres, shifts - fraction, weights, mode, design)
         warp = warp + fit.displacement
         if np.abs(_image_corners(height, width) @ fit.displacement.T).max() < PHASE_CONVERGED:
             break

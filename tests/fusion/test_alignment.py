@@ -308,9 +308,10 @@ def test_a_round_that_cuts_the_tiles_where_the_last_did_would_move_nothing():
     shifts[:6] += 4.0  # outliers
     weights = rng.uniform(0.1, 1.0, len(tiles))
     nuisance = rng.normal(0.0, 1.0, (2 * len(tiles), 10))
-    first = _fit_displacement(tiles.centres, shifts, weights, "similarity", nuisance)
+    design = np.concatenate([tiles.motion_design("similarity"), nuisance], 1)
+    first = _fit_displacement(tiles.centres, shifts, weights, "similarity", design)
     fitted = tiles.centres @ first.displacement[:, :2].T + first.displacement[:, 2]
-    second = _fit_displacement(tiles.centres, shifts - fitted, weights, "similarity", nuisance)
+    second = _fit_displacement(tiles.centres, shifts - fitted, weights, "similarity", design)
     assert np.abs(first.displacement).max() > 0.5
     assert np.abs(second.displacement).max() < 1e-9
     np.testing.assert_allclose(second.robust, first.robust, rtol=1e-9)
